@@ -1,0 +1,112 @@
+"""Reference definitions of the per-sample loss and the Adam step with best-so-far bookkeeping.
+
+These formulas are THE definition used by every backend: the CPU backends call them directly (they work on
+NumPy arrays and on torch tensors alike), and the CUDA kernels in this folder are tested against them.
+
+Conventions
+- ``loss[n]`` is the mean over C·H·W of the per-element loss; it is reported unweighted.
+- ``gy = scale · weight[n] · ∂loss[n]/∂y``. The inversion loop uses ``scale=1`` (each sample follows its own
+  gradient, independent of batch composition); ``scale=1/N`` gives the gradient of the batch mean.
+- ``adam_step`` first records the best-so-far loss and latent (the loss was measured at the current z), then
+  applies one Adam update with bias correction by the per-sample step count ``t`` (1-based), exactly as
+  ``torch.optim.Adam`` does. Per-sample ``t`` lets a batch slot be refilled with a new image mid-run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+LossKind = Literal["mse", "l1"]
+Array = Any  # numpy.ndarray or torch.Tensor
+
+
+def _is_torch(a: Array) -> bool:
+    return type(a).__module__.startswith("torch")
+
+
+def _per_sample(vec: Array, like: Array) -> Array:
+    """Reshape an (N,) vector to broadcast against an (N, ...) array."""
+    return vec.reshape((vec.shape[0],) + (1,) * (like.ndim - 1))
+
+
+def _where(cond: Array, a: Array, b: Array) -> Array:
+    if _is_torch(cond):
+        import torch
+
+        return torch.where(cond, a, b)
+    return np.where(cond, a, b)
+
+
+def _sqrt(a: Array) -> Array:
+    return a.sqrt() if _is_torch(a) else np.sqrt(a)
+
+
+def _sign(a: Array) -> Array:
+    return a.sign() if _is_torch(a) else np.sign(a)
+
+
+def _abs(a: Array) -> Array:
+    return a.abs() if _is_torch(a) else np.abs(a)
+
+
+def loss_and_grad(
+    y: Array,
+    x: Array,
+    kind: LossKind = "mse",
+    weight: Array | None = None,
+    scale: float = 1.0,
+) -> tuple[Array, Array]:
+    """Per-sample loss between generated ``y`` and target ``x`` (N×C×H×W) and its gradient w.r.t. ``y``."""
+    if y.shape != x.shape:
+        raise ValueError(f"y {tuple(y.shape)} and x {tuple(x.shape)} differ in shape")
+    n = y.shape[0]
+    count = int(np.prod(y.shape[1:])) if y.ndim > 1 else 1
+    diff = y.astype(np.float32) - x if not _is_torch(y) else y.float() - x
+    flat = diff.reshape(n, -1)
+    if kind == "mse":
+        loss = (flat * flat).sum(1) / count
+        gy = diff * (2.0 / count)
+    elif kind == "l1":
+        loss = _abs(flat).sum(1) / count
+        gy = _sign(diff) * (1.0 / count)
+    else:
+        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
+    factor = scale if weight is None else _per_sample(weight, gy) * scale
+    return loss, gy * factor
+
+
+def adam_step(
+    z: Array,
+    m: Array,
+    v: Array,
+    grad: Array,
+    t: Array,
+    loss: Array,
+    best_loss: Array,
+    best_z: Array,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    clip: float | None = None,
+) -> tuple[Array, Array, Array, Array, Array]:
+    """One Adam update per sample plus best-so-far bookkeeping; returns (z, m, v, best_loss, best_z).
+
+    ``t`` holds each sample's step count after this step (1 on a sample's first step).
+    """
+    improved = loss < best_loss
+    best_loss = _where(improved, loss, best_loss)
+    best_z = _where(_per_sample(improved, z), z, best_z)
+    if clip is not None:
+        grad = grad.clip(-clip, clip)
+    m = beta1 * m + (1.0 - beta1) * grad
+    v = beta2 * v + (1.0 - beta2) * grad * grad
+    tt = _per_sample(t, z)
+    tt = tt.to(z.dtype) if _is_torch(tt) else tt.astype(z.dtype)
+    bias1 = 1.0 - beta1**tt
+    bias2 = 1.0 - beta2**tt
+    denom = _sqrt(v) / _sqrt(bias2) + eps
+    z = z - (lr / bias1) * m / denom
+    return z, m, v, best_loss, best_z
