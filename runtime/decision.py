@@ -1,0 +1,65 @@
+"""The belonging test: one-sided Grubbs outlier test and an empirical-quantile rule.
+
+Null hypothesis: the image's calibrated loss A comes from the belonging distribution (µ, σ, N estimated on the
+model's own samples). A large A is evidence that the model did not make the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+def grubbs_critical_value(n: int, alpha: float) -> float:
+    """One-sided Grubbs critical value G_crit for a sample of n at level alpha."""
+    if n < 3:
+        raise ValueError(f"Grubbs' test needs at least 3 belonging samples, got {n}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    t = stats.t.ppf(1.0 - alpha / n, n - 2)
+    return float((n - 1) / math.sqrt(n) * math.sqrt(t * t / (n - 2 + t * t)))
+
+
+def grubbs_p_value(g: float, n: int) -> float:
+    """Bonferroni-style p-value of the one-sided Grubbs statistic g (the inverse of the critical value)."""
+    u = g * math.sqrt(n) / (n - 1)
+    if u <= 0.0:
+        return 1.0
+    if u >= 1.0:
+        return 0.0
+    t = math.sqrt(u * u * (n - 2) / (1.0 - u * u))
+    return float(min(1.0, n * stats.t.sf(t, n - 2)))
+
+
+def empirical_threshold(scores: np.ndarray, alpha: float) -> float:
+    """The ⌈(N+1)(1−α)⌉-th smallest belonging score: a fresh belonging score exceeds it with prob ≤ α."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    k = math.ceil((len(s) + 1) * (1.0 - alpha))
+    return float(s[min(k, len(s)) - 1])
+
+
+@dataclass(frozen=True)
+class TestOutcome:
+    belonging: bool
+    statistic: float
+    critical_value: float
+    p_value: float | None
+
+
+def grubbs_test(score: float, mean: float, std: float, n: int, alpha: float) -> TestOutcome:
+    if not math.isfinite(score):
+        raise ValueError(f"score must be finite, got {score}")
+    g = (score - mean) / std if std > 0 else (math.inf if score > mean else -math.inf)
+    crit = grubbs_critical_value(n, alpha)
+    p = grubbs_p_value(g, n) if math.isfinite(g) else (0.0 if g > 0 else 1.0)
+    return TestOutcome(belonging=bool(g <= crit), statistic=float(g), critical_value=crit, p_value=p)
+
+
+def quantile_test(score: float, threshold: float, scores: np.ndarray) -> TestOutcome:
+    exceed = float((np.asarray(scores) >= score).sum() + 1) / (len(scores) + 1)
+    return TestOutcome(
+        belonging=bool(score <= threshold), statistic=float(score), critical_value=threshold, p_value=exceed
+    )

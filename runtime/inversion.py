@@ -1,0 +1,248 @@
+"""The one inversion loop every backend shares.
+
+Batched across images AND restarts: the slots of one tensor hold R random starts for each of several images.
+Each step asks the backend for per-sample loss and gradient, then applies Adam with best-so-far bookkeeping
+(the reference definition, or the backend's fused kernel). Every ``check_every`` steps the loop pulls the
+per-slot best losses to the host, finishes images (budget spent, or an early-exit rule decided), prunes
+hopeless restarts, and refills the freed slots with the next images of the work queue.
+
+Results do not depend on batch composition or order: each slot follows its own gradient (sum, not mean,
+over the batch) and each image's starts come from a seed derived from (seed, the image's pixels), so the same
+image gets the same verdict whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from genorigin.export.generator import LatentSpec
+from genorigin.runtime.backend import Backend, concat, take, to_numpy
+
+CONTINUE, BELONGING, NON_BELONGING = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """What a loss value depends on; recorded in (and checked against) the calibration file."""
+
+    steps: int = 1500
+    lr: float = 0.1
+    restarts: int = 1
+    loss: str = "mse"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.restarts < 1:
+            raise ValueError("steps and restarts must be ≥ 1")
+        if not self.lr > 0:
+            raise ValueError("lr must be > 0")
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How the loop is run; none of this changes a result except the early-exit switches."""
+
+    batch_size: int = 32  # images in flight (each takes `restarts` slots)
+    check_every: int = 50
+    seed: int = 0
+    early_exit: bool = True
+    prune_restarts: bool = True
+    prune_after: int = 200  # steps before a restart may be dropped
+    prune_factor: float = 8.0  # drop a restart whose best loss is this many times the image's best
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.check_every < 1:
+            raise ValueError("batch_size and check_every must be ≥ 1")
+
+
+class StopRule(Protocol):
+    """Early decision at a checkpoint: CONTINUE, BELONGING or NON_BELONGING per image."""
+
+    def check(self, step: int, best_loss: np.ndarray, complexity: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class InversionOutcome:
+    """What the loop learned about one image."""
+
+    best_loss: float
+    best_z: np.ndarray
+    steps: int
+    stop_reason: str  # "budget", "belonging", "non-belonging"
+    seconds: float
+    trajectory: list[tuple[int, float]] = field(default_factory=list)
+
+
+def image_key(image: np.ndarray) -> int:
+    """A 64-bit key of an image's pixels, to seed its random starts."""
+    digest = hashlib.sha256(np.ascontiguousarray(image, dtype=np.float32).tobytes()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def initial_latents(latent: LatentSpec, seed: int, image: np.ndarray, restarts: int) -> np.ndarray:
+    """The R random starts of one image: independent of batching and order, so any schedule reproduces them."""
+    return latent.sample(restarts, np.random.default_rng((seed, image_key(image))))
+
+
+@dataclass
+class _Image:
+    index: int
+    best_loss: float = np.inf
+    best_z: np.ndarray | None = None
+    steps: int = 0
+    started: float = 0.0
+    trajectory: list[tuple[int, float]] = field(default_factory=list)
+
+
+def invert(
+    backend: Backend,
+    targets: np.ndarray,
+    latent: LatentSpec,
+    settings: InversionSettings,
+    schedule: Schedule = Schedule(),
+    *,
+    complexity: np.ndarray | None = None,
+    stop_rule: StopRule | None = None,
+    on_done: Callable[[int], None] | None = None,
+) -> list[InversionOutcome]:
+    """Invert every target image (N×C×H×W float32 in [0, 1]); outcomes come back in input order."""
+    n_images = len(targets)
+    if n_images == 0:
+        return []
+    if complexity is None:
+        complexity = np.ones(n_images)
+    R = settings.restarts
+    rule = stop_rule if schedule.early_exit else None
+    prune = schedule.early_exit and schedule.prune_restarts and R > 1
+    capacity = schedule.batch_size * R
+    queue = list(range(n_images))
+    queue.reverse()  # pop() from the end yields images in input order
+    images = [_Image(i) for i in range(n_images)]
+    outcomes: list[InversionOutcome | None] = [None] * n_images
+
+    # slot state: backend arrays z, m, v, best_z, best_loss, x; host arrays slot_image, slot_t
+    z = m = v = best_z = best_loss = x = None
+    slot_image = np.zeros(0, dtype=np.int64)
+    slot_t = np.zeros(0, dtype=np.int64)
+
+    def admit(keep: np.ndarray) -> None:
+        nonlocal z, m, v, best_z, best_loss, x, slot_image, slot_t
+        new_z, new_x, new_img = [], [], []
+        while queue and len(keep) + (len(new_img) + 1) * R <= capacity:
+            i = queue.pop()
+            images[i].started = time.perf_counter()
+            new_z.append(initial_latents(latent, schedule.seed, targets[i], R))
+            new_x.append(np.repeat(targets[i : i + 1], R, axis=0))
+            new_img.append(i)
+        parts_kept = z is not None and len(keep) > 0
+        if not new_img and parts_kept and len(keep) == len(slot_image):
+            return
+        fresh_z = np.concatenate(new_z) if new_img else None
+        fresh = {
+            "z": fresh_z,
+            "m": np.zeros_like(fresh_z) if new_img else None,
+            "best_z": fresh_z.copy() if new_img else None,
+            "best_loss": np.full(len(fresh_z), np.inf, dtype=np.float32) if new_img else None,
+            "x": np.concatenate(new_x).astype(np.float32) if new_img else None,
+        }
+
+        def merged(old: Any, new: np.ndarray | None) -> Any:
+            parts = []
+            if parts_kept:
+                parts.append(take(old, keep))
+            if new is not None:
+                parts.append(backend.asarray(new))
+            return concat(parts) if parts else None
+
+        z = merged(z, fresh["z"])
+        m = merged(m, fresh["m"])
+        v = merged(v, fresh["m"])
+        best_z = merged(best_z, fresh["best_z"])
+        best_loss = merged(best_loss, fresh["best_loss"])
+        x = merged(x, fresh["x"])
+        added = np.repeat(np.array(new_img, dtype=np.int64), R)
+        slot_image = np.concatenate([slot_image[keep], added])
+        slot_t = np.concatenate([slot_t[keep], np.zeros(len(added), dtype=np.int64)])
+
+    def finish(i: int, reason: str) -> None:
+        img = images[i]
+        outcomes[i] = InversionOutcome(
+            best_loss=float(img.best_loss),
+            best_z=img.best_z,
+            steps=img.steps,
+            stop_reason=reason,
+            seconds=time.perf_counter() - img.started,
+            trajectory=img.trajectory,
+        )
+        if on_done is not None:
+            on_done(i)
+
+    admit(np.zeros(0, dtype=np.int64))
+    step = 0
+    while len(slot_image):
+        loss, grad = backend.loss_and_grad(z, x)
+        slot_t += 1
+        step += 1
+        t_arr = backend.asarray(slot_t.astype(np.float32))
+        z, m, v, best_loss, best_z = backend.adam_step(
+            z,
+            m,
+            v,
+            grad,
+            t_arr,
+            loss,
+            best_loss,
+            best_z,
+            settings.lr,
+            settings.beta1,
+            settings.beta2,
+            settings.eps,
+        )
+        at_budget = slot_t >= settings.steps
+        if step % schedule.check_every and not at_budget.any():
+            continue
+        # checkpoint: host sync of per-slot best losses
+        host_loss = to_numpy(best_loss).astype(np.float64)
+        keep_mask = np.ones(len(slot_image), dtype=bool)
+        active = np.unique(slot_image)
+        for i in active:
+            rows = np.flatnonzero(slot_image == i)
+            j = rows[np.argmin(host_loss[rows])]
+            img = images[i]
+            img.steps = int(slot_t[rows].max())
+            if host_loss[j] < img.best_loss:
+                img.best_loss = float(host_loss[j])
+                img.best_z = to_numpy(take(best_z, np.array([j])))[0]
+            img.trajectory.append((img.steps, img.best_loss))
+            if prune:
+                worse = rows[
+                    (host_loss[rows] > schedule.prune_factor * img.best_loss) & (slot_t[rows] >= schedule.prune_after)
+                ]
+                keep_mask[worse] = False
+        decisions = np.zeros(len(active), dtype=np.int64)
+        if rule is not None:
+            losses = np.array([images[i].best_loss for i in active])
+            steps_done = np.array([images[i].steps for i in active])
+            for s in np.unique(steps_done):
+                sel = steps_done == s
+                decisions[sel] = rule.check(int(s), losses[sel], complexity[active[sel]])
+        for i, decision in zip(active, decisions):
+            done_budget = images[i].steps >= settings.steps
+            if decision in (BELONGING, NON_BELONGING) or done_budget:
+                reason = {BELONGING: "belonging", NON_BELONGING: "non-belonging"}.get(int(decision), "budget")
+                finish(int(i), reason)
+                keep_mask[slot_image == i] = False
+        admit(np.flatnonzero(keep_mask))
+    return [o for o in outcomes if o is not None]

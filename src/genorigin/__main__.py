@@ -1,0 +1,5 @@
+import sys
+
+from genorigin.cli import main
+
+sys.exit(main())
