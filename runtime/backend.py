@@ -8,6 +8,7 @@ may replace it with the fused CUDA kernel.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -16,6 +17,19 @@ from genorigin.export.generator import Generator
 from genorigin.kernels import reference
 
 Array = Any
+
+
+@dataclass
+class SlotState:
+    """The loop's per-slot arrays, in the backend's array type; ``t`` is each slot's step count (float32)."""
+
+    z: Array
+    m: Array
+    v: Array
+    best_z: Array
+    best_loss: Array
+    x: Array
+    t: Array
 
 
 class Backend:
@@ -35,6 +49,17 @@ class Backend:
     def render(self, z: np.ndarray) -> np.ndarray:
         """G(z) for host latents, as N×C×H×W float32 in [0, 1] on the host."""
         raise NotImplementedError
+
+    def step(self, state: SlotState, settings: Any) -> None:
+        """One inversion step on every slot, in place: loss and gradient, then Adam with best-so-far.
+
+        GPU backends override this to fuse or graph-capture the whole iteration.
+        """
+        loss, grad = self.loss_and_grad(state.z, state.x)
+        state.z, state.m, state.v, state.best_loss, state.best_z = self.adam_step(
+            state.z, state.m, state.v, grad, state.t, loss, state.best_loss, state.best_z,
+            settings.lr, settings.beta1, settings.beta2, settings.eps,
+        )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}

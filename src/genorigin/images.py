@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -37,7 +38,10 @@ def load_rgb8(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     if size == 0:
         raise _reject(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             if w * h > max_pixels:
                 raise _reject(
