@@ -7,6 +7,7 @@ truncated, zero-size, too many pixels (decompression bombs), 16-bit, palette, RG
 from __future__ import annotations
 
 import glob
+import io
 import os
 import warnings
 from collections.abc import Iterable
@@ -32,15 +33,21 @@ def load_rgb8(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """H×W×3 uint8 RGB pixels of an 8-bit RGB PNG/JPEG/WebP file, or ImageError."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        data = path.read_bytes()
     except OSError as exc:
         raise _reject(path, f"cannot read file ({exc.strerror or exc})") from exc
-    if size == 0:
+    return decode_rgb8(data, str(path), max_pixels)
+
+
+def decode_rgb8(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Like load_rgb8, for encoded bytes (HTTP uploads); ``name`` labels the error messages."""
+    path = Path(name)
+    if len(data) == 0:
         raise _reject(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(data))
         with im:
             w, h = im.size
             if w * h > max_pixels:
