@@ -1,5 +1,28 @@
-"""genorigin.kernels: the loss and Adam step, as a NumPy/torch reference and as CUDA kernels."""
+"""genorigin.kernels: the loss and Adam step, as a NumPy/torch reference and as CUDA kernels.
+
+The CUDA names load lazily (module ``__getattr__``): importing this package pulls in neither cuda-python,
+torch, nor the launch/build modules, and ``python -m genorigin.kernels.build`` runs cleanly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from genorigin.kernels.reference import adam_step, loss_and_grad
 
-__all__ = ["adam_step", "loss_and_grad"]
+_LAUNCH_NAMES = (
+    "CudaKernels",
+    "KernelUnavailableError",
+    "adam_step_cuda_",
+    "get_kernels",
+    "loss_and_grad_cuda",
+)
+
+__all__ = ["adam_step", "loss_and_grad", *_LAUNCH_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAUNCH_NAMES:
+        return getattr(importlib.import_module("genorigin.kernels.launch"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,10 +19,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
+from genorigin.runtime.attribution import AttributionResult, Attributor
 
 from genorigin import __version__
 from genorigin.images import ImageError, decode_rgb8
-from genorigin.runtime.attribution import AttributionResult, Attributor
 
 MAX_BODY_BYTES = 20 * 1024 * 1024
 

@@ -8,13 +8,12 @@ import urllib.request
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from bad_images import write_bad_images
 from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.runtime.server import AttributionServer
 from helpers import tiny_generator
+from PIL import Image
 
 
 def _png(image_chw: np.ndarray) -> bytes:
