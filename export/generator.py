@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,25 +68,34 @@ class Generator:
     """A model M: z → image, as genorigin sees it.
 
     ``module`` maps N×latent to N×C×H×W float images in [0, 1] at the attribution resolution and is
-    differentiable; it is what the inversion runs and what ``genorigin export`` writes to ONNX.
+    differentiable; it is what the inversion runs and what ``genorigin export`` writes to ONNX. A generator
+    that exists only as an exported graph has no module: ``render`` (host z → host images) and a
+    ``fingerprint`` recorded at export time stand in for it.
     """
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     latent: LatentSpec
     channels: int
     image_size: tuple[int, int]
     config: dict[str, Any] = field(default_factory=dict)
     family: str = "custom"
+    render: Callable[[np.ndarray], np.ndarray] | None = None
+    recorded_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
-        self.module.eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-        self._fingerprint: str | None = None
+        if self.module is None and (self.render is None or self.recorded_fingerprint is None):
+            raise ValueError("a generator without a torch module needs render and recorded_fingerprint")
+        if self.module is not None:
+            self.module.eval()
+            for p in self.module.parameters():
+                p.requires_grad_(False)
+        self._fingerprint: str | None = self.recorded_fingerprint
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Differentiable z → image in [0, 1]."""
+        if self.module is None:
+            raise RuntimeError(f"generator {self.name!r} is an exported graph; use an ONNX Runtime backend")
         return self.module(z)
 
     @torch.no_grad()
@@ -94,12 +103,15 @@ class Generator:
         """``n`` images (N×C×H×W float32 in [0, 1]) from seeded latents: the model's own images."""
         rng = np.random.default_rng(seed)
         z = self.latent.sample(n, rng)
+        out = [self._render(z[i : i + batch_size]) for i in range(0, n, batch_size)]
+        return np.clip(np.concatenate(out), 0.0, 1.0).astype(np.float32)
+
+    def _render(self, z: np.ndarray) -> np.ndarray:
+        if self.module is None:
+            assert self.render is not None
+            return self.render(z)
         device = next(iter(self.module.parameters()), torch.empty(0)).device
-        out = [
-            self.module(torch.from_numpy(z[i : i + batch_size]).to(device)).clamp(0, 1).cpu().numpy()
-            for i in range(0, n, batch_size)
-        ]
-        return np.concatenate(out).astype(np.float32)
+        return self.module(torch.from_numpy(z).to(device)).cpu().numpy()
 
     def prepare_image(self, image: np.ndarray) -> np.ndarray:
         """Bring an H×W×C uint8 (or float in [0, 1]) image to the attribution input: C×H×W float32 in [0, 1].
@@ -139,6 +151,7 @@ class Generator:
                 "family": self.family,
             }
             h.update(json.dumps(meta, sort_keys=True).encode())
+            assert self.module is not None
             for key, tensor in sorted(self.module.state_dict().items()):
                 h.update(key.encode())
                 h.update(str(tuple(tensor.shape)).encode())

@@ -68,6 +68,8 @@ def make_backend(generator: Generator, backend: str | Backend, loss: str) -> Bac
     """A backend by name ('torch', 'torch-cuda'); ONNX Runtime/TensorRT backends are built from packages."""
     if isinstance(backend, Backend):
         return backend
+    if generator.module is None:
+        raise ValueError(f"generator {generator.name!r} is an exported graph: pass an ONNX Runtime backend")
     if backend in ("torch", "torch-cpu"):
         return TorchBackend(generator, "cpu", loss)
     if backend == "torch-cuda":

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from genorigin import __version__
 from genorigin.images import ImageError, expand_inputs, load_rgb8, save_png
-from genorigin.models import ResolvedModel, resolve_model
+from genorigin.models import BACKENDS, ResolvedModel, resolve_model
 from genorigin.runtime.attribution import AttributionResult, Attributor
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.inversion import InversionSettings, Schedule
@@ -45,6 +45,9 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--check-every", type=int, default=50, help="steps between early-exit checks")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
+    g.add_argument(
+        "--backend", default=None, choices=BACKENDS, help="default: torch for PyTorch models, onnxruntime for packages"
+    )
 
 
 def _settings(args: argparse.Namespace) -> InversionSettings:
@@ -69,6 +72,14 @@ def _resolve(spec: str) -> ResolvedModel:
         raise CliError(str(exc).strip("'\"")) from exc
 
 
+def _backend(model: ResolvedModel, args: argparse.Namespace):
+    name = args.backend or ("torch" if model.generator.module is not None else "onnxruntime")
+    try:
+        return model.backend(name, args.loss, args.threads)
+    except (ValueError, RuntimeError) as exc:
+        raise CliError(str(exc)) from exc
+
+
 # ----------------------------------------------------------------------------------------------- calibrate
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
@@ -76,7 +87,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else model.calibration_path
     if out.exists() and not args.force:
         raise CliError(f"{out} exists; pass --force to replace it")
-    attributor = Attributor(model.generator, settings=_settings(args), schedule=_schedule(args, False))
+    attributor = Attributor(
+        model.generator, backend=_backend(model, args), settings=_settings(args), schedule=_schedule(args, False)
+    )
     t0 = time.perf_counter()
     with _progress(args.samples, "calibrating", args.quiet) as bar:
         cal = attributor.calibrate(args.samples, alpha=args.alpha, on_done=lambda _: bar.update())
@@ -165,7 +178,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     attributor = Attributor(
         model.generator,
-        backend=args.backend,
+        backend=_backend(model, args),
         settings=settings,
         schedule=_schedule(args, not args.no_early_exit),
         calibration=cal,
@@ -220,6 +233,42 @@ def _report(
     }
 
 
+# ----------------------------------------------------------------------------------------------- export
+def cmd_export(args: argparse.Namespace) -> int:
+    from genorigin.export.package import AttributionPackage, export_generator, export_onnx_file
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise CliError(f"{out} exists and is not empty; pass --force to replace it")
+    t0 = time.perf_counter()
+    steps = ["exporting the forward graph", "building the VJP graph", "building the loss graph"] + [
+        f"writing {f}" for f in ("forward.onnx", "vjp.onnx", "loss_mse.onnx")
+    ]
+    with tqdm(total=len(steps), desc="export", disable=args.quiet or None, file=sys.stderr, leave=False) as bar:
+
+        def progress(msg: str) -> None:
+            bar.set_postfix_str(msg)
+            bar.update()
+
+        try:
+            if args.onnx:
+                lo, hi = (float(v) for v in args.output_range.split(","))
+                export_onnx_file(args.onnx, out, output_range=(lo, hi), overwrite=args.force, progress=progress)
+            else:
+                model = _resolve(args.model)
+                export_generator(model.generator, out, overwrite=args.force, progress=progress)
+        except (ValueError, FileExistsError) as exc:
+            raise CliError(str(exc)) from exc
+    pkg = AttributionPackage.load(out)
+    summary = {"package": str(out), "seconds": time.perf_counter() - t0, "manifest": pkg.manifest}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        graphs = ", ".join(e["file"] for e in pkg.manifest["graphs"].values())
+        print(f"exported {pkg.manifest['name']} → {out} ({graphs}) in {summary['seconds']:.1f} s")
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from genorigin.runtime.server import AttributionServer
@@ -229,7 +278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     cal = _load_calibration(args, model, settings)
     attributor = Attributor(
-        model.generator, backend=args.backend, settings=settings, schedule=_schedule(args), calibration=cal
+        model.generator, backend=_backend(model, args), settings=settings, schedule=_schedule(args), calibration=cal
     )
     server = AttributionServer(attributor, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     print(f"serving {model.source} on {server.url} (POST /v1/attribute, GET /v1/model, GET /healthz)", flush=True)
@@ -263,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (PNG/JPEG/WebP, 8-bit RGB)")
     p.add_argument("--model", required=True)
     p.add_argument("--calibration", help="calibration file (default: the model's)")
-    p.add_argument("--backend", default="torch", help="torch (default) or torch-cuda")
     p.add_argument("--rule", choices=["grubbs", "quantile"], default="grubbs", help="decision rule")
     p.add_argument("--alpha", type=float, default=None, help="override the calibration's test level")
     p.add_argument("--no-early-exit", action="store_true", help="spend the full step budget on every image")
@@ -276,10 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inversion_args(p)
     p.set_defaults(func=cmd_attribute)
 
+    p = sub.add_parser("export", help="write an attribution package: forward + gradient ONNX graphs + manifest")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="bundled model name or .pt model file")
+    src.add_argument("--onnx", help="a third-party ONNX generator (one latent input, one N×C×H×W output)")
+    p.add_argument("--output-range", default="-1,1", help="value range of the ONNX generator's output (low,high)")
+    p.add_argument("--out", required=True, help="package folder")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("serve", help="HTTP service: POST image bytes to /v1/attribute, get a JSON verdict")
     p.add_argument("--model", required=True)
     p.add_argument("--calibration", help="calibration file (default: the model's)")
-    p.add_argument("--backend", default="torch")
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

@@ -59,6 +59,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from genorigin.cli import (
         EXIT_OK,
         CliError,
+        _backend,
         _progress,
         _read_images,
         _report,
@@ -79,7 +80,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = _resolve(args.model)
-    attributor = Attributor(model.generator, settings=_settings(args), schedule=_schedule(args, False))
+    backend = _backend(model, args)
+    attributor = Attributor(model.generator, backend=backend, settings=_settings(args), schedule=_schedule(args, False))
     with _progress(args.samples, f"calibrating {args.model}", args.quiet) as bar:
         cal = attributor.calibrate(args.samples, alpha=args.alpha, on_done=lambda _: bar.update())
     cal.save(out / "calibration.json", overwrite=True)
@@ -89,7 +91,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     specs = [str(out / "images" / c) for c in classes]
     sources, images, errors = _read_images(specs, model)
     labels = [Path(s).parent.name for s in sources]
-    attributor = Attributor(model.generator, settings=_settings(args), schedule=_schedule(args, True), calibration=cal)
+    attributor = Attributor(
+        model.generator, backend=backend, settings=_settings(args), schedule=_schedule(args, True), calibration=cal
+    )
     t1 = time.perf_counter()
     results = run_attribution(attributor, sources, images, args.quiet, keep_recon=True)
     t_attr = time.perf_counter() - t1

@@ -1,18 +1,21 @@
-"""Resolving a ``--model`` argument to a Generator and the place its calibration lives."""
+"""Resolving a ``--model`` argument to a Generator, its calibration file and a backend."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from genorigin.export.adapters import load_generator_file
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
 from genorigin.export.generator import Generator
+from genorigin.runtime.backend import Backend, TorchBackend
+
+BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda")
 
 
 def cache_dir() -> Path:
-    """User cache for calibrations of bundled models (the package folder may be read-only)."""
+    """User cache for calibrations and packages of bundled models (the package folder may be read-only)."""
     base = os.environ.get("GENORIGIN_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "genorigin"
 
@@ -22,18 +25,54 @@ class ResolvedModel:
     generator: Generator
     calibration_path: Path
     source: str
+    package_path: Path | None = None
+    _package: object | None = field(default=None, repr=False)
+
+    def package(self):  # -> AttributionPackage
+        """The model's attribution package; PyTorch models are exported once into the user cache."""
+        from genorigin.export.package import AttributionPackage, export_generator
+
+        if self._package is None:
+            path = (
+                self.package_path
+                or cache_dir() / "packages" / f"{self.generator.name}-{self.generator.fingerprint()[:12]}"
+            )
+            if not (path / "manifest.json").exists():
+                export_generator(self.generator, path, overwrite=True)
+            self._package = AttributionPackage.load(path)
+            if self._package.fingerprint != self.generator.fingerprint():
+                raise ValueError(f"{path}: package was exported from another model")
+        return self._package
+
+    def backend(self, name: str, loss: str = "mse", threads: int | None = None) -> Backend:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        if name.startswith("onnxruntime"):
+            from genorigin.runtime.ort_backend import OrtBackend
+
+            device = "cuda" if name.endswith("cuda") else "cpu"
+            return OrtBackend(self.package(), device=device, threads=threads, loss=loss)
+        if self.generator.module is None:
+            raise ValueError(f"{self.source} is an exported package: use --backend onnxruntime")
+        return TorchBackend(self.generator, "cuda" if name == "torch-cuda" else "cpu", loss)
 
 
 def resolve_model(spec: str) -> ResolvedModel:
-    """A bundled model name, or a genorigin model file (.pt); calibration defaults to a file beside it."""
+    """A bundled model name, a genorigin model file (.pt) or an attribution package folder."""
     if spec in BUNDLED_MODELS:
         gen = load_bundled(spec)
         path = cache_dir() / "calibrations" / f"{spec}-{gen.fingerprint()[:12]}.calibration.json"
         return ResolvedModel(gen, path, f"bundled:{spec}")
     p = Path(spec)
     if p.is_dir():
-        raise ValueError(f"{p}: a folder is not a supported model here (expected a bundled name or a .pt file)")
+        from genorigin.export.package import AttributionPackage
+        from genorigin.runtime.ort_backend import package_generator
+
+        pkg = AttributionPackage.load(p)
+        return ResolvedModel(package_generator(pkg), pkg.calibration_path, str(p), p, pkg)
     if not p.exists():
-        raise FileNotFoundError(f"model {spec!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a file")
+        raise FileNotFoundError(f"model {spec!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a path")
+    if p.suffix == ".onnx":
+        raise ValueError(f"{p}: export ONNX generators first: genorigin export --onnx {p} --out PACKAGE_DIR")
     gen = load_generator_file(p)
     return ResolvedModel(gen, p.with_name(p.name + ".calibration.json"), str(p))

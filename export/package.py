@@ -1,0 +1,310 @@
+"""Attribution packages: a generator as ONNX graphs that carry their own gradient, plus a manifest.
+
+A package is a folder:
+
+    manifest.json      latent spec, image size/range, opset, graph files + SHA-256 + I/O names,
+                       source model fingerprint, genorigin version
+    forward.onnx       z → image in [0, 1]
+    vjp.onnx           (z, g_image) → (image, g_z)      for GPU loops with a custom loss kernel
+    loss_mse.onnx      (z, target) → (loss, grad_z)      for the CPU loop
+    calibration.json   written by `genorigin calibrate` once the package is calibrated
+
+Loading validates the manifest schema, every hash and every graph (onnx.checker) and fails with one clear
+message on a tampered, incomplete or mismatched package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from genorigin.export.generator import Generator, LatentSpec
+from genorigin.export.onnx_autodiff import build_loss_graph, build_vjp_graph
+from genorigin.export.onnx_forward import export_forward
+from onnx import helper
+
+from genorigin import __version__
+
+PACKAGE_FORMAT = "genorigin-package-v1"
+MANIFEST = "manifest.json"
+CALIBRATION = "calibration.json"
+GRAPH_FILES = {"forward": "forward.onnx", "vjp": "vjp.onnx", "loss_mse": "loss_mse.onnx"}
+
+
+class PackageError(ValueError):
+    """The folder is not a valid, untampered attribution package."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _io_names(model: onnx.ModelProto) -> dict[str, list[str]]:
+    init = {t.name for t in model.graph.initializer}
+    return {
+        "inputs": [v.name for v in model.graph.input if v.name not in init],
+        "outputs": [v.name for v in model.graph.output],
+    }
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def write_package(
+    forward: onnx.ModelProto,
+    out: str | Path,
+    *,
+    name: str,
+    latent: LatentSpec,
+    channels: int,
+    image_size: tuple[int, int],
+    source_fingerprint: str,
+    source: dict[str, Any],
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Derive the gradient graphs from ``forward`` and write the package folder atomically."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (use --force to replace it)")
+    say = progress or (lambda _msg: None)
+    say("building the VJP graph")
+    graphs = {"forward": forward, "vjp": build_vjp_graph(forward, wrt="z", include_forward_output=True)}
+    say("building the loss graph")
+    graphs["loss_mse"] = build_loss_graph(forward, wrt="z", kind="mse")
+    staging = Path(tempfile.mkdtemp(prefix=".genorigin-pkg-", dir=out.parent if out.parent.exists() else None))
+    entries = {}
+    for key, model in graphs.items():
+        say(f"writing {GRAPH_FILES[key]}")
+        path = staging / GRAPH_FILES[key]
+        onnx.save_model(model, path)
+        onnx.checker.check_model(str(path))
+        entries[key] = {"file": GRAPH_FILES[key], "sha256": sha256_file(path), **_io_names(model)}
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "genorigin_version": __version__,
+        "name": name,
+        "latent": latent.to_dict(),
+        "image": {"channels": channels, "height": image_size[0], "width": image_size[1], "range": [0.0, 1.0]},
+        "opset": _opset(forward),
+        "graphs": entries,
+        "source": {"fingerprint": source_fingerprint, **source},
+    }
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(out)
+    return out
+
+
+def export_generator(
+    generator: Generator,
+    out: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """A PyTorch generator → attribution package (forward exported with a dynamic batch)."""
+    if generator.module is None:
+        raise ValueError(f"generator {generator.name!r} has no PyTorch module to export")
+    say = progress or (lambda _msg: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        say("exporting the forward graph")
+        example = torch.zeros((2, *generator.latent.shape))
+        forward = export_forward(generator.module, example, Path(tmp) / "forward.onnx")
+    return write_package(
+        forward,
+        out,
+        name=generator.name,
+        latent=generator.latent,
+        channels=generator.channels,
+        image_size=generator.image_size,
+        source_fingerprint=generator.fingerprint(),
+        source={"kind": "torch", "family": generator.family, "config": generator.config},
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def export_onnx_file(
+    path: str | Path,
+    out: str | Path,
+    *,
+    output_range: tuple[float, float] = (-1.0, 1.0),
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """A third-party ONNX generator (one latent input, one image output) → attribution package.
+
+    The output is rescaled to [0, 1] inside the graph; the latent shape comes from the graph's input
+    (its batch dimension may be symbolic; other dimensions must be static).
+    """
+    path = Path(path)
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a valid ONNX model ({type(exc).__name__}: {exc})") from exc
+    io = _io_names(model)
+    if len(io["inputs"]) != 1 or len(io["outputs"]) != 1:
+        raise ValueError(f"{path}: expected one latent input and one image output, got {io}")
+    z_info = next(v for v in model.graph.input if v.name == io["inputs"][0])
+    y_info = model.graph.output[0]
+    latent_dims = [d.dim_value for d in z_info.type.tensor_type.shape.dim][1:]
+    image_dims = [d.dim_value for d in y_info.type.tensor_type.shape.dim][1:]
+    if not latent_dims or min(latent_dims) <= 0:
+        raise ValueError(f"{path}: latent input {z_info.name!r} needs static non-batch dimensions")
+    if len(image_dims) != 3 or min(image_dims) <= 0:
+        raise ValueError(f"{path}: image output must be N×C×H×W with static C, H, W")
+    forward = _normalised_forward(model, io["inputs"][0], io["outputs"][0], output_range)
+    return write_package(
+        forward,
+        out,
+        name=name or path.stem,
+        latent=LatentSpec(tuple(latent_dims)),
+        channels=image_dims[0],
+        image_size=(image_dims[1], image_dims[2]),
+        source_fingerprint=sha256_file(path),
+        source={"kind": "onnx", "file": path.name, "output_range": list(output_range)},
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def _normalised_forward(
+    model: onnx.ModelProto, z_name: str, y_name: str, output_range: tuple[float, float]
+) -> onnx.ModelProto:
+    """Rename the I/O to (z, image) and append (y − low) / span so the image lies in [0, 1]."""
+    lo, hi = output_range
+    if not hi > lo:
+        raise ValueError(f"output range must have high > low, got {output_range}")
+    graph = model.graph
+    for node in graph.node:
+        node.input[:] = ["z" if i == z_name else i for i in node.input]
+    for v in graph.input:
+        if v.name == z_name:
+            v.name = "z"
+    raw = "raw_image__genorigin"
+    for node in graph.node:
+        node.output[:] = [raw if o == y_name else o for o in node.output]
+        node.input[:] = [raw if i == y_name else i for i in node.input]
+    graph.initializer.extend(
+        [
+            onnx.numpy_helper.from_array(np.array(lo, dtype=np.float32), "range_low__genorigin"),
+            onnx.numpy_helper.from_array(np.array(hi - lo, dtype=np.float32), "range_span__genorigin"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Sub", [raw, "range_low__genorigin"], ["shifted__genorigin"], name="genorigin_shift"),
+            helper.make_node("Div", ["shifted__genorigin", "range_span__genorigin"], ["image"], name="genorigin_scale"),
+        ]
+    )
+    graph.output[0].name = "image"
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclass
+class AttributionPackage:
+    """A validated package folder."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    def graph_path(self, key: str) -> Path:
+        return self.root / self.manifest["graphs"][key]["file"]
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.root / CALIBRATION
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["source"]["fingerprint"])
+
+    @property
+    def latent(self) -> LatentSpec:
+        return LatentSpec.from_dict(self.manifest["latent"])
+
+    @classmethod
+    def load(cls, root: str | Path) -> AttributionPackage:
+        root = Path(root)
+        manifest_path = root / MANIFEST
+        if not manifest_path.is_file():
+            raise PackageError(f"{root}: no {MANIFEST} (not an attribution package; create one with genorigin export)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise PackageError(f"{manifest_path}: not valid JSON ({exc})") from exc
+        _check_schema(manifest, manifest_path)
+        for key, entry in manifest["graphs"].items():
+            path = root / entry["file"]
+            if not path.is_file():
+                raise PackageError(f"{root}: graph {key!r} file {entry['file']} is missing")
+            if sha256_file(path) != entry["sha256"]:
+                raise PackageError(f"{path}: SHA-256 does not match the manifest (file changed after export)")
+            try:
+                onnx.checker.check_model(str(path))
+                model = onnx.load(str(path), load_external_data=False)
+            except Exception as exc:
+                raise PackageError(f"{path}: invalid ONNX graph ({type(exc).__name__}: {exc})") from exc
+            names = _io_names(model)
+            if names["inputs"] != entry["inputs"] or names["outputs"] != entry["outputs"]:
+                raise PackageError(f"{path}: inputs/outputs {names} differ from the manifest")
+        return cls(root, manifest)
+
+
+_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "format": str,
+    "genorigin_version": str,
+    "name": str,
+    "latent": dict,
+    "image": dict,
+    "opset": int,
+    "graphs": dict,
+    "source": dict,
+}
+
+
+def _check_schema(manifest: Any, where: Path) -> None:
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{where}: manifest must be a JSON object")
+    if manifest.get("format") != PACKAGE_FORMAT:
+        raise PackageError(f"{where}: unknown package format {manifest.get('format')!r} (expected {PACKAGE_FORMAT})")
+    for key, typ in _SCHEMA.items():
+        if not isinstance(manifest.get(key), typ):
+            raise PackageError(f"{where}: field {key!r} is missing or not a {getattr(typ, '__name__', typ)}")
+    missing = set(GRAPH_FILES) - set(manifest["graphs"])
+    if missing:
+        raise PackageError(f"{where}: graphs {sorted(missing)} missing from the manifest")
+    for key, entry in manifest["graphs"].items():
+        if not isinstance(entry, dict) or not {"file", "sha256", "inputs", "outputs"} <= set(entry):
+            raise PackageError(f"{where}: graph entry {key!r} needs file, sha256, inputs, outputs")
+        if Path(entry["file"]).name != entry["file"]:
+            raise PackageError(f"{where}: graph file {entry['file']!r} must be a plain file name in the package")
+    if "fingerprint" not in manifest["source"]:
+        raise PackageError(f"{where}: source.fingerprint missing")
+    img = manifest["image"]
+    if not all(isinstance(img.get(k), int) and img[k] > 0 for k in ("channels", "height", "width")):
+        raise PackageError(f"{where}: image needs positive integer channels, height, width")
+    try:
+        LatentSpec.from_dict(manifest["latent"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackageError(f"{where}: bad latent spec ({exc})") from exc

@@ -1,0 +1,107 @@
+"""The command line end to end on a bundled model: real files, real exit codes, nothing overwritten."""
+
+import json
+import shutil
+
+import pytest
+
+from bad_images import write_bad_images
+from genorigin.cli import main
+from genorigin.export.bundled import load_bundled, real_images_dir
+from genorigin.images import save_png
+from genorigin.runtime.attribution import quantize_8bit
+
+FAST = ["--steps", "100", "--check-every", "50", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    cal = folder / "dcgan_a.calibration.json"
+    assert main(["calibrate", "--model", "dcgan_a", "--samples", "8", "--out", str(cal), "--quiet", *FAST]) == 0
+    return cal
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, img in enumerate(quantize_8bit(load_bundled("dcgan_a").sample(2, seed=99))):
+        save_png(img, folder / f"own_{i}.png")
+    for p in sorted(real_images_dir().glob("*.png"))[:2]:
+        shutil.copy(p, folder / f"real_{p.name}")
+    return folder
+
+
+def test_calibrate_json_and_refuses_overwrite(calibrated, capsys):
+    data = json.loads(calibrated.read_text())
+    assert data["model_name"] == "dcgan_a" and data["settings"]["steps"] == 100 and len(data["scores"]) == 8
+    before = calibrated.read_bytes()
+    assert main(["calibrate", "--model", "dcgan_a", "--samples", "8", "--out", str(calibrated), *FAST]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert calibrated.read_bytes() == before
+
+
+def test_attribute_json_report_and_bad_files(calibrated, image_folder, tmp_path, capsys):
+    expected = write_bad_images(image_folder)
+    report = tmp_path / "report.json"
+    args = ["attribute", str(image_folder), "--model", "dcgan_a", "--calibration", str(calibrated), "--json",
+            "--report", str(report), "--quiet", *FAST]  # fmt: skip
+    assert main(args) == 1  # some inputs unreadable, the rest attributed
+    out, err = capsys.readouterr()
+    printed = json.loads(out)
+    assert printed == json.loads(report.read_text())
+    err_lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(err_lines) == len(expected)
+    for name in expected:
+        assert sum(name in ln for ln in err_lines) == 1
+    results = {r["source"].split("/")[-1]: r for r in printed["results"]}
+    assert set(results) == {"own_0.png", "own_1.png", "real_real_000.png", "real_real_001.png"}
+    own = max(results[f"own_{i}.png"]["loss"] for i in range(2))
+    real = min(r["loss"] for k, r in results.items() if k.startswith("real"))
+    assert own * 5 < real
+    for r in printed["results"]:
+        assert {
+            "verdict",
+            "loss",
+            "calibrated_loss",
+            "statistic",
+            "critical_value",
+            "p_value",
+            "steps",
+            "seconds",
+        } <= set(r)
+    # nothing is overwritten without --force
+    before = report.read_bytes()
+    assert main(args) == 2
+    assert report.read_bytes() == before
+
+
+def test_attribute_without_or_with_mismatched_calibration(calibrated, image_folder, capsys):
+    assert main(["attribute", str(image_folder), "--model", "dcgan_a", "--quiet", *FAST]) == 2
+    assert "genorigin calibrate" in capsys.readouterr().err
+    args = ["attribute", str(image_folder), "--model", "dcgan_b", "--calibration", str(calibrated), *FAST]
+    assert main(args) == 2
+    assert "not this model" in capsys.readouterr().err
+    args = ["attribute", str(image_folder), "--model", "dcgan_a", "--calibration", str(calibrated), "--steps", "200"]
+    assert main(args) == 2
+    assert "other inversion settings" in capsys.readouterr().err
+
+
+def test_recon_dir_and_figure(calibrated, image_folder, tmp_path):
+    recon, fig = tmp_path / "recon", tmp_path / "fig.png"
+    args = ["attribute", str(image_folder), "--model", "dcgan_a", "--calibration", str(calibrated),
+            "--recon-dir", str(recon), "--figure", str(fig), "--quiet", *FAST]  # fmt: skip
+    assert main(args) == 0
+    assert len(list(recon.glob("*.recon.png"))) == 4 and fig.stat().st_size > 10_000
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--samples", "8", "--per-class", "2", "--quiet", *FAST]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["images"] == 8 and set(report["demo"]["per_class"]) == {
+        "own-dcgan_a", "other-dcgan_b", "other-vae", "real"}  # fmt: skip
+    assert (out / "figure.png").stat().st_size > 10_000
+    assert "accuracy" in capsys.readouterr().out
+    assert main(["demo", "--out", str(out), "--quiet", *FAST]) == 2  # refuses a non-empty folder
