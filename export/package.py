@@ -165,13 +165,12 @@ def export_onnx_file(
     if len(io["inputs"]) != 1 or len(io["outputs"]) != 1:
         raise ValueError(f"{path}: expected one latent input and one image output, got {io}")
     z_info = next(v for v in model.graph.input if v.name == io["inputs"][0])
-    y_info = model.graph.output[0]
     latent_dims = [d.dim_value for d in z_info.type.tensor_type.shape.dim][1:]
-    image_dims = [d.dim_value for d in y_info.type.tensor_type.shape.dim][1:]
     if not latent_dims or min(latent_dims) <= 0:
         raise ValueError(f"{path}: latent input {z_info.name!r} needs static non-batch dimensions")
-    if len(image_dims) != 3 or min(image_dims) <= 0:
-        raise ValueError(f"{path}: image output must be N×C×H×W with static C, H, W")
+    image_dims = _probe_output_shape(path, io["inputs"][0], latent_dims)
+    if len(image_dims) != 3:
+        raise ValueError(f"{path}: image output must be N×C×H×W, got a batch of shape {image_dims}")
     forward = _normalised_forward(model, io["inputs"][0], io["outputs"][0], output_range)
     return write_package(
         forward,
@@ -185,6 +184,15 @@ def export_onnx_file(
         overwrite=overwrite,
         progress=progress,
     )
+
+
+def _probe_output_shape(path: Path, z_name: str, latent_dims: list[int]) -> list[int]:
+    """Run the graph once on a zero latent: declared output shapes are often missing or symbolic."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = session.run(None, {z_name: np.zeros((1, *latent_dims), dtype=np.float32)})
+    return list(y.shape[1:])
 
 
 def _normalised_forward(
