@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from genorigin.export.package import AttributionPackage, PackageError, export_generator, export_onnx_file
 from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.backend import TorchBackend
