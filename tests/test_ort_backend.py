@@ -93,7 +93,7 @@ def test_tampered_or_incomplete_packages_are_refused(exported, tmp_path):
     with pytest.raises(PackageError, match="latent"):
         AttributionPackage.load(bad)
     (bad / "manifest.json").unlink()
-    with pytest.raises(PackageError, match="no manifest.json"):
+    with pytest.raises(PackageError, match=r"no manifest\.json"):
         AttributionPackage.load(bad)
 
 
