@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled, real_images_dir
-from genorigin.images import load_rgb8
 from genorigin.runtime.attribution import quantize_8bit
+
+from genorigin.images import load_rgb8
 
 EVAL_SAMPLE_SEED = 777  # fresh samples: neither the calibration seed nor the demo seed
 

@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 import torch
-
 from common import auc, evaluation_sets, machine, roc_curve, write
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
 from genorigin.runtime.attribution import Attributor
