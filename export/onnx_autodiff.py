@@ -1,0 +1,499 @@
+"""Reverse-mode differentiation of an ONNX forward graph, emitted as a standard ONNX graph.
+
+PyTorch cannot export its own backward pass cleanly, so the gradient graph is derived from the exported
+forward instead: walk the forward nodes in reverse, emit each node's vector-Jacobian product with standard
+ops (rules in :mod:`genorigin.export.vjp_rules`) and accumulate contributions with ``Sum``. The result keeps
+the forward's weights and opset, so ONNX Runtime (CPU/CUDA) and TensorRT run it like any other model.
+
+Only differentiable data edges are followed: a tensor that depends on z only through ``Shape``, a
+comparison or an integer op (diffusers timestep paths) is treated as a constant, so such paths need no rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import NodeProto, TensorProto, helper, numpy_helper
+
+from .onnx_forward import infer_static_shapes
+from .vjp_rules import (
+    DYN,
+    FLOAT_TYPES,
+    NONDIFF_OPS,
+    RULES,
+    Dim,
+    Emitter,
+    UnsupportedOpError,
+    node_label,
+    op_label,
+)
+
+__all__ = ["UnsupportedOpError", "build_loss_graph", "build_vjp_graph", "supported_ops"]
+
+LossKind = Literal["mse", "l1"]
+AUTODIFF_KEY = "genorigin.autodiff"
+
+
+def supported_ops() -> list[str]:
+    """Op types with a VJP rule (ops in the default ONNX domain)."""
+    return sorted(RULES)
+
+
+def build_vjp_graph(
+    forward: onnx.ModelProto,
+    wrt: str = "z",
+    output: str | None = None,
+    *,
+    include_forward_output: bool = True,
+) -> onnx.ModelProto:
+    """Graph computing ``g_<wrt> = (∂output/∂wrt)ᵀ · g_<output>`` from inputs (wrt, g_<output>).
+
+    Outputs are ``[output, g_<wrt>]`` (or just ``[g_<wrt>]`` with ``include_forward_output=False``), so a
+    GPU loop can run forward and backward in one session call. Other forward inputs stay inputs.
+    """
+    prep = _Prepared.from_model(forward, wrt, output)
+    seed_name = prep.claim(f"g_{prep.output}")
+    grad_name = prep.claim(f"g_{wrt}")
+    emitter = prep.emitter()
+    grad = _backprop(prep, emitter, prep.output, seed_name)
+    emitter.nodes.append(helper.make_node("Identity", [grad], [grad_name], name=emitter.fresh("grad_out")))
+    y_info = prep.value_info(prep.output)
+    inputs = [*prep.inputs(), _renamed(y_info, seed_name)]
+    outputs = [_renamed(prep.value_info(wrt), grad_name)]
+    if include_forward_output:
+        outputs.insert(0, y_info)
+    return prep.assemble(emitter, inputs, outputs, {"kind": "vjp", "wrt": wrt, "output": prep.output})
+
+
+def build_loss_graph(
+    forward: onnx.ModelProto,
+    wrt: str = "z",
+    kind: LossKind = "mse",
+    *,
+    output: str | None = None,
+    include_image: bool = False,
+) -> onnx.ModelProto:
+    """Graph from (wrt, target) to per-sample ``loss`` (N,) and ``grad_z`` = d(Σₙ lossₙ)/d wrt.
+
+    ``lossₙ`` is the mean over C·H·W of (y − target)² (``mse``) or |y − target| (``l1``), computed in float32
+    (float64 for double models) exactly as ``genorigin.kernels.reference.loss_and_grad`` with ``scale=1``.
+    ``image`` (the forward output) is appended to the outputs when ``include_image`` is set.
+    """
+    if kind not in ("mse", "l1"):
+        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
+    prep = _Prepared.from_model(forward, wrt, output)
+    names = {key: prep.claim(key) for key in ("target", "loss", "grad_z")}
+    image = prep.claim("image") if include_image and prep.output != "image" else prep.output
+    emitter = prep.emitter()
+    work_type = TensorProto.DOUBLE if prep.types.get(prep.output) == TensorProto.DOUBLE else TensorProto.FLOAT
+    loss, seed = _loss_nodes(prep, emitter, names["target"], kind, work_type)
+    grad = _backprop(prep, emitter, prep.output, seed)
+    emitter.nodes.append(helper.make_node("Identity", [loss], [names["loss"]], name=emitter.fresh("loss_out")))
+    emitter.nodes.append(helper.make_node("Identity", [grad], [names["grad_z"]], name=emitter.fresh("grad_out")))
+    y_info = prep.value_info(prep.output)
+    target_info = _renamed(y_info, names["target"], elem_type=work_type)
+    batch = _dim_proto(y_info, 0)
+    loss_info = helper.make_tensor_value_info(names["loss"], work_type, [batch])
+    outputs = [loss_info, _renamed(prep.value_info(wrt), names["grad_z"])]
+    if include_image:
+        if image != prep.output:  # expose the forward output under the conventional name
+            emitter.nodes.append(helper.make_node("Identity", [prep.output], [image], name=emitter.fresh("image")))
+        outputs.append(_renamed(y_info, image))
+    meta = {"kind": f"loss-{kind}", "wrt": wrt, "output": prep.output}
+    return prep.assemble(emitter, [*prep.inputs(), target_info], outputs, meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Preparation: pruning, static shapes, constants, activity
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Prepared:
+    """Everything about the forward graph that the backward pass consults."""
+
+    model: onnx.ModelProto
+    wrt: str
+    output: str
+    nodes: list[NodeProto]
+    opset: int
+    types: dict[str, int]
+    dims: dict[str, tuple[Dim, ...] | None]
+    consts: _ConstTable
+    taken: set[str]
+    renames: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_model(cls, model: onnx.ModelProto, wrt: str, output: str | None) -> _Prepared:
+        graph = model.graph
+        init_names = {t.name for t in graph.initializer}
+        real_inputs = [v.name for v in graph.input if v.name not in init_names]
+        if wrt not in real_inputs:
+            raise ValueError(f"{wrt!r} is not an input of the graph (inputs: {real_inputs})")
+        outputs = [v.name for v in graph.output]
+        output = output or outputs[0]
+        if output not in outputs:
+            raise ValueError(f"{output!r} is not an output of the graph (outputs: {outputs})")
+        opset = _default_opset(model)
+        if opset < 13:
+            raise ValueError(f"opset {opset} < 13 is not supported (re-export with a newer opset)")
+        types, dims = _static_info(model)
+        nodes = _ancestors(_topological(graph), output)
+        taken = _all_names(graph)
+        return cls(model, wrt, output, nodes, opset, types, dims, _ConstTable(graph), taken)
+
+    def emitter(self) -> Emitter:
+        return Emitter(self.opset, self.types, self.dims, self.consts, self.taken, prefix="vjp")
+
+    def claim(self, name: str) -> str:
+        """Reserve ``name`` for a new graph input/output, renaming an internal forward tensor that has it."""
+        graph = self.model.graph
+        if name in {v.name for v in graph.input} or name == self.output:
+            raise ValueError(f"the forward graph already has an input/output named {name!r}")
+        if name in self.taken:
+            new = self.renames[name] = _fresh_name(f"{name}__fwd", self.taken)
+            self.nodes = [_rename_in_node(n, self.renames) for n in self.nodes]
+            for table in (self.types, self.dims):
+                if name in table:
+                    table[new] = table.pop(name)  # type: ignore[attr-defined]
+            self.consts.alias(new, name)
+        self.taken.add(name)
+        return name
+
+    def inputs(self) -> list[onnx.ValueInfoProto]:
+        init_names = {t.name for t in self.model.graph.initializer}
+        return [v for v in self.model.graph.input if v.name not in init_names]
+
+    def value_info(self, name: str) -> onnx.ValueInfoProto:
+        """The declared type of a graph input/output, completed from shape inference when partial."""
+        declared = next((v for v in [*self.model.graph.input, *self.model.graph.output] if v.name == name), None)
+        if declared is not None:
+            tensor_type = declared.type.tensor_type
+            if tensor_type.elem_type and tensor_type.HasField("shape"):
+                return declared
+        elem = self.types.get(name) or (declared.type.tensor_type.elem_type if declared else 0) or TensorProto.FLOAT
+        dims = self.dims.get(name)
+        shape = None if dims is None else [d if d is not None and d >= 0 else None for d in dims]
+        return helper.make_tensor_value_info(name, elem, shape)
+
+    def assemble(
+        self,
+        emitter: Emitter,
+        inputs: list[onnx.ValueInfoProto],
+        outputs: list[onnx.ValueInfoProto],
+        meta: dict[str, str],
+    ) -> onnx.ModelProto:
+        """The final model: forward nodes + gradient nodes, forward weights + gradient constants."""
+        graph = self.model.graph
+        used = {name for node in emitter.nodes for name in node.input}
+        emitter.initializers = [t for t in emitter.initializers if t.name in used]
+        initializers = [t for t in graph.initializer if t.name not in self.renames]
+        initializers += [_renamed_tensor(t, self.renames[t.name]) for t in graph.initializer if t.name in self.renames]
+        new_graph = helper.make_graph(
+            [*self.nodes, *emitter.nodes],
+            f"{graph.name or 'forward'}_{meta['kind']}",
+            inputs,
+            outputs,
+            initializer=[*initializers, *emitter.initializers],
+            sparse_initializer=list(graph.sparse_initializer),
+        )
+        model = helper.make_model(
+            new_graph,
+            opset_imports=list(self.model.opset_import),
+            ir_version=self.model.ir_version,
+            producer_name="genorigin.onnx_autodiff",
+            functions=list(self.model.functions),
+        )
+        for prop in self.model.metadata_props:
+            model.metadata_props.add(key=prop.key, value=prop.value)
+        model.metadata_props.add(key=AUTODIFF_KEY, value=",".join(f"{k}={v}" for k, v in meta.items()))
+        if model.ByteSize() < 2**31 - 2**20:
+            _check(model, self.model)
+        return model
+
+
+def _check(model: onnx.ModelProto, forward: onnx.ModelProto) -> None:
+    """onnx.checker, but no stricter than on the forward itself (e.g. deprecated GroupNormalization-18,
+    which ONNX Runtime still runs)."""
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        try:
+            onnx.checker.check_model(forward)
+        except onnx.checker.ValidationError:
+            return
+        raise
+
+
+class _ConstTable(Mapping[str, np.ndarray]):
+    """Values of initializers and Constant outputs, converted lazily (weights are never copied)."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self._tensors = {t.name: t for t in graph.initializer}
+        self._nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            if name in self._tensors:
+                self._cache[name] = numpy_helper.to_array(self._tensors[name])
+            elif name in self._nodes:
+                self._cache[name] = _constant_node_value(self._nodes[name])
+            else:
+                raise KeyError(name)
+        return self._cache[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors or name in self._nodes
+
+    def alias(self, new: str, old: str) -> None:
+        """Follow a rename of a forward tensor."""
+        if old in self._tensors:
+            self._tensors[new] = self._tensors[old]
+        if old in self._nodes:
+            self._nodes[new] = self._nodes[old]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._tensors
+        yield from self._nodes
+
+    def __len__(self) -> int:
+        return len(self._tensors) + len(self._nodes)
+
+
+def _constant_node_value(node: NodeProto) -> np.ndarray:
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if a.name == "value":
+            return numpy_helper.to_array(value)
+        if a.name in ("value_float", "value_int"):
+            return np.asarray(value, dtype=np.float32 if a.name == "value_float" else np.int64)
+        if a.name in ("value_floats", "value_ints"):
+            return np.asarray(value, dtype=np.float32 if a.name == "value_floats" else np.int64)
+    raise KeyError(node.output[0])
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ValueError("the model imports no default-domain opset")
+
+
+def _static_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple[Dim, ...] | None]]:
+    """Element types and dims; a dim that differs between batch 2 and 3 is marked DYN (batch-dependent)."""
+    at2, at3 = infer_static_shapes(model, 2), infer_static_shapes(model, 3)
+    types = {name: elem for name, (elem, _) in at2.items() if elem}
+    dims: dict[str, tuple[Dim, ...] | None] = {}
+    for name, (_, d2) in at2.items():
+        d3 = at3.get(name, (0, None))[1]
+        if d2 is None or d3 is None or len(d2) != len(d3):
+            dims[name] = None
+            continue
+        dims[name] = tuple(
+            a if a == b else (DYN if a is not None and b is not None else None) for a, b in zip(d2, d3, strict=True)
+        )
+    return types, dims
+
+
+def _topological(graph: onnx.GraphProto) -> list[NodeProto]:
+    """Nodes in dependency order (ONNX requires it, but not every producer honours it)."""
+    produced_by = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    order: list[NodeProto] = []
+    state = [0] * len(graph.node)  # 0 new, 1 in progress, 2 done
+    for start in range(len(graph.node)):
+        stack = [(start, False)]
+        while stack:
+            i, expanded = stack.pop()
+            if state[i] == 2 or (state[i] == 1 and not expanded):
+                continue
+            if expanded:
+                state[i] = 2
+                order.append(graph.node[i])
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for name in graph.node[i].input:
+                j = produced_by.get(name)
+                if j is not None and state[j] == 0:
+                    stack.append((j, False))
+    return order
+
+
+def _ancestors(nodes: list[NodeProto], output: str) -> list[NodeProto]:
+    """Forward nodes the output depends on (others are dropped from the gradient graph)."""
+    needed = {output}
+    kept: list[NodeProto] = []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+            needed.update(_subgraph_inputs(node))
+    kept.reverse()
+    return kept
+
+
+def _subgraph_inputs(node: NodeProto) -> set[str]:
+    """Outer-scope names used inside If/Loop/Scan bodies."""
+    names: set[str] = set()
+    for a in node.attribute:
+        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for inner in sub.node:
+                names.update(inner.input)
+                names.update(_subgraph_inputs(inner))
+    return names
+
+
+def _all_names(graph: onnx.GraphProto) -> set[str]:
+    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
+    names.update(t.name for t in graph.initializer)
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+        names.add(node.name)
+    return names
+
+
+def _fresh_name(base: str, taken: set[str]) -> str:
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}{k}"
+    taken.add(name)
+    return name
+
+
+def _rename_in_node(node: NodeProto, renames: dict[str, str]) -> NodeProto:
+    if not any(n in renames for n in [*node.input, *node.output]):
+        return node
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    copy.input[:] = [renames.get(n, n) for n in node.input]
+    copy.output[:] = [renames.get(n, n) for n in node.output]
+    return copy
+
+
+def _renamed_tensor(tensor: TensorProto, name: str) -> TensorProto:
+    copy = TensorProto()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy
+
+
+def _renamed(info: onnx.ValueInfoProto, name: str, elem_type: int | None = None) -> onnx.ValueInfoProto:
+    copy = onnx.ValueInfoProto()
+    copy.CopyFrom(info)
+    copy.name = name
+    del copy.metadata_props[:]
+    if elem_type is not None and copy.type.HasField("tensor_type"):
+        copy.type.tensor_type.elem_type = elem_type
+    return copy
+
+
+def _dim_proto(info: onnx.ValueInfoProto, axis: int) -> str | int | None:
+    dims = info.type.tensor_type.shape.dim
+    if axis >= len(dims):
+        return None
+    d = dims[axis]
+    return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The backward pass
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _is_float(prep: _Prepared, name: str) -> bool:
+    return prep.types.get(name, TensorProto.FLOAT) in FLOAT_TYPES
+
+
+def _active(prep: _Prepared) -> set[str]:
+    """Float tensors that depend on ``wrt`` along data edges (Shape, comparisons and ints cut the path)."""
+    active = {prep.wrt}
+    for node in prep.nodes:
+        if node.op_type in NONDIFF_OPS and node.domain in ("", "ai.onnx"):
+            continue
+        if any(name in active for name in node.input if name) or _subgraph_inputs(node) & active:
+            active.update(o for o in node.output if o and _is_float(prep, o))
+    return active
+
+
+def _useful(prep: _Prepared) -> set[str]:
+    """Tensors the output depends on (the backward pass only visits these)."""
+    useful = {prep.output}
+    for node in reversed(prep.nodes):
+        if any(o in useful for o in node.output):
+            useful.update(n for n in node.input if n)
+    return useful
+
+
+def _backprop(prep: _Prepared, emitter: Emitter, output: str, seed: str) -> str:
+    """Emit the reverse sweep; returns the name of the gradient w.r.t. ``prep.wrt``."""
+    active, useful = _active(prep), _useful(prep)
+    needed = {t for t in active & useful if _is_float(prep, t)}
+    emitter.needs = needed.__contains__
+    pending: dict[str, list[str]] = {output: [seed]} if output in needed else {}
+    for node in reversed(prep.nodes):
+        if not any(o in pending for o in node.output):
+            continue
+        gys = [_accumulate(emitter, pending.pop(o)) if o in pending else None for o in node.output]
+        for name, g in zip(node.input, _apply_rule(emitter, node, gys, needed), strict=True):
+            if g is not None and name in needed:
+                pending.setdefault(name, []).append(g)
+    contributions = pending.pop(prep.wrt, [])
+    if not contributions:  # the output does not depend on wrt through data edges
+        return emitter.zeros_like(prep.wrt)
+    return _accumulate(emitter, contributions)
+
+
+def _apply_rule(emitter: Emitter, node: NodeProto, gys: list[str | None], needed: set[str]) -> list[str | None]:
+    rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if rule is None:
+        raise UnsupportedOpError(op_label(node), node_label(node), "it lies on the differentiable path")
+    for i, name in enumerate(node.input):
+        if i in rule.inert_inputs:
+            continue
+        if name in needed and rule.diff_inputs is not None and i not in rule.diff_inputs:
+            raise UnsupportedOpError(
+                op_label(node), node_label(node), f"gradient w.r.t. input {i} ({name!r}) is not supported"
+            )
+    grads = list(rule.fn(emitter, node, gys)) + [None] * len(node.input)
+    return [None if i in rule.inert_inputs else g for i, g in enumerate(grads[: len(node.input)])]
+
+
+def _accumulate(emitter: Emitter, contributions: list[str]) -> str:
+    return contributions[0] if len(contributions) == 1 else emitter.op("Sum", contributions)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loss head
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _loss_nodes(prep: _Prepared, e: Emitter, target: str, kind: LossKind, work_type: int) -> tuple[str, str]:
+    """Per-sample loss (N,) and its gradient w.r.t. the image, as in kernels/reference.py."""
+    y = prep.output
+    dims = prep.dims.get(y)
+    if dims is None:
+        raise ValueError(f"the rank of the output {y!r} is unknown")
+    y_type = prep.types.get(y, TensorProto.FLOAT)
+    y_work = y if y_type == work_type else e.op("Cast", [y], to=work_type)
+    diff = e.op("Sub", [y_work, target])
+    per_element = e.op("Mul", [diff, diff]) if kind == "mse" else e.op("Abs", [diff])
+    axes = list(range(1, len(dims)))
+    loss = e.reduce("ReduceMean", per_element, axes, keepdims=False)
+    slope = diff if kind == "mse" else e.op("Sign", [diff])
+    scale = 2.0 if kind == "mse" else 1.0
+    static = [d for d in dims[1:] if d is not None and d >= 0]
+    if len(static) == len(dims) - 1:
+        gy = e.op("Mul", [slope, e.const(scale / float(np.prod(static, dtype=np.int64)), work_type)])
+    else:
+        count = e.op("Div", [e.op("Size", [y]), e.op("Gather", [e.shape_of(y), e.ints([0])], axis=0)])
+        gy = e.op("Div", [e.op("Mul", [slope, e.const(scale, work_type)]), e.op("Cast", [count], to=work_type)])
+    if y_type != work_type:
+        gy = e.op("Cast", [gy], to=y_type)
+    return loss, gy

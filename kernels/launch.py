@@ -1,0 +1,534 @@
+"""Launch the CUDA loss and Adam kernels on raw device pointers (TensorRT runtime) or torch tensors.
+
+``CudaKernels`` owns one device: it retains the device's primary context (the one torch and TensorRT use,
+so pointers from either are valid), loads the NVRTC-compiled modules (see build.py) and launches with the
+driver API on the stream it is given. The launch plan (grid, vector path, workspace) is computed by pure
+functions so the host logic is testable without a GPU. cuda-python and torch are imported lazily: this
+module imports on a machine with neither GPU nor cuda-python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from genorigin.kernels import build
+
+if TYPE_CHECKING:
+    import torch
+
+LOSS_BLOCK = 256  # must match LOSS_BLOCK in loss.cu (its __launch_bounds__)
+ADAM_BLOCK = 256  # must match ADAM_BLOCK in adam.cu
+BLOCKS_PER_SM = 8  # target resident blocks per SM when splitting one sample over several blocks
+ADAM_MIN_PER_THREAD = 4  # below this many elements per thread, one block per sample (fused best_loss)
+
+DTYPES: dict[str, tuple[str, int]] = {"float32": ("f32", 4), "float16": ("f16", 2), "bfloat16": ("bf16", 2)}
+STEP_KINDS: dict[str, int] = {"int32": 0, "int64": 1, "float32": 2, "float64": 3}
+LOSS_KINDS: dict[str, int] = {"mse": 0, "l1": 1}
+
+
+class KernelUnavailableError(RuntimeError):
+    """cuda-python, NVRTC, the CUDA driver or a GPU is missing: the CUDA kernels cannot run here."""
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver call failed."""
+
+
+# ---------------------------------------------------------------- pure launch planning
+
+
+def loss_kernel_name(y_dtype: str, x_dtype: str, gy_dtype: str) -> str:
+    """Kernel for these dtypes; x and gy are float32 or y's dtype (what loss.cu instantiates)."""
+    for name in (y_dtype, x_dtype, gy_dtype):
+        if name not in DTYPES:
+            raise ValueError(f"unsupported dtype {name!r}; expected one of {sorted(DTYPES)}")
+    for what, dt in (("x", x_dtype), ("gy", gy_dtype)):
+        if dt not in ("float32", y_dtype):
+            raise ValueError(f"{what} dtype must be float32 or y's dtype {y_dtype}, got {dt}")
+    return "genorigin_loss_" + "_".join(DTYPES[d][0] for d in (y_dtype, x_dtype, gy_dtype))
+
+
+@dataclass(frozen=True)
+class LossPlan:
+    """How one loss launch is laid out; equal plans give bit-identical results."""
+
+    kernel: str
+    grid: int
+    block: int
+    blocks_per_sample: int
+    vec: bool
+    workspace_bytes: int  # fp64 partials, N * blocks_per_sample, when blocks_per_sample > 1
+    c0: float  # fp32(2/count) for MSE, fp32(1/count) for L1
+
+
+def plan_loss(
+    n: int,
+    count: int,
+    *,
+    sm_count: int,
+    kind: str = "mse",
+    y_dtype: str = "float32",
+    x_dtype: str = "float32",
+    gy_dtype: str = "float32",
+    ptrs: Sequence[int] = (),
+    blocks_per_sample: int | None = None,
+) -> LossPlan:
+    """Grid for N samples of ``count`` elements: enough blocks to fill the GPU, one sample per block row.
+
+    The 4-wide vector path needs count % 4 == 0 and every pointer aligned to 4 elements; ``ptrs`` are
+    (y, x, gy) addresses.
+    """
+    if kind not in LOSS_KINDS:
+        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
+    if n < 1 or count < 1:
+        raise ValueError(f"need N >= 1 samples of >= 1 element, got N={n}, count={count}")
+    name = loss_kernel_name(y_dtype, x_dtype, gy_dtype)
+    sizes = [DTYPES[d][1] for d in (y_dtype, x_dtype, gy_dtype)]
+    vec = count % 4 == 0 and all(int(p) % (4 * s) == 0 for p, s in zip(ptrs, sizes, strict=False))
+    units = count // 4 if vec else count
+    useful = max(1, math.ceil(units / LOSS_BLOCK))  # beyond this a block would have idle threads only
+    if blocks_per_sample is None:
+        wanted = math.ceil(max(1, sm_count) * BLOCKS_PER_SM / n)
+        blocks_per_sample = max(1, min(wanted, useful))
+    if not 1 <= blocks_per_sample <= 65535:
+        raise ValueError(f"blocks_per_sample must be in [1, 65535], got {blocks_per_sample}")
+    grid = n * blocks_per_sample
+    if grid > 2**31 - 1:
+        raise ValueError(f"grid of {grid} blocks is too large; use fewer blocks per sample")
+    c0 = float(np.float32((2.0 if kind == "mse" else 1.0) / count))
+    workspace = 8 * grid if blocks_per_sample > 1 else 0
+    return LossPlan(name, grid, LOSS_BLOCK, blocks_per_sample, vec, workspace, c0)
+
+
+@dataclass(frozen=True)
+class AdamPlan:
+    grid: int
+    block: int
+    blocks_per_sample: int
+    fused: bool  # one block per sample updates best_loss itself; else a second tiny kernel does
+    best_grid: int
+
+
+def plan_adam(n: int, d: int, *, sm_count: int, blocks_per_sample: int | None = None) -> AdamPlan:
+    """One block per sample for small latents (a single launch); several, plus a best_loss pass, for big."""
+    if n < 1 or d < 1:
+        raise ValueError(f"need N >= 1 samples of >= 1 element, got N={n}, D={d}")
+    if blocks_per_sample is None:
+        useful = max(1, d // (ADAM_BLOCK * ADAM_MIN_PER_THREAD))
+        wanted = math.ceil(max(1, sm_count) * BLOCKS_PER_SM / n)
+        blocks_per_sample = max(1, min(wanted, useful))
+    if not 1 <= blocks_per_sample <= 65535:
+        raise ValueError(f"blocks_per_sample must be in [1, 65535], got {blocks_per_sample}")
+    fused = blocks_per_sample == 1
+    return AdamPlan(
+        grid=n * blocks_per_sample,
+        block=ADAM_BLOCK,
+        blocks_per_sample=blocks_per_sample,
+        fused=fused,
+        best_grid=0 if fused else math.ceil(n / ADAM_BLOCK),
+    )
+
+
+class PackedParams:
+    """The ``void**`` array cuLaunchKernel reads: one pointer per kernel argument, each to its ctypes value.
+
+    Keeps the values alive until the launch has copied them (the driver copies at launch time).
+    """
+
+    def __init__(self, values: Sequence[ctypes._SimpleCData]) -> None:
+        self.values = list(values)
+        self.array = (ctypes.c_void_p * max(1, len(self.values)))(*(ctypes.addressof(v) for v in self.values))
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self.array)
+
+
+def loss_params(
+    plan: LossPlan, y: int, x: int, gy: int, weight: int, loss: int, partial: int, count: int, kind: str,
+    scale: float,
+) -> PackedParams:  # fmt: skip
+    """Arguments in loss.cu's order: (y, x, gy, weight, loss, partial, count, bps, kind, vec, c0, scale)."""
+    vp = ctypes.c_void_p
+    return PackedParams([
+        vp(y), vp(x), vp(gy), vp(weight or None), vp(loss), vp(partial or None),
+        ctypes.c_longlong(count), ctypes.c_int(plan.blocks_per_sample), ctypes.c_int(LOSS_KINDS[kind]),
+        ctypes.c_int(int(plan.vec)), ctypes.c_float(plan.c0), ctypes.c_float(scale),
+    ])  # fmt: skip
+
+
+def adam_params(
+    plan: AdamPlan, ptrs: Sequence[int], d: int, t_kind: int, lr: float, beta1: float, beta2: float,
+    eps: float, clip: float | None,
+) -> PackedParams:  # fmt: skip
+    """Arguments in adam.cu's order: 8 pointers (z, m, v, grad, t, loss, best_loss, best_z), then scalars."""
+    vp = ctypes.c_void_p
+    return PackedParams([
+        *(vp(p) for p in ptrs),
+        ctypes.c_longlong(d), ctypes.c_int(plan.blocks_per_sample), ctypes.c_int(t_kind),
+        ctypes.c_double(lr), ctypes.c_double(beta1), ctypes.c_double(beta2), ctypes.c_float(eps),
+        ctypes.c_float(0.0 if clip is None else clip), ctypes.c_int(clip is not None),
+        ctypes.c_int(int(plan.fused)),
+    ])  # fmt: skip
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _driver() -> Any:
+    try:
+        from cuda.bindings import driver
+    except ImportError as e:
+        raise KernelUnavailableError(
+            f"cuda-python is not installed ({e}); pip install 'genorigin[gpu]' for the CUDA kernels"
+        ) from e
+    return driver
+
+
+def _check(result: Any, what: str = "CUDA driver call") -> Any:
+    """Unpack cuda-python's (CUresult, *values) tuples; raise CudaError on failure."""
+    driver = _driver()
+    err, *rest = result if isinstance(result, tuple) else (result,)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        _, name = driver.cuGetErrorName(err)
+        _, desc = driver.cuGetErrorString(err)
+        dec = [s.decode() if isinstance(s, bytes) else str(s) for s in (name, desc)]
+        raise CudaError(f"{what}: {dec[0]} ({dec[1]})")
+    if not rest:
+        return None
+    return rest[0] if len(rest) == 1 else tuple(rest)
+
+
+def _stream_handle(stream: Any) -> int:
+    """int handle of a stream given as int, CUstream, torch.cuda.Stream (``cuda_stream``) or None (0)."""
+    if stream is None:
+        return 0
+    if hasattr(stream, "cuda_stream"):
+        return int(stream.cuda_stream)
+    return int(stream)
+
+
+class CudaKernels:
+    """The loss and Adam kernels loaded on one GPU; launches take raw device pointers and a stream."""
+
+    def __init__(self, device: int = 0) -> None:
+        driver = _driver()
+        try:
+            _check(driver.cuInit(0), "cuInit")
+        except KernelUnavailableError:
+            raise
+        except CudaError as e:
+            raise KernelUnavailableError(f"no usable CUDA GPU: {e}") from e
+        except Exception as e:  # cuda-pathfinder raises when libcuda.so (the driver) is absent
+            raise KernelUnavailableError(f"the CUDA driver could not be loaded: {e}") from e
+        self._driver = driver
+        self.device = device
+        self._dev = _check(driver.cuDeviceGet(device), "cuDeviceGet")
+        self._ctx = _check(driver.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain")
+        self._activate()
+        major, minor = self.attribute("COMPUTE_CAPABILITY_MAJOR"), self.attribute("COMPUTE_CAPABILITY_MINOR")
+        self.arch = major * 10 + minor
+        self.sm_count = self.attribute("MULTIPROCESSOR_COUNT")
+        try:
+            target_arch, target = build.choose_target(self.arch, build.nvrtc_supported_archs())
+        except build.NvrtcUnavailableError as e:
+            raise KernelUnavailableError(str(e)) from e
+        self.target = f"{'sm' if target == 'cubin' else 'compute'}_{target_arch}"
+        self._modules: list[Any] = []
+        self._functions: dict[str, Any] = {}
+        for source, names in build.KERNELS.items():
+            image, _ = build.load_or_compile(source, target_arch, target)
+            try:
+                module = _check(driver.cuModuleLoadData(image), f"cuModuleLoadData({source}, {self.target})")
+            except CudaError as e:
+                _, version = driver.cuDriverGetVersion()
+                raise CudaError(
+                    f"{e}; the driver supports CUDA {version // 1000}.{version % 1000 // 10} and NVRTC is "
+                    f"{'.'.join(map(str, build.nvrtc_version()))}: install the NVRTC / cuda-python major "
+                    "matching the driver"
+                ) from e
+            self._modules.append(module)
+            for name in names:
+                self._functions[name] = _check(driver.cuModuleGetFunction(module, name.encode()), name)
+
+    def attribute(self, name: str) -> int:
+        """cuDeviceGetAttribute(CU_DEVICE_ATTRIBUTE_<name>) for this device."""
+        attr = getattr(self._driver.CUdevice_attribute, f"CU_DEVICE_ATTRIBUTE_{name}")
+        return int(_check(self._driver.cuDeviceGetAttribute(attr, self._dev), name))
+
+    def _activate(self) -> None:
+        """Bind the primary context to this thread (torch binds the same one, so this is harmless)."""
+        _check(self._driver.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+
+    def _alloc_async(self, nbytes: int, stream: int) -> int:
+        """Stream-ordered scratch memory (valid under CUDA graph capture too)."""
+        d = self._driver
+        return int(_check(d.cuMemAllocAsync(nbytes, d.CUstream(stream)), "cuMemAllocAsync"))
+
+    def _free_async(self, ptr: int, stream: int) -> None:
+        d = self._driver
+        _check(d.cuMemFreeAsync(d.CUdeviceptr(ptr), d.CUstream(stream)), "cuMemFreeAsync")
+
+    def _launch(self, name: str, grid: int, block: int, stream: int, params: PackedParams) -> None:
+        _check(
+            self._driver.cuLaunchKernel(
+                self._functions[name], grid, 1, 1, block, 1, 1, 0,
+                self._driver.CUstream(stream), params.address, 0,
+            ),
+            f"cuLaunchKernel({name})",
+        )  # fmt: skip
+
+    def loss_plan(self, n: int, count: int, **kw: Any) -> LossPlan:
+        return plan_loss(n, count, sm_count=self.sm_count, **kw)
+
+    def loss_workspace_bytes(self, n: int, count: int, **kw: Any) -> int:
+        """Bytes of scratch a loss launch needs (0 when each sample fits one block); pass it as workspace."""
+        return plan_loss(n, count, sm_count=self.sm_count, **kw).workspace_bytes if n else 0
+
+    def loss(
+        self,
+        y_ptr: int,
+        x_ptr: int,
+        loss_ptr: int,
+        gy_ptr: int,
+        n: int,
+        count: int,
+        *,
+        kind: str = "mse",
+        weight_ptr: int = 0,
+        scale: float = 1.0,
+        y_dtype: str = "float32",
+        x_dtype: str = "float32",
+        gy_dtype: str = "float32",
+        stream: Any = 0,
+        workspace_ptr: int = 0,
+        blocks_per_sample: int | None = None,
+    ) -> LossPlan | None:
+        """loss[n] and gy for N contiguous samples of ``count`` elements (reference.loss_and_grad).
+
+        ``weight_ptr``: optional (N,) float32; ``loss_ptr``: (N,) float32 out; ``gy_ptr``: like y, gy_dtype.
+        Without ``workspace_ptr`` a needed workspace is allocated stream-ordered (cuMemAllocAsync).
+        """
+        if n == 0:
+            return None
+        plan = plan_loss(
+            n, count, sm_count=self.sm_count, kind=kind, y_dtype=y_dtype, x_dtype=x_dtype,
+            gy_dtype=gy_dtype, ptrs=(y_ptr, x_ptr, gy_ptr), blocks_per_sample=blocks_per_sample,
+        )  # fmt: skip
+        self._activate()
+        s = _stream_handle(stream)
+        workspace, owned = int(workspace_ptr), False
+        if plan.workspace_bytes and not workspace:
+            workspace, owned = self._alloc_async(plan.workspace_bytes, s), True
+        try:
+            scale32 = float(np.float32(scale))
+            params = loss_params(plan, y_ptr, x_ptr, gy_ptr, weight_ptr, loss_ptr, workspace, count, kind, scale32)
+            self._launch(plan.kernel, plan.grid, plan.block, s, params)
+            if plan.blocks_per_sample > 1:
+                fin = PackedParams([
+                    ctypes.c_void_p(workspace), ctypes.c_void_p(loss_ptr), ctypes.c_longlong(count),
+                    ctypes.c_int(plan.blocks_per_sample),
+                ])  # fmt: skip
+                self._launch("genorigin_loss_finalize", n, LOSS_BLOCK, s, fin)
+        finally:
+            if owned:
+                self._free_async(workspace, s)
+        return plan
+
+    def adam(
+        self,
+        z_ptr: int,
+        m_ptr: int,
+        v_ptr: int,
+        grad_ptr: int,
+        t_ptr: int,
+        loss_ptr: int,
+        best_loss_ptr: int,
+        best_z_ptr: int,
+        n: int,
+        d: int,
+        *,
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        clip: float | None = None,
+        t_dtype: str = "float32",
+        stream: Any = 0,
+        blocks_per_sample: int | None = None,
+    ) -> AdamPlan | None:
+        """In-place Adam step plus best-so-far bookkeeping on N×D float32 arrays (reference.adam_step).
+
+        ``t_ptr``: (N,) per-sample step count (after this step) of ``t_dtype``; loss/best_loss: (N,) float32.
+        """
+        if n == 0:
+            return None
+        if t_dtype not in STEP_KINDS:
+            raise ValueError(f"t dtype must be one of {sorted(STEP_KINDS)}, got {t_dtype!r}")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be positive or None, got {clip}")
+        plan = plan_adam(n, d, sm_count=self.sm_count, blocks_per_sample=blocks_per_sample)
+        self._activate()
+        s = _stream_handle(stream)
+        ptrs = (z_ptr, m_ptr, v_ptr, grad_ptr, t_ptr, loss_ptr, best_loss_ptr, best_z_ptr)
+        params = adam_params(plan, ptrs, d, STEP_KINDS[t_dtype], lr, beta1, beta2, eps, clip)
+        self._launch("genorigin_adam", plan.grid, plan.block, s, params)
+        if not plan.fused:
+            vp = ctypes.c_void_p
+            best = PackedParams([vp(loss_ptr), vp(best_loss_ptr), ctypes.c_longlong(n)])
+            self._launch("genorigin_adam_best_loss", plan.best_grid, ADAM_BLOCK, s, best)
+        return plan
+
+    def close(self) -> None:
+        """Unload the modules and release the primary context (torch's own retain keeps it alive)."""
+        if getattr(self, "_ctx", None) is None:
+            return
+        self._activate()
+        for module in self._modules:
+            self._driver.cuModuleUnload(module)
+        self._modules.clear()
+        self._functions.clear()
+        self._driver.cuDevicePrimaryCtxRelease(self._dev)
+        self._ctx = None
+
+
+_KERNELS: dict[int, CudaKernels] = {}
+_KERNELS_LOCK = threading.Lock()
+
+
+def get_kernels(device: int = 0) -> CudaKernels:
+    """The process-wide CudaKernels for a device, created (and compiled or loaded from cache) once."""
+    with _KERNELS_LOCK:
+        if device not in _KERNELS:
+            _KERNELS[device] = CudaKernels(device)
+        return _KERNELS[device]
+
+
+# ---------------------------------------------------------------- torch convenience wrappers
+
+_TORCH_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _check_cuda_tensor(name: str, t: Any, device: Any | None = None) -> None:
+    import torch
+
+    _require(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    _require(t.is_cuda, f"{name} must be a CUDA tensor, got device {t.device}")
+    _require(device is None or t.device == device, f"{name} is on {t.device}, expected {device}")
+    _require(t.is_contiguous(), f"{name} must be contiguous")
+
+
+def loss_and_grad_cuda(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    kind: str = "mse",
+    weight: torch.Tensor | None = None,
+    scale: float = 1.0,
+    *,
+    gy_dtype: torch.dtype | None = None,
+    blocks_per_sample: int | None = None,
+    kernels: CudaKernels | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """reference.loss_and_grad on CUDA tensors, on torch's current stream: returns (loss (N,) fp32, gy).
+
+    y: fp32/fp16/bf16; x: fp32 or y's dtype; gy: fp32 by default (as the reference), or y's dtype.
+    """
+    import torch
+
+    _check_cuda_tensor("y", y)
+    _check_cuda_tensor("x", x, y.device)
+    _require(y.ndim >= 1 and y.shape == x.shape, f"y {tuple(y.shape)} and x {tuple(x.shape)} differ in shape")
+    _require(kind in LOSS_KINDS, f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
+    y_dt, x_dt = _dtype_name(y), _dtype_name(x)
+    _require(y_dt in _TORCH_DTYPES, f"y dtype must be float32, float16 or bfloat16, got {y.dtype}")
+    _require(x_dt in ("float32", y_dt), f"x dtype must be float32 or y's dtype {y.dtype}, got {x.dtype}")
+    gy_dt = str(gy_dtype).removeprefix("torch.") if gy_dtype is not None else "float32"
+    _require(gy_dt in ("float32", y_dt), f"gy dtype must be float32 or y's dtype {y.dtype}, got {gy_dtype}")
+    n = int(y.shape[0])
+    count = int(math.prod(y.shape[1:])) if y.ndim > 1 else 1
+    if weight is not None:
+        _check_cuda_tensor("weight", weight, y.device)
+        _require(weight.dtype == torch.float32 and tuple(weight.shape) == (n,), "weight must be (N,) float32")
+    loss = torch.empty(n, dtype=torch.float32, device=y.device)
+    gy = torch.empty(y.shape, dtype=getattr(torch, gy_dt), device=y.device)
+    if n == 0:
+        return loss, gy
+    _require(count > 0, "each sample must have at least one element")
+    ks = kernels if kernels is not None else get_kernels(y.device.index or 0)
+    kw = {"kind": kind, "y_dtype": y_dt, "x_dtype": x_dt, "gy_dtype": gy_dt}
+    ptrs = (y.data_ptr(), x.data_ptr(), gy.data_ptr())
+    plan = ks.loss_plan(n, count, ptrs=ptrs, blocks_per_sample=blocks_per_sample, **kw)
+    workspace = torch.empty(plan.workspace_bytes, dtype=torch.uint8, device=y.device)  # caching allocator
+    ks.loss(
+        ptrs[0], ptrs[1], loss.data_ptr(), ptrs[2], n, count,
+        weight_ptr=weight.data_ptr() if weight is not None else 0, scale=scale,
+        stream=torch.cuda.current_stream(y.device).cuda_stream,
+        workspace_ptr=workspace.data_ptr() if plan.workspace_bytes else 0,
+        blocks_per_sample=plan.blocks_per_sample, **kw,
+    )  # fmt: skip
+    return loss, gy
+
+
+def adam_step_cuda_(
+    z: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    grad: torch.Tensor,
+    t: torch.Tensor,
+    loss: torch.Tensor,
+    best_loss: torch.Tensor,
+    best_z: torch.Tensor,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    clip: float | None = None,
+    *,
+    blocks_per_sample: int | None = None,
+    kernels: CudaKernels | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """reference.adam_step in place on CUDA tensors; returns (z, m, v, best_loss, best_z), the same objects.
+
+    Same signature as the reference so a backend can swap it in; z, m, v, grad, best_z: (N, ...) float32,
+    t: (N,) int32/int64/float32/float64 step counts, loss and best_loss: (N,) float32.
+    """
+    import torch
+
+    _check_cuda_tensor("z", z)
+    _require(z.dtype == torch.float32 and z.ndim >= 1, f"z must be (N, ...) float32, got {z.dtype}")
+    n = int(z.shape[0])
+    d = int(math.prod(z.shape[1:])) if z.ndim > 1 else 1
+    for name, a in (("m", m), ("v", v), ("grad", grad), ("best_z", best_z)):
+        _check_cuda_tensor(name, a, z.device)
+        ok = a.dtype == torch.float32 and a.shape == z.shape
+        _require(ok, f"{name} must be float32 of shape {tuple(z.shape)}")
+    for name, a in (("loss", loss), ("best_loss", best_loss)):
+        _check_cuda_tensor(name, a, z.device)
+        _require(a.dtype == torch.float32 and tuple(a.shape) == (n,), f"{name} must be (N,) float32")
+    _check_cuda_tensor("t", t, z.device)
+    t_dt = _dtype_name(t)
+    _require(t_dt in STEP_KINDS and tuple(t.shape) == (n,), f"t must be (N,) of {sorted(STEP_KINDS)}")
+    if n and d:
+        ks = kernels if kernels is not None else get_kernels(z.device.index or 0)
+        ks.adam(
+            z.data_ptr(), m.data_ptr(), v.data_ptr(), grad.data_ptr(), t.data_ptr(), loss.data_ptr(),
+            best_loss.data_ptr(), best_z.data_ptr(), n, d, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
+            clip=clip, t_dtype=t_dt, stream=torch.cuda.current_stream(z.device).cuda_stream,
+            blocks_per_sample=blocks_per_sample,
+        )  # fmt: skip
+    return z, m, v, best_loss, best_z
