@@ -30,6 +30,7 @@ class SlotState:
     best_loss: Array
     x: Array
     t: Array
+    lr: Array | None = None  # per-slot learning rate (N×1…), set only when the settings schedule it
 
 
 class Backend:
@@ -58,7 +59,7 @@ class Backend:
         loss, grad = self.loss_and_grad(state.z, state.x)
         state.z, state.m, state.v, state.best_loss, state.best_z = self.adam_step(
             state.z, state.m, state.v, grad, state.t, loss, state.best_loss, state.best_z,
-            settings.lr, settings.beta1, settings.beta2, settings.eps,
+            settings.lr if state.lr is None else state.lr, settings.beta1, settings.beta2, settings.eps,
         )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:

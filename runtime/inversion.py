@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from genorigin.export.generator import LatentSpec
-from genorigin.runtime.backend import Backend, concat, take, to_numpy
+from genorigin.runtime.backend import Backend, SlotState, concat, take, to_numpy
 
 CONTINUE, BELONGING, NON_BELONGING = 0, 1, 2
 
@@ -37,10 +37,14 @@ class InversionSettings:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    lr_halve_every: int = 0  # 0: constant lr (the paper); k: halve every k steps (LatentTracer)
+    init: str = "prior"  # where the starts come from: "prior" (the paper) or a named initializer
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.restarts < 1:
             raise ValueError("steps and restarts must be ≥ 1")
+        if self.lr_halve_every < 0:
+            raise ValueError("lr_halve_every must be ≥ 0")
         if not self.lr > 0:
             raise ValueError("lr must be > 0")
         if self.loss not in ("mse", "l1"):
@@ -48,6 +52,15 @@ class InversionSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def lr_at(self, t: np.ndarray) -> float | np.ndarray:
+        """Learning rate of each slot at its (1-based) step count ``t``."""
+        if not self.lr_halve_every:
+            return self.lr
+        return self.lr * 0.5 ** ((t - 1) // self.lr_halve_every)
+
+
+Initializer = Callable[[np.ndarray, int], np.ndarray]  # (image C×H×W, restarts) → R×latent starts
 
 
 @dataclass(frozen=True)
@@ -116,8 +129,17 @@ def invert(
     complexity: np.ndarray | None = None,
     stop_rule: StopRule | None = None,
     on_done: Callable[[int], None] | None = None,
+    initializer: Initializer | None = None,
 ) -> list[InversionOutcome]:
-    """Invert every target image (N×C×H×W float32 in [0, 1]); outcomes come back in input order."""
+    """Invert every target image (N×C×H×W float32 in [0, 1]); outcomes come back in input order.
+
+    ``initializer`` replaces the random starts from the prior (e.g. an encoder's latent, LatentTracer); it
+    must match ``settings.init``, which the calibration records.
+    """
+    if (initializer is None) != (settings.init == "prior"):
+        raise ValueError(
+            f"settings.init={settings.init!r} needs {'no' if settings.init == 'prior' else 'an'} initializer"
+        )
     n_images = len(targets)
     if n_images == 0:
         return []
@@ -143,7 +165,12 @@ def invert(
         while queue and len(keep) + (len(new_img) + 1) * R <= capacity:
             i = queue.pop()
             images[i].started = time.perf_counter()
-            new_z.append(initial_latents(latent, schedule.seed, targets[i], R))
+            starts = (
+                initial_latents(latent, schedule.seed, targets[i], R)
+                if initializer is None
+                else np.asarray(initializer(targets[i], R), dtype=np.float32).reshape(R, *latent.shape)
+            )
+            new_z.append(starts)
             new_x.append(np.repeat(targets[i : i + 1], R, axis=0))
             new_img.append(i)
         parts_kept = z is not None and len(keep) > 0
@@ -192,24 +219,14 @@ def invert(
     admit(np.zeros(0, dtype=np.int64))
     step = 0
     while len(slot_image):
-        loss, grad = backend.loss_and_grad(z, x)
         slot_t += 1
         step += 1
-        t_arr = backend.asarray(slot_t.astype(np.float32))
-        z, m, v, best_loss, best_z = backend.adam_step(
-            z,
-            m,
-            v,
-            grad,
-            t_arr,
-            loss,
-            best_loss,
-            best_z,
-            settings.lr,
-            settings.beta1,
-            settings.beta2,
-            settings.eps,
-        )
+        state = SlotState(z, m, v, best_z, best_loss, x, backend.asarray(slot_t.astype(np.float32)))
+        if settings.lr_halve_every:
+            lr = np.asarray(settings.lr_at(slot_t), dtype=np.float32)
+            state.lr = backend.asarray(lr.reshape(len(lr), *([1] * len(latent.shape))))
+        backend.step(state, settings)
+        z, m, v, best_z, best_loss = state.z, state.m, state.v, state.best_z, state.best_loss
         at_budget = slot_t >= settings.steps
         if step % schedule.check_every and not at_budget.any():
             continue
