@@ -13,7 +13,7 @@ from genorigin.runtime.calibration import Calibration, calibrated_score
 from genorigin.runtime.complexity import complexity
 from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert
+from genorigin.runtime.inversion import Initializer, InversionSettings, Schedule, invert
 
 DecisionRule = Literal["grubbs", "quantile"]
 CALIBRATION_SAMPLE_SEED = 1_000_003  # calibration samples never coincide with evaluation samples
@@ -89,6 +89,7 @@ class Attributor:
         schedule: Schedule = Schedule(),
         calibration: Calibration | None = None,
         rule: DecisionRule = "grubbs",
+        initializer: Initializer | None = None,
     ) -> None:
         if rule not in ("grubbs", "quantile"):
             raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
@@ -96,6 +97,7 @@ class Attributor:
         self.settings = settings
         self.schedule = schedule
         self.rule: DecisionRule = rule
+        self.initializer = initializer
         self.backend = make_backend(generator, backend, settings.loss)
         self.calibration: Calibration | None = None
         if calibration is not None:
@@ -182,6 +184,7 @@ class Attributor:
             complexity=comp,
             stop_rule=rule,
             on_done=on_done,
+            initializer=self.initializer,
         )
         recon = None
         if keep_reconstructions:
