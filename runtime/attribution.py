@@ -135,6 +135,7 @@ class Attributor:
             schedule,
             complexity=comp,
             on_done=on_done,
+            initializer=self.initializer,
         )
         scores = calibrated_score([o.best_loss for o in outcomes], comp)
         steps = [s for s, _ in outcomes[0].trajectory]
