@@ -269,6 +269,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ----------------------------------------------------------------------------------------------- build-engine
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from genorigin.runtime.engines import build_engines
+
+    model = _resolve(args.model)
+    try:
+        built = build_engines(
+            model.package().root,
+            precision=args.precision,
+            profiles=args.batch or None,
+            cache_dir=args.cache_dir,
+            timing_cache=args.timing_cache,
+            workspace_bytes=int(args.workspace_gib * 2**30) if args.workspace_gib else None,
+            optimization_level=args.opt_level,
+            device=args.device,
+            force=args.force,
+        )
+    except (ImportError, RuntimeError, ValueError) as exc:
+        raise CliError(f"cannot build TensorRT engines: {exc}") from exc
+    summary = {
+        role: {"path": str(e.path), "built": e.built, "seconds": e.seconds, "reason": e.reason}
+        for role, e in built.items()
+    }
+    print(json.dumps(summary, indent=1) if args.json else "\n".join(f"{r}: {v}" for r, v in summary.items()))
+    return EXIT_OK
+
+
 # ----------------------------------------------------------------------------------------------- serve
 def cmd_serve(args: argparse.Namespace) -> int:
     from genorigin.runtime.server import AttributionServer
@@ -334,6 +361,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
+
+    from genorigin.runtime.engine_cache import PRECISIONS, parse_profile
+
+    p = sub.add_parser("build-engine", help="build (or reuse cached) TensorRT engines for a model's graphs")
+    p.add_argument("--model", required=True, help="bundled name, .pt file or attribution package")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    p.add_argument("--batch", action="append", type=parse_profile, help="batch profile MIN:OPT:MAX (repeatable)")
+    p.add_argument("--cache-dir", "--out", dest="cache_dir", help="engine folder (default: the user cache)")
+    p.add_argument("--timing-cache")
+    p.add_argument("--workspace-gib", type=float)
+    p.add_argument("--opt-level", type=int)
+    p.add_argument("--device", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="rebuild even when a verified engine is cached")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_build_engine)
 
     p = sub.add_parser("serve", help="HTTP service: POST image bytes to /v1/attribute, get a JSON verdict")
     p.add_argument("--model", required=True)

@@ -11,7 +11,7 @@ from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
 from genorigin.export.generator import Generator
 from genorigin.runtime.backend import Backend, TorchBackend
 
-BACKENDS = ("torch", "torch-cuda", "onnxruntime", "onnxruntime-cuda")
+BACKENDS = ("torch", "torch-cuda", "torch-cuda-graph", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
 def cache_dir() -> Path:
@@ -52,8 +52,16 @@ class ResolvedModel:
 
             device = "cuda" if name.endswith("cuda") else "cpu"
             return OrtBackend(self.package(), device=device, threads=threads, loss=loss)
+        if name == "tensorrt":
+            from genorigin.runtime.tensorrt_backend import TensorRTBackend
+
+            return TensorRTBackend.from_graphs(self.package().root, loss=loss)
         if self.generator.module is None:
-            raise ValueError(f"{self.source} is an exported package: use --backend onnxruntime")
+            raise ValueError(f"{self.source} is an exported package: use --backend onnxruntime or tensorrt")
+        if name == "torch-cuda-graph":
+            from genorigin.runtime.cuda_graph import CudaGraphTorchBackend
+
+            return CudaGraphTorchBackend(self.generator, loss=loss)
         return TorchBackend(self.generator, "cuda" if name == "torch-cuda" else "cpu", loss)
 
 
