@@ -19,7 +19,6 @@ import bisect
 import math
 
 import numpy as np
-
 from genorigin.runtime.calibration import Calibration, calibrated_score
 from genorigin.runtime.inversion import BELONGING, CONTINUE, NON_BELONGING
 
