@@ -1,0 +1,47 @@
+import math
+
+import numpy as np
+import pytest
+
+from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.early_exit import TrajectoryStopRule
+from genorigin.runtime.inversion import BELONGING, CONTINUE, NON_BELONGING
+
+
+def _calibration() -> Calibration:
+    # four belonging trajectories over checkpoints 50..200; the last one ends far above the others
+    steps = [50, 100, 150, 200]
+    traj = np.array(
+        [
+            [1e-2, 1e-3, 1e-4, 1e-5],
+            [2e-2, 2e-3, 2e-4, 2e-5],
+            [3e-2, 3e-3, 3e-4, 3e-5],
+            [9e-1, 8e-1, 7e-1, 6e-1],  # a stuck start: not accepted, must not widen the envelope
+        ]
+    )
+    return Calibration(
+        model_name="m",
+        model_fingerprint="f",
+        settings={},
+        scores=list(traj[:, -1]),
+        checkpoint_steps=steps,
+        checkpoint_scores=[list(col) for col in traj.T],
+    )
+
+
+def test_envelope_uses_accepted_trajectories_only():
+    rule = TrajectoryStopRule(_calibration(), accept_threshold=5e-5, margin=2.0, min_step=100)
+    assert math.isinf(rule.reject_threshold(50))  # before min_step
+    assert rule.reject_threshold(100) == pytest.approx(2 * 3e-3)
+    assert rule.reject_threshold(175) == pytest.approx(2 * 3e-4)  # last checkpoint at or before the step
+
+
+def test_decisions():
+    rule = TrajectoryStopRule(_calibration(), accept_threshold=5e-5, margin=2.0, min_step=100)
+    scores = np.array([4e-5, 1e-3, 1e-2, 5e-1])
+    out = rule.check(100, scores, np.ones(4))
+    assert list(out) == [BELONGING, CONTINUE, NON_BELONGING, NON_BELONGING]
+    # the same scores before min_step: only the exact belonging exit applies
+    assert list(rule.check(50, scores, np.ones(4))) == [BELONGING, CONTINUE, CONTINUE, CONTINUE]
+    # complexity divides the loss before the comparison
+    assert list(rule.check(100, np.array([8e-5]), np.array([2.0]))) == [BELONGING]
