@@ -39,7 +39,7 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inversion (a calibration is only valid for the settings it was made with)")
     g.add_argument("--steps", "--max-steps", dest="steps", type=int, default=1500, help="Adam steps per image")
     g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--restarts", type=int, default=1, help="random starts per image")
+    g.add_argument("--restarts", type=int, default=2, help="random starts per image (best one counts)")
     g.add_argument("--loss", choices=["mse", "l1"], default="mse")
     g.add_argument("--batch-size", type=int, default=32, help="images in flight at once")
     g.add_argument("--check-every", type=int, default=50, help="steps between early-exit checks")

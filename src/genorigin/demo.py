@@ -27,7 +27,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="calibrate a bundled model and attribute a bundled mix of images")
     p.add_argument("--model", default="dcgan_a", choices=BUNDLED_MODELS, help="the inspected model")
     p.add_argument("--out", default="genorigin-demo", help="output folder")
-    p.add_argument("--samples", type=int, default=100, help="calibration samples")
+    p.add_argument("--samples", type=int, default=50, help="calibration samples (the demo uses 50 to stay quick)")
     p.add_argument("--per-class", type=int, default=12, help="images per class in the mix")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--force", action="store_true", help="reuse a non-empty output folder")
