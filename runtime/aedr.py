@@ -115,6 +115,8 @@ def aedr_scores(roundtrip: Roundtrip, images: np.ndarray, settings: AEDRSettings
 def kde_threshold(scores: Sequence[float] | np.ndarray, alpha: float) -> float:
     """The (1 − α) quantile of a Gaussian KDE (Scott's bandwidth) fitted on belonging scores."""
     s = np.asarray(scores, dtype=np.float64)
+    if np.ptp(s) == 0.0:  # a KDE of identical scores is singular; every belonging score equals this one
+        return float(s[0])
     kde = stats.gaussian_kde(s)
     bw = float(np.sqrt(kde.covariance[0, 0]))
     lo, hi = s.min() - 10 * bw, s.max() + 10 * bw
@@ -123,7 +125,10 @@ def kde_threshold(scores: Sequence[float] | np.ndarray, alpha: float) -> float:
 
 def kde_tail(scores: Sequence[float] | np.ndarray, value: float) -> float:
     """P(S ≥ value) under the belonging KDE: the p-value of the AEDR decision."""
-    kde = stats.gaussian_kde(np.asarray(scores, dtype=np.float64))
+    s = np.asarray(scores, dtype=np.float64)
+    if np.ptp(s) == 0.0:
+        return 1.0 if value <= s[0] else 0.0
+    kde = stats.gaussian_kde(s)
     return float(min(1.0, max(0.0, 1.0 - kde.integrate_box_1d(-np.inf, value))))
 
 
@@ -194,6 +199,8 @@ class AEDRAttributor:
         expected = (self.generator.channels, *self.generator.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"expected N×{expected[0]}×{expected[1]}×{expected[2]} images, got {images.shape}")
+        if not np.isfinite(images).all() or images.min() < 0.0 or images.max() > 1.0:
+            raise ValueError("images must be finite and lie in [0, 1] (use Generator.prepare_image)")
         sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
         parts = aedr_scores(self.roundtrip, images, self.settings)
         threshold = self.threshold()

@@ -1,0 +1,344 @@
+"""Latent-diffusion decoders: an AutoencoderKL's decoder as the generator, with three attribution methods.
+
+A latent diffusion model's images are D(z) for a latent z the diffusion part produced, so "did this model make
+x?" reduces to "is x in the range of the decoder?" (the paper's latent-diffusion case). The latent here is the
+diffusion model's latent z_s = (z − shift) · scaling_factor, which is ~N(0, I) for a trained pipeline, so random
+starts from N(0, I) are sensible and D receives z_s / scaling_factor + shift, as the pipelines decode.
+
+Methods (recorded in the calibration's ``method`` field):
+
+* ``"inversion-random"``: the paper: Adam from random starts (``genorigin.runtime.attribution.Attributor``).
+* ``"inversion-encoder"``: LatentTracer: start from the encoder's posterior mean of the image, Adam with
+  lr 0.05 halved every 50 steps, 100 steps (``LatentTracer`` below; the reference for wiring it into the loop).
+* ``"aedr"``: forward-only double reconstruction (``genorigin.runtime.aedr``), using ``roundtrip`` below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from genorigin.export.diffusion import _jsonable, read_json
+from genorigin.export.generator import Generator, LatentSpec, UnitRangeOutput
+from genorigin.kernels import reference
+from genorigin.runtime.attribution import CALIBRATION_SAMPLE_SEED, AttributionResult, quantize_8bit
+from genorigin.runtime.backend import TorchBackend
+from genorigin.runtime.calibration import Calibration, calibrated_score
+from genorigin.runtime.complexity import complexity
+from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
+from genorigin.runtime.inversion import InversionOutcome, image_key
+from torch import nn
+
+Method = Literal["inversion-random", "inversion-encoder", "aedr"]
+METHODS: tuple[str, ...] = ("inversion-random", "inversion-encoder", "aedr")
+
+
+# --------------------------------------------------------------------------------------------- modules
+class LatentDecoder(nn.Module):
+    """z_s (N×c×h×w, the diffusion latent) → image in [-1, 1]: post_quant_conv and decoder of an AutoencoderKL."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.post_quant_conv = vae.post_quant_conv
+        self.decoder = vae.decoder
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(vae.config.get("shift_factor") or 0.0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        z = z / self.scaling_factor + self.shift_factor
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z)
+
+
+class LatentEncoder(nn.Module):
+    """Image in [0, 1] → posterior mean in the diffusion latent's units, (mean − shift) · scaling_factor."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.encoder = vae.encoder
+        self.quant_conv = vae.quant_conv
+        self.latent_channels = int(vae.config.latent_channels)
+        self.scaling_factor = float(vae.config.scaling_factor)
+        self.shift_factor = float(vae.config.get("shift_factor") or 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(x * 2.0 - 1.0)
+        if self.quant_conv is not None:
+            h = self.quant_conv(h)
+        mean = h[:, : self.latent_channels]
+        return (mean - self.shift_factor) * self.scaling_factor
+
+
+@dataclass
+class LatentDiffusionModel:
+    """The decoder as a Generator, plus the encoder the encoder-init and AEDR methods need."""
+
+    generator: Generator
+    encoder: LatentEncoder
+
+    @torch.no_grad()
+    def encode(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """Posterior means (N×latent) of N×C×H×W images in [0, 1]."""
+        parts = [self.encoder(torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)))
+                 for i in range(0, len(images), batch_size)]  # fmt: skip
+        return torch.cat(parts).numpy()
+
+    @torch.no_grad()
+    def roundtrip(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """D(E(x)) in [0, 1]: one autoencoder reconstruction, the building block of AEDR."""
+        z = torch.from_numpy(self.encode(images, batch_size))
+        return (
+            torch.cat([self.generator.module(z[i : i + batch_size]) for i in range(0, len(z), batch_size)])
+            .clamp(0, 1)
+            .numpy()
+        )
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _sample_size(size: Any) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for key, tensor in sorted(module.state_dict().items()):
+        h.update(key.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def latent_diffusion_from_vae(vae: nn.Module, *, name: str = "autoencoder-kl") -> LatentDiffusionModel:
+    """Wrap a diffusers AutoencoderKL: Generator over the scaled latent, and its encoder."""
+    cfg = vae.config
+    hw = _sample_size(cfg.sample_size)
+    down = 2 ** (len(cfg.block_out_channels) - 1)
+    if hw[0] % down or hw[1] % down:
+        raise ValueError(f"sample_size {hw} is not divisible by the autoencoder's downsampling factor {down}")
+    latent = (int(cfg.latent_channels), hw[0] // down, hw[1] // down)
+    vae.eval()
+    encoder = LatentEncoder(vae).eval()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    gen = Generator(
+        name=name,
+        module=UnitRangeOutput(LatentDecoder(vae), (-1.0, 1.0)),
+        latent=LatentSpec(latent),
+        channels=int(cfg.out_channels),
+        image_size=hw,
+        # the encoder drives two of the three methods: its weights enter the fingerprint through the config
+        config={"architecture": "autoencoder-kl-decoder", "vae": _jsonable(cfg), "encoder_sha256": _digest(encoder)},
+        family="latent-diffusion",
+    )
+    return LatentDiffusionModel(gen, encoder)
+
+
+def autoencoder_folder(path: str | Path) -> Path:
+    """The folder holding the AutoencoderKL config: ``path/vae`` (a pipeline) or ``path`` itself."""
+    path = Path(path)
+    for folder in (path / "vae", path):
+        cfg = folder / "config.json"
+        if cfg.is_file():
+            cls = read_json(cfg).get("_class_name")
+            if cls != "AutoencoderKL":
+                raise ValueError(f"{cfg}: unsupported _class_name {cls!r} (expected 'AutoencoderKL')")
+            return folder
+    raise ValueError(f"{path}: no config.json in {path / 'vae'} or {path} (expected a diffusers AutoencoderKL)")
+
+
+def load_latent_diffusion(path: str | Path, *, name: str | None = None) -> LatentDiffusionModel:
+    """AutoencoderKL.from_pretrained on a local folder (a pipeline's vae/ or the autoencoder folder), offline."""
+    from diffusers import AutoencoderKL
+
+    folder = autoencoder_folder(path)
+    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
+    return latent_diffusion_from_vae(vae, name=name or Path(path).name)
+
+
+# --------------------------------------------------------------------------------------------- encoder init
+class EncoderInit:
+    """Initial latents from the encoder: the posterior mean for restart 0, seeded jitter around it for more.
+
+    Plug-in for the inversion loop (see the report: ``initial_latents`` callback); call as
+    ``EncoderInit(model)(image C×H×W, restarts) → restarts×latent``.
+    """
+
+    def __init__(self, model: LatentDiffusionModel, jitter: float = 0.1) -> None:
+        self.model = model
+        self.jitter = jitter
+
+    def __call__(self, image: np.ndarray, restarts: int) -> np.ndarray:
+        mean = self.model.encode(image[None])[0]
+        rng = np.random.default_rng(image_key(image))
+        extra = rng.standard_normal((restarts - 1, *mean.shape), dtype=np.float32) * self.jitter
+        return np.concatenate([mean[None], mean[None] + extra]).astype(np.float32)
+
+
+def step_decay_lr(step: int, base: float = 0.05, halve_every: int = 50) -> float:
+    """LatentTracer's learning rate at 1-based ``step``: base, halved every ``halve_every`` steps."""
+    return base * 0.5 ** ((step - 1) // halve_every)
+
+
+@dataclass(frozen=True)
+class TracerSettings:
+    """LatentTracer's optimisation: recorded in (and checked against) the calibration file."""
+
+    steps: int = 100
+    lr: float = 0.05
+    halve_every: int = 50
+    loss: str = "mse"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": "inversion-encoder", **asdict(self)}
+
+
+def invert_from_encoder(
+    model: LatentDiffusionModel, images: np.ndarray, settings: TracerSettings = TracerSettings(), batch_size: int = 32
+) -> list[InversionOutcome]:
+    """Adam from the encoder's latent with a step-decayed lr; same loss, gradient and Adam as the shared loop.
+
+    Reference implementation until the shared loop takes an ``initial_latents`` callback and an lr schedule.
+    """
+    backend = TorchBackend(model.generator, "cpu", settings.loss)
+    outcomes: list[InversionOutcome] = []
+    for lo in range(0, len(images), batch_size):
+        start = time.perf_counter()
+        x = backend.asarray(np.ascontiguousarray(images[lo : lo + batch_size], dtype=np.float32))
+        z = backend.asarray(model.encode(images[lo : lo + batch_size]))
+        m, v, best_z = torch.zeros_like(z), torch.zeros_like(z), z.clone()
+        best = torch.full((len(z),), float("inf"))
+        for t in range(1, settings.steps + 1):
+            loss, grad = backend.loss_and_grad(z, x)
+            z, m, v, best, best_z = reference.adam_step(
+                z, m, v, grad, torch.full((len(z),), float(t)), loss, best, best_z,
+                step_decay_lr(t, settings.lr, settings.halve_every), settings.beta1, settings.beta2, settings.eps,
+            )  # fmt: skip
+        secs = (time.perf_counter() - start) / len(z)
+        outcomes += [
+            InversionOutcome(
+                float(best[i]), best_z[i].numpy(), settings.steps, "budget", secs, [(settings.steps, float(best[i]))]
+            )
+            for i in range(len(z))
+        ]
+    return outcomes
+
+
+def _outcome_dict(o: TestOutcome) -> dict[str, Any]:
+    return {"belonging": o.belonging, "statistic": o.statistic, "critical_value": o.critical_value,
+            "p_value": o.p_value}  # fmt: skip
+
+
+class LatentTracer:
+    """calibrate / attribute like ``Attributor`` for the "inversion-encoder" method (no early exit)."""
+
+    method = "inversion-encoder"
+
+    def __init__(
+        self,
+        model: LatentDiffusionModel,
+        *,
+        settings: TracerSettings = TracerSettings(),
+        rule: str = "grubbs",
+        batch_size: int = 32,
+        calibration: Calibration | None = None,
+    ) -> None:
+        if rule not in ("grubbs", "quantile"):
+            raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
+        self.model = model
+        self.generator = model.generator
+        self.settings = settings
+        self.rule = rule
+        self.batch_size = batch_size
+        self.calibration: Calibration | None = None
+        if calibration is not None:
+            self.use_calibration(calibration)
+
+    def use_calibration(self, calibration: Calibration) -> None:
+        if calibration.method != self.method:
+            raise ValueError(f"calibration method is {calibration.method!r}, not {self.method!r}")
+        if calibration.model_fingerprint != self.generator.fingerprint():
+            raise ValueError(f"calibration is for model {calibration.model_name!r}, not {self.generator.name!r}")
+        if calibration.settings != self.settings.to_dict():
+            raise ValueError("calibration was made with other LatentTracer settings")
+        self.calibration = calibration
+
+    def calibrate(
+        self, n: int = 100, *, alpha: float = 0.05, sample_seed: int = CALIBRATION_SAMPLE_SEED
+    ) -> Calibration:
+        """Invert N of the decoder's own samples from their encoder latents; keep loss/complexity scores."""
+        samples = quantize_8bit(self.generator.sample(n, seed=sample_seed))
+        outcomes = invert_from_encoder(self.model, samples, self.settings, self.batch_size)
+        scores = calibrated_score([o.best_loss for o in outcomes], complexity(samples))
+        self.calibration = Calibration(
+            model_name=self.generator.name,
+            model_fingerprint=self.generator.fingerprint(),
+            settings=self.settings.to_dict(),
+            scores=[float(s) for s in scores],
+            alpha=alpha,
+            method=self.method,
+            sample_seed=sample_seed,
+        )
+        return self.calibration
+
+    def attribute(self, images: np.ndarray, sources: Sequence[str] | None = None) -> list[AttributionResult]:
+        """Decide for N prepared images (N×C×H×W float32 in [0, 1]); results in input order."""
+        if self.calibration is None:
+            raise RuntimeError("no calibration: call calibrate() or pass calibration=…")
+        cal = self.calibration
+        images = np.asarray(images, dtype=np.float32)
+        sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
+        comp = complexity(images)
+        outcomes = invert_from_encoder(self.model, images, self.settings, self.batch_size)
+        results = []
+        for i, o in enumerate(outcomes):
+            score = float(calibrated_score(o.best_loss, comp[i]))
+            g = grubbs_test(score, cal.mean, cal.std, cal.n, cal.alpha)
+            q = quantile_test(score, cal.quantile_threshold, np.asarray(cal.scores))
+            primary = g if self.rule == "grubbs" else q
+            results.append(
+                AttributionResult(
+                    source=sources[i],
+                    verdict="belonging" if primary.belonging else "non-belonging",
+                    rule=self.rule,
+                    loss=o.best_loss,
+                    complexity=float(comp[i]),
+                    calibrated_loss=score,
+                    statistic=primary.statistic,
+                    critical_value=primary.critical_value,
+                    p_value=primary.p_value,
+                    grubbs=_outcome_dict(g),
+                    quantile=_outcome_dict(q),
+                    steps=o.steps,
+                    stop_reason=o.stop_reason,
+                    seconds=o.seconds,
+                    trajectory=o.trajectory,
+                )
+            )
+        return results
+
+
+def make_attributor(model: LatentDiffusionModel, method: Method = "inversion-random", **kwargs: Any) -> Any:
+    """An object with calibrate(n, alpha=…) and attribute(images) for one of the three methods."""
+    if method == "inversion-random":
+        from genorigin.runtime.attribution import Attributor
+
+        cal = kwargs.get("calibration")
+        if cal is not None and cal.method != method:  # Attributor itself does not check the method (yet)
+            raise ValueError(f"calibration method is {cal.method!r}, not {method!r}")
+        return Attributor(model.generator, **kwargs)
+    if method == "inversion-encoder":
+        return LatentTracer(model, **kwargs)
+    if method == "aedr":
+        from genorigin.runtime.aedr import AEDRAttributor
+
+        return AEDRAttributor(model.generator, model.roundtrip, **kwargs)
+    raise ValueError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
