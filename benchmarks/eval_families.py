@@ -182,7 +182,7 @@ def inversion_attributor(gen: Any, steps: int, lr: float, restarts: int) -> Any:
 def run_family(name: str, args: argparse.Namespace, train: np.ndarray, held: np.ndarray) -> dict[str, Any]:
     """All rows of one family: {row name: metrics}."""
     from genorigin.export.diffusion import consistency_from_unet, ddim_from_unet
-    from genorigin.export.latent_diffusion import LatentTracer, latent_diffusion_from_vae
+    from genorigin.export.latent_diffusion import latent_diffusion_from_vae, latent_tracer
     from genorigin.export.stylegan import StyleGANConfig, random_stylegan
     from genorigin.runtime.aedr import AEDRAttributor
 
@@ -226,7 +226,7 @@ def run_family(name: str, args: argparse.Namespace, train: np.ndarray, held: np.
         setup = time.perf_counter() - t0
         methods: dict[str, Callable[[], Any]] = {
             "inversion-random": lambda: inversion_attributor(model.generator, args.steps, 0.1, 1),
-            "inversion-encoder": lambda: LatentTracer(model),
+            "inversion-encoder": lambda: latent_tracer(model),
             "aedr": lambda: AEDRAttributor(model.generator, model.roundtrip),
         }
         for method, make in methods.items():

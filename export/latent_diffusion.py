@@ -16,9 +16,7 @@ Methods (recorded in the calibration's ``method`` field):
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,13 +24,7 @@ import numpy as np
 import torch
 from genorigin.export.diffusion import _jsonable, read_json
 from genorigin.export.generator import Generator, LatentSpec, UnitRangeOutput
-from genorigin.kernels import reference
-from genorigin.runtime.attribution import CALIBRATION_SAMPLE_SEED, AttributionResult, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.calibration import Calibration, calibrated_score
-from genorigin.runtime.complexity import complexity
-from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
-from genorigin.runtime.inversion import InversionOutcome, image_key
+from genorigin.runtime.inversion import InversionSettings, image_key
 from torch import nn
 
 Method = Literal["inversion-random", "inversion-encoder", "aedr"]
@@ -180,150 +172,18 @@ class EncoderInit:
         return np.concatenate([mean[None], mean[None] + extra]).astype(np.float32)
 
 
-def step_decay_lr(step: int, base: float = 0.05, halve_every: int = 50) -> float:
-    """LatentTracer's learning rate at 1-based ``step``: base, halved every ``halve_every`` steps."""
-    return base * 0.5 ** ((step - 1) // halve_every)
+TRACER_SETTINGS = InversionSettings(steps=100, lr=0.05, lr_halve_every=50, init="encoder")
 
 
-@dataclass(frozen=True)
-class TracerSettings:
-    """LatentTracer's optimisation: recorded in (and checked against) the calibration file."""
+def latent_tracer(model: LatentDiffusionModel, settings: InversionSettings = TRACER_SETTINGS, **kwargs: Any) -> Any:
+    """LatentTracer through the shared loop: encoder-mean starts, lr halved every 50 steps, 100 steps."""
+    from genorigin.runtime.attribution import Attributor
 
-    steps: int = 100
-    lr: float = 0.05
-    halve_every: int = 50
-    loss: str = "mse"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": "inversion-encoder", **asdict(self)}
-
-
-def invert_from_encoder(
-    model: LatentDiffusionModel, images: np.ndarray, settings: TracerSettings = TracerSettings(), batch_size: int = 32
-) -> list[InversionOutcome]:
-    """Adam from the encoder's latent with a step-decayed lr; same loss, gradient and Adam as the shared loop.
-
-    Reference implementation until the shared loop takes an ``initial_latents`` callback and an lr schedule.
-    """
-    backend = TorchBackend(model.generator, "cpu", settings.loss)
-    outcomes: list[InversionOutcome] = []
-    for lo in range(0, len(images), batch_size):
-        start = time.perf_counter()
-        x = backend.asarray(np.ascontiguousarray(images[lo : lo + batch_size], dtype=np.float32))
-        z = backend.asarray(model.encode(images[lo : lo + batch_size]))
-        m, v, best_z = torch.zeros_like(z), torch.zeros_like(z), z.clone()
-        best = torch.full((len(z),), float("inf"))
-        for t in range(1, settings.steps + 1):
-            loss, grad = backend.loss_and_grad(z, x)
-            z, m, v, best, best_z = reference.adam_step(
-                z, m, v, grad, torch.full((len(z),), float(t)), loss, best, best_z,
-                step_decay_lr(t, settings.lr, settings.halve_every), settings.beta1, settings.beta2, settings.eps,
-            )  # fmt: skip
-        secs = (time.perf_counter() - start) / len(z)
-        outcomes += [
-            InversionOutcome(
-                float(best[i]), best_z[i].numpy(), settings.steps, "budget", secs, [(settings.steps, float(best[i]))]
-            )
-            for i in range(len(z))
-        ]
-    return outcomes
-
-
-def _outcome_dict(o: TestOutcome) -> dict[str, Any]:
-    return {"belonging": o.belonging, "statistic": o.statistic, "critical_value": o.critical_value,
-            "p_value": o.p_value}  # fmt: skip
-
-
-class LatentTracer:
-    """calibrate / attribute like ``Attributor`` for the "inversion-encoder" method (no early exit)."""
-
-    method = "inversion-encoder"
-
-    def __init__(
-        self,
-        model: LatentDiffusionModel,
-        *,
-        settings: TracerSettings = TracerSettings(),
-        rule: str = "grubbs",
-        batch_size: int = 32,
-        calibration: Calibration | None = None,
-    ) -> None:
-        if rule not in ("grubbs", "quantile"):
-            raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
-        self.model = model
-        self.generator = model.generator
-        self.settings = settings
-        self.rule = rule
-        self.batch_size = batch_size
-        self.calibration: Calibration | None = None
-        if calibration is not None:
-            self.use_calibration(calibration)
-
-    def use_calibration(self, calibration: Calibration) -> None:
-        if calibration.method != self.method:
-            raise ValueError(f"calibration method is {calibration.method!r}, not {self.method!r}")
-        if calibration.model_fingerprint != self.generator.fingerprint():
-            raise ValueError(f"calibration is for model {calibration.model_name!r}, not {self.generator.name!r}")
-        if calibration.settings != self.settings.to_dict():
-            raise ValueError("calibration was made with other LatentTracer settings")
-        self.calibration = calibration
-
-    def calibrate(
-        self, n: int = 100, *, alpha: float = 0.05, sample_seed: int = CALIBRATION_SAMPLE_SEED
-    ) -> Calibration:
-        """Invert N of the decoder's own samples from their encoder latents; keep loss/complexity scores."""
-        samples = quantize_8bit(self.generator.sample(n, seed=sample_seed))
-        outcomes = invert_from_encoder(self.model, samples, self.settings, self.batch_size)
-        scores = calibrated_score([o.best_loss for o in outcomes], complexity(samples))
-        self.calibration = Calibration(
-            model_name=self.generator.name,
-            model_fingerprint=self.generator.fingerprint(),
-            settings=self.settings.to_dict(),
-            scores=[float(s) for s in scores],
-            alpha=alpha,
-            method=self.method,
-            sample_seed=sample_seed,
-        )
-        return self.calibration
-
-    def attribute(self, images: np.ndarray, sources: Sequence[str] | None = None) -> list[AttributionResult]:
-        """Decide for N prepared images (N×C×H×W float32 in [0, 1]); results in input order."""
-        if self.calibration is None:
-            raise RuntimeError("no calibration: call calibrate() or pass calibration=…")
-        cal = self.calibration
-        images = np.asarray(images, dtype=np.float32)
-        sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
-        comp = complexity(images)
-        outcomes = invert_from_encoder(self.model, images, self.settings, self.batch_size)
-        results = []
-        for i, o in enumerate(outcomes):
-            score = float(calibrated_score(o.best_loss, comp[i]))
-            g = grubbs_test(score, cal.mean, cal.std, cal.n, cal.alpha)
-            q = quantile_test(score, cal.quantile_threshold, np.asarray(cal.scores))
-            primary = g if self.rule == "grubbs" else q
-            results.append(
-                AttributionResult(
-                    source=sources[i],
-                    verdict="belonging" if primary.belonging else "non-belonging",
-                    rule=self.rule,
-                    loss=o.best_loss,
-                    complexity=float(comp[i]),
-                    calibrated_loss=score,
-                    statistic=primary.statistic,
-                    critical_value=primary.critical_value,
-                    p_value=primary.p_value,
-                    grubbs=_outcome_dict(g),
-                    quantile=_outcome_dict(q),
-                    steps=o.steps,
-                    stop_reason=o.stop_reason,
-                    seconds=o.seconds,
-                    trajectory=o.trajectory,
-                )
-            )
-        return results
+    if settings.init != "encoder":
+        raise ValueError("LatentTracer settings need init='encoder'")
+    return Attributor(
+        model.generator, settings=settings, initializer=EncoderInit(model), method="inversion-encoder", **kwargs
+    )
 
 
 def make_attributor(model: LatentDiffusionModel, method: Method = "inversion-random", **kwargs: Any) -> Any:
@@ -331,12 +191,9 @@ def make_attributor(model: LatentDiffusionModel, method: Method = "inversion-ran
     if method == "inversion-random":
         from genorigin.runtime.attribution import Attributor
 
-        cal = kwargs.get("calibration")
-        if cal is not None and cal.method != method:  # Attributor itself does not check the method (yet)
-            raise ValueError(f"calibration method is {cal.method!r}, not {method!r}")
         return Attributor(model.generator, **kwargs)
     if method == "inversion-encoder":
-        return LatentTracer(model, **kwargs)
+        return latent_tracer(model, **kwargs)
     if method == "aedr":
         from genorigin.runtime.aedr import AEDRAttributor
 

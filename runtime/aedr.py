@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 from genorigin.export.generator import Generator
-from genorigin.runtime.attribution import CALIBRATION_SAMPLE_SEED, AttributionResult, quantize_8bit
+from genorigin.runtime.attribution import CALIBRATION_SAMPLE_SEED, AttributionResult, outcome_dict, quantize_8bit
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.complexity import to_grey8
-from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
+from genorigin.runtime.decision import grubbs_test, quantile_test
 from scipy import optimize, stats
 
 Roundtrip = Callable[[np.ndarray], np.ndarray]
@@ -133,11 +133,6 @@ def kde_tail(scores: Sequence[float] | np.ndarray, value: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------- API
-def _outcome_dict(o: TestOutcome) -> dict[str, Any]:
-    return {"belonging": o.belonging, "statistic": o.statistic, "critical_value": o.critical_value,
-            "p_value": o.p_value}  # fmt: skip
-
-
 class AEDRAttributor:
     """calibrate / attribute like ``Attributor``, for the forward-only AEDR method (calibration method "aedr")."""
 
@@ -235,8 +230,8 @@ class AEDRAttributor:
             statistic=score,
             critical_value=threshold,
             p_value=kde_tail(ref, score),
-            grubbs=_outcome_dict(g),
-            quantile=_outcome_dict(q),
+            grubbs=outcome_dict(g),
+            quantile=outcome_dict(q),
             steps=0,
             stop_reason="forward-only",
             seconds=secs,

@@ -55,7 +55,7 @@ class AttributionResult:
         return d
 
 
-def _outcome_dict(o: TestOutcome) -> dict[str, Any]:
+def outcome_dict(o: TestOutcome) -> dict[str, Any]:
     return {
         "belonging": o.belonging,
         "statistic": o.statistic,
@@ -90,6 +90,7 @@ class Attributor:
         calibration: Calibration | None = None,
         rule: DecisionRule = "grubbs",
         initializer: Initializer | None = None,
+        method: str = "inversion-random",
     ) -> None:
         if rule not in ("grubbs", "quantile"):
             raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
@@ -98,6 +99,7 @@ class Attributor:
         self.schedule = schedule
         self.rule: DecisionRule = rule
         self.initializer = initializer
+        self.method = method
         self.backend = make_backend(generator, backend, settings.loss)
         self.calibration: Calibration | None = None
         if calibration is not None:
@@ -106,6 +108,8 @@ class Attributor:
     def use_calibration(self, calibration: Calibration) -> None:
         if calibration.model_fingerprint != self.generator.fingerprint():
             raise ValueError(f"calibration is for model {calibration.model_name!r}, not {self.generator.name!r}")
+        if calibration.method != self.method:
+            raise ValueError(f"calibration method is {calibration.method!r}, not {self.method!r}")
         if calibration.settings != self.settings.to_dict():
             raise ValueError("calibration was made with other inversion settings")
         self.calibration = calibration
@@ -149,6 +153,7 @@ class Attributor:
             checkpoint_steps=[int(s) for s in steps],
             checkpoint_scores=[[float(v) for v in col / comp] for col in per_step.T],
             sample_seed=sample_seed,
+            method=self.method,
         )
         self.calibration = cal
         return cal
@@ -208,8 +213,8 @@ class Attributor:
                     statistic=primary.statistic,
                     critical_value=primary.critical_value,
                     p_value=primary.p_value,
-                    grubbs=_outcome_dict(g),
-                    quantile=_outcome_dict(q),
+                    grubbs=outcome_dict(g),
+                    quantile=outcome_dict(q),
                     steps=o.steps,
                     stop_reason=o.stop_reason,
                     seconds=o.seconds,

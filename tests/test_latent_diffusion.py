@@ -12,12 +12,11 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from genorigin.export.latent_diffusion import (  # noqa: E402
+    TRACER_SETTINGS,
     EncoderInit,
-    LatentTracer,
-    TracerSettings,
+    latent_tracer,
     load_latent_diffusion,
     make_attributor,
-    step_decay_lr,
 )
 from genorigin.export.model_folders import load_model_path  # noqa: E402
 from genorigin.runtime.aedr import (  # noqa: E402
@@ -92,20 +91,26 @@ def test_random_start_inversion_separates_own_samples(folders: dict[str, Path]) 
 
 
 def test_encoder_init_tracer_calibration_round_trips(folders: dict[str, Path], tmp_path: Path) -> None:
-    assert [step_decay_lr(t) for t in (1, 50, 51, 100, 101)] == [0.05, 0.05, 0.025, 0.025, 0.0125]
+    assert list(TRACER_SETTINGS.lr_at(np.array([1, 50, 51, 100, 101]))) == [0.05, 0.05, 0.025, 0.025, 0.0125]
     model = load_latent_diffusion(folders["pipe"])
-    settings = TracerSettings(steps=20, halve_every=10)
-    tracer = LatentTracer(model, settings=settings)
+    settings = InversionSettings(steps=20, lr=0.05, lr_halve_every=10, init="encoder")
+    tracer = latent_tracer(model, settings=settings, schedule=Schedule(check_every=10))
     cal = tracer.calibrate(4)
-    assert cal.method == "inversion-encoder" and cal.settings["method"] == "inversion-encoder"
+    assert cal.method == "inversion-encoder" and cal.settings["init"] == "encoder"
     path = cal.save(tmp_path / "cal.json")
     loaded = Calibration.load(path, fingerprint=model.generator.fingerprint(), settings=settings.to_dict(),
                               method="inversion-encoder")  # fmt: skip
     assert loaded.scores == cal.scores
     with pytest.raises(CalibrationMismatch):
         Calibration.load(path, method="aedr")
-    results = LatentTracer(model, settings=settings, calibration=loaded).attribute(_photo_like(2, 1))
+    with pytest.raises(ValueError, match="calibration method"):
+        make_attributor(model, "inversion-random", settings=settings, calibration=loaded)
+    results = latent_tracer(model, settings=settings, schedule=Schedule(check_every=10, early_exit=False),
+                            calibration=loaded).attribute(_photo_like(2, 1))  # fmt: skip
     assert [r.steps for r in results] == [20, 20] and all(r.verdict in ("belonging", "non-belonging") for r in results)
+    # the first start is the encoder's mean: step 1 already scores the encoder round trip
+    start = EncoderInit(model)(_photo_like(1, 1)[0], 2)
+    assert np.allclose(start[0], model.encode(_photo_like(1, 1))[0])
 
 
 def test_glcm_matches_skimage() -> None:
