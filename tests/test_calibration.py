@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-
 from genorigin.runtime.attribution import Attributor
 from genorigin.runtime.calibration import Calibration, CalibrationMismatch
 from genorigin.runtime.inversion import InversionSettings

@@ -4,12 +4,12 @@ import json
 import shutil
 
 import pytest
-
 from bad_images import write_bad_images
-from genorigin.cli import main
 from genorigin.export.bundled import load_bundled, real_images_dir
-from genorigin.images import save_png
 from genorigin.runtime.attribution import quantize_8bit
+
+from genorigin.cli import main
+from genorigin.images import save_png
 
 FAST = ["--steps", "100", "--check-every", "50", "--batch-size", "8"]
 

@@ -2,7 +2,6 @@ import math
 
 import numpy as np
 import pytest
-
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.inversion import BELONGING, CONTINUE, NON_BELONGING

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
+from bad_images import write_bad_images
+from helpers import tiny_generator
 from PIL import Image
 
-from bad_images import write_bad_images
 from genorigin.images import ImageError, expand_inputs, load_rgb8
-from helpers import tiny_generator
 
 
 def test_every_bad_file_gets_a_clear_error(tmp_path):
