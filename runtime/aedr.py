@@ -136,6 +136,8 @@ def kde_tail(scores: Sequence[float] | np.ndarray, value: float) -> float:
 class AEDRAttributor:
     """calibrate / attribute like ``Attributor``, for the forward-only AEDR method (calibration method "aedr")."""
 
+    method = AEDR_METHOD
+
     def __init__(
         self,
         generator: Generator,

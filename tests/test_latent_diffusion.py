@@ -156,3 +156,32 @@ def test_aedr_scores_own_images_lower_and_calibrates(folders: dict[str, Path], t
     assert sum(r.belonging for r in results[:6]) >= 4
     with pytest.raises(ValueError, match="method"):
         make_attributor(model, "inversion-random", calibration=loaded)
+
+
+def test_cli_on_a_diffusers_folder_with_each_method(folders: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from genorigin.cli import main
+    from genorigin.images import save_png
+
+    model = load_latent_diffusion(folders["pipe"])
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, img in enumerate(quantize_8bit(model.generator.sample(2, seed=5))):
+        save_png(img, images / f"own_{i}.png")
+    for i, img in enumerate(_photo_like(2, 7)):
+        save_png(img, images / f"photo_{i}.png")
+    pipe = str(folders["pipe"])
+    for method, extra in (("aedr", []), ("inversion-encoder", []), ("inversion-random", ["--steps", "60"])):
+        assert main(["calibrate", "--model", pipe, "--method", method, "--samples", "6", "--quiet", *extra]) == 0
+        capsys.readouterr()
+        assert main(["attribute", str(images), "--model", pipe, "--method", method, "--json", "--quiet", *extra]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["method"] == method and len(report["results"]) == 4
+    written = sorted(p.name for p in folders["pipe"].glob("genorigin*.json"))
+    assert written == [
+        "genorigin.calibration.aedr.json",
+        "genorigin.calibration.inversion-encoder.json",
+        "genorigin.calibration.json",
+    ]
+    # a folder that is no model gets a message naming what is missing
+    assert main(["calibrate", "--model", str(tmp_path / "images"), "--samples", "4"]) == 2
+    assert "no model_index.json or config.json" in capsys.readouterr().err

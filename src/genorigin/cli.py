@@ -45,6 +45,10 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--check-every", type=int, default=50, help="steps between early-exit checks")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
+    g.add_argument("--method", default="inversion-random", choices=["inversion-random", "inversion-encoder", "aedr"],
+                   help="latent-diffusion folders only: encoder-initialised inversion (LatentTracer settings) or "
+                   "forward-only double reconstruction (AEDR)")  # fmt: skip
+    g.add_argument("--ddim-steps", type=int, default=50, help="DDIM folders: sampler steps K inverted through")
     g.add_argument(
         "--backend", default=None, choices=BACKENDS, help="default: torch for PyTorch models, onnxruntime for packages"
     )
@@ -65,9 +69,9 @@ def _set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _resolve(spec: str) -> ResolvedModel:
+def _resolve(spec: str, args: argparse.Namespace | None = None) -> ResolvedModel:
     try:
-        return resolve_model(spec)
+        return resolve_model(spec, ddim_steps=getattr(args, "ddim_steps", 50))
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise CliError(str(exc).strip("'\"")) from exc
 
@@ -83,16 +87,15 @@ def _backend(model: ResolvedModel, args: argparse.Namespace):
 # ----------------------------------------------------------------------------------------------- calibrate
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    model = _resolve(args.model)
-    out = Path(args.out) if args.out else model.calibration_path
+    model = _resolve(args.model, args)
+    out = Path(args.out) if args.out else model.calibration_file(args.method)
     if out.exists() and not args.force:
         raise CliError(f"{out} exists; pass --force to replace it")
-    attributor = Attributor(
-        model.generator, backend=_backend(model, args), settings=_settings(args), schedule=_schedule(args, False)
-    )
+    attributor = make_attributor(model, args, early_exit=False)
     t0 = time.perf_counter()
     with _progress(args.samples, "calibrating", args.quiet) as bar:
-        cal = attributor.calibrate(args.samples, alpha=args.alpha, on_done=lambda _: bar.update())
+        progress = {} if args.method == "aedr" else {"on_done": lambda _: bar.update()}
+        cal = attributor.calibrate(args.samples, alpha=args.alpha, **progress)
     cal.save(out, overwrite=args.force)
     summary = {
         "calibration": str(out),
@@ -112,15 +115,37 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- attribute
-def _load_calibration(args: argparse.Namespace, model: ResolvedModel, settings: InversionSettings) -> Calibration:
-    path = Path(args.calibration) if args.calibration else model.calibration_path
+def make_attributor(model: ResolvedModel, args: argparse.Namespace, early_exit: bool = True) -> Any:
+    """The attributor for --method: the shared-loop Attributor, LatentTracer (same loop) or forward-only AEDR."""
+    method = args.method
+    if method == "inversion-random":
+        return Attributor(model.generator, backend=_backend(model, args), settings=_settings(args),
+                          schedule=_schedule(args, early_exit), rule=getattr(args, "rule", "grubbs"))  # fmt: skip
+    if model.latent_model is None:
+        raise CliError(f"--method {method} needs an AutoencoderKL (latent-diffusion) folder as --model")
+    if method == "inversion-encoder":
+        from genorigin.export.latent_diffusion import latent_tracer
+
+        return latent_tracer(model.latent_model, schedule=_schedule(args, early_exit),
+                             rule=getattr(args, "rule", "grubbs"))  # fmt: skip
+    from genorigin.runtime.aedr import AEDRAttributor
+
+    return AEDRAttributor(model.generator, model.latent_model.roundtrip)
+
+
+def _load_calibration(args: argparse.Namespace, model: ResolvedModel, attributor: Any) -> Calibration:
+    """Load the model's calibration for this method and these settings, and hand it to the attributor."""
+    path = Path(args.calibration) if args.calibration else model.calibration_file(args.method)
     if not path.exists():
         raise CliError(f"no calibration at {path}: run `genorigin calibrate --model {args.model}` first")
     try:
-        cal = Calibration.load(path, fingerprint=model.generator.fingerprint(), settings=settings.to_dict())
+        cal = Calibration.load(path, fingerprint=model.generator.fingerprint(),
+                               settings=attributor.settings.to_dict(), method=attributor.method)  # fmt: skip
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    return cal.with_alpha(args.alpha) if args.alpha is not None else cal
+    cal = cal.with_alpha(args.alpha) if args.alpha is not None else cal
+    attributor.use_calibration(cal)
+    return cal
 
 
 def _read_images(specs: Sequence[str], model: ResolvedModel) -> tuple[list[str], np.ndarray, list[str]]:
@@ -145,8 +170,10 @@ def _check_outputs_free(paths: Sequence[Path], force: bool) -> None:
 
 
 def run_attribution(
-    attributor: Attributor, sources: list[str], images: np.ndarray, quiet: bool, keep_recon: bool
+    attributor: Any, sources: list[str], images: np.ndarray, quiet: bool, keep_recon: bool
 ) -> list[AttributionResult]:
+    if not isinstance(attributor, Attributor):  # forward-only methods: one pass, nothing to show progress on
+        return attributor.attribute(images, sources)
     with _progress(len(images), "attributing", quiet) as bar:
         return attributor.attribute(images, sources, keep_reconstructions=keep_recon, on_done=lambda _: bar.update())
 
@@ -165,9 +192,9 @@ def format_table(results: Sequence[AttributionResult], labels: Sequence[str] | N
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
-    model = _resolve(args.model)
-    settings = _settings(args)
-    cal = _load_calibration(args, model, settings)
+    model = _resolve(args.model, args)
+    attributor = make_attributor(model, args, early_exit=not args.no_early_exit)
+    cal = _load_calibration(args, model, attributor)
     outputs = [Path(p) for p in (args.report, args.figure) if p]
     _check_outputs_free(outputs, args.force)
     sources, images, errors = _read_images(args.inputs, model)
@@ -176,15 +203,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     if not sources:
         print("error: no image could be read", file=sys.stderr)
         return EXIT_FAILED
-    attributor = Attributor(
-        model.generator,
-        backend=_backend(model, args),
-        settings=settings,
-        schedule=_schedule(args, not args.no_early_exit),
-        calibration=cal,
-        rule=args.rule,
-    )
-    keep = bool(args.recon_dir or args.figure)
+    keep = bool(args.recon_dir or args.figure) and isinstance(attributor, Attributor)
     results = run_attribution(attributor, sources, images, args.quiet, keep)
     if args.recon_dir:
         _write_reconstructions(results, Path(args.recon_dir), args.force)
@@ -217,9 +236,10 @@ def _report(
     return {
         "genorigin_version": __version__,
         "model": model.generator.describe() | {"source": model.source},
-        "backend": attributor.backend.describe(),
+        "method": attributor.method,
+        "backend": attributor.backend.describe() if hasattr(attributor, "backend") else {"backend": "torch"},
         "settings": attributor.settings.to_dict(),
-        "schedule": attributor.schedule.__dict__,
+        "schedule": attributor.schedule.__dict__ if hasattr(attributor, "schedule") else None,
         "calibration": {k: v for k, v in cal.to_dict().items() if k not in ("scores", "checkpoint_scores")},
         "results": [r.to_dict() for r in results],
         "errors": list(errors),
@@ -255,7 +275,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 lo, hi = (float(v) for v in args.output_range.split(","))
                 export_onnx_file(args.onnx, out, output_range=(lo, hi), overwrite=args.force, progress=progress)
             else:
-                model = _resolve(args.model)
+                model = _resolve(args.model, args)
                 export_generator(model.generator, out, overwrite=args.force, progress=progress)
         except (ValueError, FileExistsError) as exc:
             raise CliError(str(exc)) from exc
@@ -273,7 +293,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_build_engine(args: argparse.Namespace) -> int:
     from genorigin.runtime.engines import build_engines
 
-    model = _resolve(args.model)
+    model = _resolve(args.model, args)
     try:
         built = build_engines(
             model.package().root,
@@ -301,12 +321,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from genorigin.runtime.server import AttributionServer
 
     _set_threads(args.threads)
-    model = _resolve(args.model)
-    settings = _settings(args)
-    cal = _load_calibration(args, model, settings)
-    attributor = Attributor(
-        model.generator, backend=_backend(model, args), settings=settings, schedule=_schedule(args), calibration=cal
-    )
+    model = _resolve(args.model, args)
+    attributor = make_attributor(model, args)
+    _load_calibration(args, model, attributor)
     server = AttributionServer(attributor, args.host, args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
     print(f"serving {model.source} on {server.url} (POST /v1/attribute, GET /v1/model, GET /healthz)", flush=True)
     try:

@@ -59,19 +59,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from genorigin.cli import (
         EXIT_OK,
         CliError,
-        _backend,
         _progress,
         _read_images,
         _report,
         _resolve,
-        _schedule,
         _set_threads,
-        _settings,
         format_table,
+        make_attributor,
         run_attribution,
     )
     from genorigin.report import attribution_figure
-    from genorigin.runtime.attribution import Attributor
 
     _set_threads(args.threads)
     out = Path(args.out)
@@ -80,8 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = _resolve(args.model)
-    backend = _backend(model, args)
-    attributor = Attributor(model.generator, backend=backend, settings=_settings(args), schedule=_schedule(args, False))
+    attributor = make_attributor(model, args, early_exit=False)
     with _progress(args.samples, f"calibrating {args.model}", args.quiet) as bar:
         cal = attributor.calibrate(args.samples, alpha=args.alpha, on_done=lambda _: bar.update())
     cal.save(out / "calibration.json", overwrite=True)
@@ -91,9 +87,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     specs = [str(out / "images" / c) for c in classes]
     sources, images, errors = _read_images(specs, model)
     labels = [Path(s).parent.name for s in sources]
-    attributor = Attributor(
-        model.generator, backend=backend, settings=_settings(args), schedule=_schedule(args, True), calibration=cal
-    )
+    attributor = make_attributor(model, args, early_exit=True)
+    attributor.use_calibration(cal)
     t1 = time.perf_counter()
     results = run_attribution(attributor, sources, images, args.quiet, keep_recon=True)
     t_attr = time.perf_counter() - t1

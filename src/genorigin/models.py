@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genorigin.export.adapters import load_generator_file
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
@@ -27,6 +28,13 @@ class ResolvedModel:
     source: str
     package_path: Path | None = None
     _package: object | None = field(default=None, repr=False)
+    latent_model: Any | None = None  # LatentDiffusionModel for AutoencoderKL folders (encoder init, AEDR)
+
+    def calibration_file(self, method: str = "inversion-random") -> Path:
+        """Where this model's calibration for ``method`` lives (the random-start inversion keeps the plain name)."""
+        if method == "inversion-random":
+            return self.calibration_path
+        return self.calibration_path.with_name(self.calibration_path.name.replace(".json", f".{method}.json"))
 
     def package(self):  # -> AttributionPackage
         """The model's attribution package; PyTorch models are exported once into the user cache."""
@@ -65,19 +73,38 @@ class ResolvedModel:
         return TorchBackend(self.generator, "cuda" if name == "torch-cuda" else "cpu", loss)
 
 
-def resolve_model(spec: str) -> ResolvedModel:
-    """A bundled model name, a genorigin model file (.pt) or an attribution package folder."""
+def _resolve_folder(path: Path, ddim_steps: int) -> ResolvedModel:
+    """A diffusers pipeline or model folder (DDIM, consistency, AutoencoderKL), loaded from local files only."""
+    from genorigin.export.model_folders import detect_kind, load_model_path
+
+    kind = detect_kind(path)
+    calibration = path / "genorigin.calibration.json"
+    if kind == "autoencoder":
+        from genorigin.export.latent_diffusion import load_latent_diffusion
+
+        ldm = load_latent_diffusion(path)
+        return ResolvedModel(ldm.generator, calibration, str(path), latent_model=ldm)
+    gen = load_model_path(path, kind=kind, num_steps=ddim_steps)
+    if kind == "ddim":
+        calibration = path / f"genorigin.ddim{ddim_steps}.calibration.json"
+    return ResolvedModel(gen, calibration, str(path))
+
+
+def resolve_model(spec: str, ddim_steps: int = 50) -> ResolvedModel:
+    """A bundled model name, a genorigin model file (.pt), an attribution package or a diffusers folder."""
     if spec in BUNDLED_MODELS:
         gen = load_bundled(spec)
         path = cache_dir() / "calibrations" / f"{spec}-{gen.fingerprint()[:12]}.calibration.json"
         return ResolvedModel(gen, path, f"bundled:{spec}")
     p = Path(spec)
-    if p.is_dir():
+    if p.is_dir() and (p / "manifest.json").exists():
         from genorigin.export.package import AttributionPackage
         from genorigin.runtime.ort_backend import package_generator
 
         pkg = AttributionPackage.load(p)
         return ResolvedModel(package_generator(pkg), pkg.calibration_path, str(p), p, pkg)
+    if p.is_dir():
+        return _resolve_folder(p, ddim_steps)
     if not p.exists():
         raise FileNotFoundError(f"model {spec!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a path")
     if p.suffix == ".onnx":
