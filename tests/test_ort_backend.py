@@ -137,3 +137,23 @@ def test_bad_onnx_file_and_cuda_fallback_raise(tmp_path):
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(RuntimeError, match="CUDA"):
             make_session(str(tmp_path / "id.onnx"), "cuda")
+
+
+def test_cli_export_then_attribute_with_onnxruntime(tmp_path, capsys):
+    from genorigin.cli import main
+    from genorigin.export.bundled import real_images_dir
+
+    pkg = tmp_path / "dcgan_a.pkg"
+    assert main(["export", "--model", "dcgan_a", "--out", str(pkg), "--json", "--quiet"]) == 0
+    manifest = json.loads(capsys.readouterr().out)["manifest"]
+    assert set(manifest["graphs"]) == {"forward", "vjp", "loss_mse"}
+    assert main(["export", "--model", "dcgan_a", "--out", str(pkg), "--quiet"]) == 2  # never overwrites
+    fast = ["--steps", "100", "--threads", "1", "--quiet"]
+    assert main(["calibrate", "--model", str(pkg), "--samples", "6", *fast]) == 0
+    assert (pkg / "calibration.json").exists()
+    real = sorted(real_images_dir().glob("*.png"))[:2]
+    capsys.readouterr()
+    assert main(["attribute", *map(str, real), "--model", str(pkg), "--json", *fast]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["backend"]["backend"] == "onnxruntime" and len(report["results"]) == 2
+    assert main(["attribute", str(real[0]), "--model", str(pkg), "--backend", "torch", *fast]) == 2

@@ -373,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--model", help="bundled model name or .pt model file")
     src.add_argument("--onnx", help="a third-party ONNX generator (one latent input, one N×C×H×W output)")
     p.add_argument("--output-range", default="-1,1", help="value range of the ONNX generator's output (low,high)")
+    p.add_argument("--ddim-steps", type=int, default=50, help="DDIM folders: sampler steps K unrolled in the graph")
     p.add_argument("--out", required=True, help="package folder")
     p.add_argument("--force", action="store_true")
     p.add_argument("--json", action="store_true")
