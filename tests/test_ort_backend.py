@@ -140,8 +140,9 @@ def test_bad_onnx_file_and_cuda_fallback_raise(tmp_path):
 
 
 def test_cli_export_then_attribute_with_onnxruntime(tmp_path, capsys):
-    from genorigin.cli import main
     from genorigin.export.bundled import real_images_dir
+
+    from genorigin.cli import main
 
     pkg = tmp_path / "dcgan_a.pkg"
     assert main(["export", "--model", "dcgan_a", "--out", str(pkg), "--json", "--quiet"]) == 0
