@@ -98,7 +98,8 @@ def load_generator_file(path: str | Path) -> Generator:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a loadable genorigin model file ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a loadable genorigin model file ({type(exc).__name__}: {first})") from exc
     if not isinstance(payload, dict) or payload.get("format") != BUNDLED_FORMAT:
         raise ValueError(f"{path}: not a genorigin model file (expected format {BUNDLED_FORMAT!r})")
     kind = payload.get("kind")

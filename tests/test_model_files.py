@@ -1,0 +1,46 @@
+"""Bad model files get one clear error; untrusted pickles are never executed."""
+
+import pytest
+import torch
+
+from genorigin.cli import main
+from genorigin.export.adapters import load_generator_file
+from genorigin.export.architectures import DCGANConfig, DCGANGenerator
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+def test_garbage_and_pickles_are_refused(tmp_path, capsys):
+    (tmp_path / "garbage.pt").write_bytes(b"\x00\x01 not a model")
+    with pytest.raises(ValueError, match="not a loadable genorigin model file"):
+        load_generator_file(tmp_path / "garbage.pt")
+    torch.save({"format": "genorigin-bundled-v1", "payload": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="not a loadable genorigin model file"):
+        load_generator_file(tmp_path / "evil.pt")
+    assert "pickle code ran" not in capsys.readouterr().out
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a genorigin model file"):
+        load_generator_file(tmp_path / "other.pt")
+
+
+def test_mismatched_state_dict_and_unknown_kind(tmp_path):
+    wrong = DCGANGenerator(DCGANConfig(width=16)).state_dict()
+    torch.save({"format": "genorigin-bundled-v1", "kind": "dcgan", "config": DCGANConfig().to_dict(),
+                "state_dict": wrong}, tmp_path / "wrong.pt")  # fmt: skip
+    with pytest.raises(ValueError, match="does not match the architecture"):
+        load_generator_file(tmp_path / "wrong.pt")
+    torch.save({"format": "genorigin-bundled-v1", "kind": "flow", "state_dict": {}}, tmp_path / "flow.pt")
+    with pytest.raises(ValueError, match="unknown model kind"):
+        load_generator_file(tmp_path / "flow.pt")
+
+
+def test_cli_reports_bad_model_in_one_line(tmp_path, capsys):
+    (tmp_path / "garbage.pt").write_bytes(b"nope")
+    assert main(["calibrate", "--model", str(tmp_path / "garbage.pt"), "--samples", "4"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "garbage.pt" in err and len(err.splitlines()) == 1
+    assert main(["calibrate", "--model", "no_such_model", "--samples", "4"]) == 2
+    assert "neither a bundled model" in capsys.readouterr().err
