@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-
-from genorigin.cli import main
 from genorigin.export.adapters import load_generator_file
 from genorigin.export.architectures import DCGANConfig, DCGANGenerator
+
+from genorigin.cli import main
 
 
 class Evil:
