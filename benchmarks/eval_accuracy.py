@@ -95,17 +95,26 @@ def evaluate_model(model: str, args: argparse.Namespace, settings: InversionSett
     results = Attributor(gen, settings=settings, schedule=full, calibration=cal).attribute(images)
     t_full = time.perf_counter() - t0
     by_class = {k: results[bounds[i] : bounds[i + 1]] for i, k in enumerate(names)}
-    rule = TrajectoryStopRule(cal, cal.grubbs_threshold)
     fixed_scores = {k: np.array([r.calibrated_loss for r in v]) for k, v in by_class.items()}
     fixed_steps = {k: np.array([r.steps for r in v]) for k, v in by_class.items()}
-    read = {k: [early_exit_reading(r, rule) for r in v] for k, v in by_class.items()}
-    early_scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}
-    early_steps = {k: np.array([n for _, n in v]) for k, v in read.items()}
+    early = {}
+    for decision, threshold in (("grubbs", cal.grubbs_threshold), ("quantile", cal.quantile_threshold)):
+        # early exit is tied to the primary rule: each rule's exits use its own acceptance region
+        rule = TrajectoryStopRule(cal, threshold)
+        read = {k: [early_exit_reading(r, rule) for r in v] for k, v in by_class.items()}
+        scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}
+        steps = {k: np.array([n for _, n in v]) for k, v in read.items()}
+        early[decision] = (read, metrics(scores, steps, cal))
+    read = early["grubbs"][0]
     entry: dict = {
         "calibration": cal.to_dict()["summary"] | {"seconds": t_cal},
         "fixed_budget": metrics(fixed_scores, fixed_steps, cal)
         | {"seconds_per_decision": t_full / len(images), "scores": {k: list(v) for k, v in fixed_scores.items()}},
-        "early_exit": metrics(early_scores, early_steps, cal),
+        "early_exit": early["grubbs"][1]
+        | {
+            "quantile": early["quantile"][1]["quantile"],
+            "mean_steps_quantile_rule": early["quantile"][1]["mean_steps"],
+        },
     }
     # a real early-exit run on a subset: checks the reading above and gives wall-clock per decision
     k = args.subset // len(names)
