@@ -330,6 +330,8 @@ class TensorRTBackend(Backend):
         b.graph = graph
 
     def step(self, state: SlotState, settings: Any) -> None:
+        if state.lr is not None:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
+            raise NotImplementedError(f"{self.name}: learning-rate schedules (lr_halve_every) are not supported")
         n = int(state.z.shape[0])
         hyper = (float(settings.lr), float(settings.beta1), float(settings.beta2), float(settings.eps))
         key = (choose_bucket(n, self.buckets), hyper)
