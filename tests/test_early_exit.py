@@ -44,3 +44,21 @@ def test_decisions():
     assert list(rule.check(50, scores, np.ones(4))) == [BELONGING, CONTINUE, CONTINUE, CONTINUE]
     # complexity divides the loss before the comparison
     assert list(rule.check(100, np.array([8e-5]), np.array([2.0]))) == [BELONGING]
+
+
+def test_bundled_model_own_sample_and_real_photo_exit_early():
+    from genorigin.export.bundled import load_bundled, real_images_dir
+    from genorigin.images import load_rgb8
+    from genorigin.runtime.attribution import Attributor, quantize_8bit
+    from genorigin.runtime.inversion import InversionSettings, Schedule
+
+    gen = load_bundled("dcgan_a")
+    settings = InversionSettings(steps=400)
+    attributor = Attributor(gen, settings=settings, schedule=Schedule(batch_size=16))
+    attributor.calibrate(8)
+    real = [gen.prepare_image(load_rgb8(p)) for p in sorted(real_images_dir().glob("*.png"))[:2]]
+    results = attributor.attribute(np.concatenate([quantize_8bit(gen.sample(2, seed=99)), np.stack(real)]))
+    for r in results[:2]:
+        assert (r.verdict, r.stop_reason) == ("belonging", "belonging") and r.steps < settings.steps
+    for r in results[2:]:
+        assert (r.verdict, r.stop_reason) == ("non-belonging", "non-belonging") and r.steps < settings.steps
