@@ -48,9 +48,10 @@ def test_decisions():
 
 def test_bundled_model_own_sample_and_real_photo_exit_early():
     from genorigin.export.bundled import load_bundled, real_images_dir
-    from genorigin.images import load_rgb8
     from genorigin.runtime.attribution import Attributor, quantize_8bit
     from genorigin.runtime.inversion import InversionSettings, Schedule
+
+    from genorigin.images import load_rgb8
 
     gen = load_bundled("dcgan_a")
     settings = InversionSettings(steps=400)
