@@ -56,6 +56,31 @@ def replay(
     return out_s, out_n
 
 
+def sweep(npz_path: str) -> list[dict]:
+    """k-th-largest envelope × margin, replayed on saved trajectories: steps saved vs own samples lost."""
+    d = np.load(npz_path)
+    steps, own, traj, labels, accept = d["steps"], d["own"], d["traj"], d["labels"], float(d["accept"])
+    accepted = own[d["final_ok"]]
+    rows = []
+    for k in (1, 2, 3, 5):
+        env = np.sort(accepted, axis=0)[::-1][k - 1]
+        for margin in (2.0, 1.5, 1.0):
+            s, n = traj[:, -1].copy(), np.full(len(traj), steps[-1])
+            for i, row in enumerate(traj):
+                for j, v in enumerate(row):
+                    if v <= accept or (steps[j] >= 100 and v > margin * env[j]):
+                        s[i], n[i] = v, steps[j]
+                        break
+            called, is_own = s <= accept, labels == "own"
+            rows.append({
+                "k": k, "margin": margin, "mean_steps": float(n.mean()),
+                "own_called_non_belonging": float((~called[is_own]).mean()),
+                "accuracy": float((is_own == called).mean()),
+                "min_auc": min(auc(s[labels == c], s[is_own]) for c in set(labels) - {"own"}),
+            })  # fmt: skip
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="dcgan_a")
@@ -63,7 +88,12 @@ def main() -> None:
     p.add_argument("--calibration-samples", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="results/explore_dcgan_a.json")
+    p.add_argument("--sweep", help="only replay the k × margin sweep on a saved .npz")
     args = p.parse_args()
+    if args.sweep:
+        for row in sweep(args.sweep):
+            print(json.dumps(row))
+        return
     torch.set_num_threads(args.threads)
     model = resolve_model(args.model)
     settings = InversionSettings()
