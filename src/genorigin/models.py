@@ -10,7 +10,8 @@ from typing import Any
 from genorigin.export.adapters import load_generator_file
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
 from genorigin.export.generator import Generator
-from genorigin.runtime.backend import Backend, TorchBackend
+from genorigin.runtime.attribution import make_backend
+from genorigin.runtime.backend import Backend
 
 BACKENDS = ("torch", "torch-cuda", "torch-cuda-graph", "onnxruntime", "onnxruntime-cuda", "tensorrt")
 
@@ -70,7 +71,7 @@ class ResolvedModel:
             from genorigin.runtime.cuda_graph import CudaGraphTorchBackend
 
             return CudaGraphTorchBackend(self.generator, loss=loss)
-        return TorchBackend(self.generator, "cuda" if name == "torch-cuda" else "cpu", loss)
+        return make_backend(self.generator, name, loss)
 
 
 def _resolve_folder(path: Path, ddim_steps: int) -> ResolvedModel:
