@@ -45,7 +45,9 @@ def verdicts(scores: np.ndarray, cal: Calibration) -> dict[str, np.ndarray]:
     }
 
 
-def metrics(scores: dict[str, np.ndarray], steps: dict[str, np.ndarray], cal: Calibration) -> dict:
+def metrics(
+    scores: dict[str, np.ndarray], steps: dict[str, np.ndarray], cal: Calibration, settings: InversionSettings
+) -> dict:
     own = scores["own"]
     others = [k for k in scores if k != "own"]
     out: dict = {"auc": {k: auc(scores[k], own) for k in others}}
@@ -60,6 +62,7 @@ def metrics(scores: dict[str, np.ndarray], steps: dict[str, np.ndarray], cal: Ca
         }
     out["mean_steps"] = float(np.mean(np.concatenate(list(steps.values()))))
     out["mean_steps_per_class"] = {k: float(np.mean(s)) for k, s in steps.items()}
+    out["mean_start_steps"] = float(np.mean([settings.start_steps(int(n)) for s in steps.values() for n in s]))
     return out
 
 
@@ -104,11 +107,11 @@ def evaluate_model(model: str, args: argparse.Namespace, settings: InversionSett
         read = {k: [early_exit_reading(r, rule) for r in v] for k, v in by_class.items()}
         scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}
         steps = {k: np.array([n for _, n in v]) for k, v in read.items()}
-        early[decision] = (read, metrics(scores, steps, cal))
+        early[decision] = (read, metrics(scores, steps, cal, settings))
     read = early["grubbs"][0]
     entry: dict = {
         "calibration": cal.to_dict()["summary"] | {"seconds": t_cal},
-        "fixed_budget": metrics(fixed_scores, fixed_steps, cal)
+        "fixed_budget": metrics(fixed_scores, fixed_steps, cal, settings)
         | {"seconds_per_decision": t_full / len(images), "scores": {k: list(v) for k, v in fixed_scores.items()}},
         "early_exit": early["grubbs"][1]
         | {
@@ -145,7 +148,8 @@ def main() -> None:
     p.add_argument("--calibration-samples", type=int, default=100)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--restarts", type=int, default=2)
+    p.add_argument("--restarts", type=int, default=InversionSettings.restarts)
+    p.add_argument("--halve-starts-at", type=int, nargs="*", default=list(InversionSettings.halve_starts_at))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--subset", type=int, default=40, help="images in the live early-exit run")
@@ -154,7 +158,9 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/accuracy.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    settings = InversionSettings(steps=args.steps, lr=args.lr, restarts=args.restarts)
+    settings = InversionSettings(
+        steps=args.steps, lr=args.lr, restarts=args.restarts, halve_starts_at=tuple(args.halve_starts_at)
+    )
     report: dict = {"machine": machine(), "args": vars(args), "models": {}}
     for model in args.models:
         report["models"][model] = evaluate_model(model, args, settings)

@@ -172,7 +172,9 @@ class EncoderInit:
         return np.concatenate([mean[None], mean[None] + extra]).astype(np.float32)
 
 
-TRACER_SETTINGS = InversionSettings(steps=100, lr=0.05, lr_halve_every=50, init="encoder")
+TRACER_SETTINGS = InversionSettings(
+    steps=100, lr=0.05, lr_halve_every=50, init="encoder", restarts=2, halve_starts_at=()
+)
 
 
 def latent_tracer(model: LatentDiffusionModel, settings: InversionSettings = TRACER_SETTINGS, **kwargs: Any) -> Any:

@@ -105,3 +105,43 @@ def test_settings_validation():
         InversionSettings(loss="ssim")
     with pytest.raises(ValueError):
         Schedule(batch_size=0)
+    for bad in ((100, 50), (0,), (50, 50)):
+        with pytest.raises(ValueError, match="halve_starts_at"):
+            InversionSettings(halve_starts_at=bad)
+
+
+class _SlotCountingBackend(TorchBackend):
+    """The real torch backend, recording how many slots each step optimised."""
+
+    def __init__(self, gen) -> None:  # noqa: ANN001
+        super().__init__(gen)
+        self.slots: list[int] = []
+
+    def step(self, state, settings) -> None:  # noqa: ANN001
+        self.slots.append(len(state.z))
+        super().step(state, settings)
+
+
+@pytest.mark.parametrize("check_every", [1, 7, 1000])
+def test_successive_halving_keeps_the_best_half_at_exact_steps(check_every: int):
+    gen = tiny_generator()
+    settings = InversionSettings(steps=20, lr=0.05, restarts=4, halve_starts_at=(5, 10))
+    backend = _SlotCountingBackend(gen)
+    out = invert(backend, _real_like(1, 3), gen.latent, settings, Schedule(check_every=check_every))
+    assert backend.slots == [4] * 5 + [2] * 5 + [1] * 10  # halving does not wait for a checkpoint
+    assert sum(backend.slots) == settings.start_steps(20) == 4 * 5 + 2 * 5 + 1 * 10
+    kept = invert(TorchBackend(gen), _real_like(1, 3), gen.latent, InversionSettings(
+        steps=20, lr=0.05, restarts=4, halve_starts_at=()), Schedule(check_every=5))[0]  # fmt: skip
+    # the start that survives is the best at step 10, and no start is lost before its own best at step 5
+    assert out[0].trajectory[-1][1] >= kept.trajectory[-1][1]
+    assert [s for s, _ in out[0].trajectory][-1] == 20
+
+
+def test_settings_round_trip_through_json_unchanged():
+    import json
+
+    settings = InversionSettings()
+    assert json.loads(json.dumps(settings.to_dict())) == settings.to_dict()
+    assert settings.to_dict()["halve_starts_at"] == [50, 100]
+    assert InversionSettings(restarts=3, halve_starts_at=(50,)).starts_alive(49) == 3
+    assert InversionSettings(restarts=3, halve_starts_at=(50,)).starts_alive(50) == 2

@@ -39,7 +39,10 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("inversion (a calibration is only valid for the settings it was made with)")
     g.add_argument("--steps", "--max-steps", dest="steps", type=int, default=1500, help="Adam steps per image")
     g.add_argument("--lr", type=float, default=0.1)
-    g.add_argument("--restarts", type=int, default=2, help="random starts per image (best one counts)")
+    g.add_argument("--restarts", type=int, default=InversionSettings.restarts,
+                   help="random starts per image (best one counts)")  # fmt: skip
+    g.add_argument("--halve-starts-at", type=int, nargs="*", default=list(InversionSettings.halve_starts_at),
+                   metavar="STEP", help="keep the better half of each image's starts at these steps (none: keep all)")  # fmt: skip
     g.add_argument("--loss", choices=["mse", "l1"], default="mse")
     g.add_argument("--batch-size", type=int, default=32, help="images in flight at once")
     g.add_argument("--check-every", type=int, default=50, help="steps between early-exit checks")
@@ -55,7 +58,13 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> InversionSettings:
-    return InversionSettings(steps=args.steps, lr=args.lr, restarts=args.restarts, loss=args.loss)
+    return InversionSettings(
+        steps=args.steps,
+        lr=args.lr,
+        restarts=args.restarts,
+        loss=args.loss,
+        halve_starts_at=tuple(args.halve_starts_at),
+    )
 
 
 def _schedule(args: argparse.Namespace, early_exit: bool = True) -> Schedule:
