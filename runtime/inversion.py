@@ -7,9 +7,9 @@ per-slot best losses to the host, finishes images (budget spent, or an early-exi
 hopeless restarts, and refills the freed slots with the next images of the work queue.
 
 Successive halving of starts (``InversionSettings.halve_starts_at``): at each listed step (the loop syncs
-there even between checkpoints) an image keeps only the better half of its starts (by best loss so far), so R starts cost about
-one start's steps after the first hundred, while the best of R still gets the long budget. It is part of the
-inversion procedure (calibration runs it too) and so recorded in the settings.
+there even between checkpoints) an image keeps only the better half of its starts (by best loss so far), so
+R starts cost about one start's steps after the first hundred, while the best of R still gets the long
+budget. It is part of the inversion procedure (calibration runs it too) and so recorded in the settings.
 
 Results do not depend on batch composition or order: each slot follows its own gradient (sum, not mean,
 over the batch) and each image's starts come from a seed derived from (seed, the image's pixels), so the same

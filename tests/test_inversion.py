@@ -113,11 +113,11 @@ def test_settings_validation():
 class _SlotCountingBackend(TorchBackend):
     """The real torch backend, recording how many slots each step optimised."""
 
-    def __init__(self, gen) -> None:  # noqa: ANN001
+    def __init__(self, gen) -> None:
         super().__init__(gen)
         self.slots: list[int] = []
 
-    def step(self, state, settings) -> None:  # noqa: ANN001
+    def step(self, state, settings) -> None:
         self.slots.append(len(state.z))
         super().step(state, settings)
 

@@ -42,7 +42,8 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--restarts", type=int, default=InversionSettings.restarts,
                    help="random starts per image (best one counts)")  # fmt: skip
     g.add_argument("--halve-starts-at", type=int, nargs="*", default=list(InversionSettings.halve_starts_at),
-                   metavar="STEP", help="keep the better half of each image's starts at these steps (none: keep all)")  # fmt: skip
+                   metavar="STEP",
+                   help="keep the better half of each image's starts at these steps (none: keep all)")  # fmt: skip
     g.add_argument("--loss", choices=["mse", "l1"], default="mse")
     g.add_argument("--batch-size", type=int, default=32, help="images in flight at once")
     g.add_argument("--check-every", type=int, default=50, help="steps between early-exit checks")
