@@ -1,9 +1,11 @@
 """Wall-clock per decision: genorigin (batched, early exit, refilling) vs a RONAN-faithful loop, one run.
 
 RONAN-faithful = the authors' loop shape: eager PyTorch, one image at a time, one random start,
-`torch.optim.Adam`, lr 0.1, 1500 steps, MSE. genorigin = the shared loop with its defaults (2 starts, early
-exit, restart pruning, refilling) on the PyTorch and the ONNX Runtime backends. Rounds alternate the three
-so machine noise hits all alike; medians over rounds. Accuracy of the same settings: docs/accuracy.md.
+`torch.optim.Adam`, lr 0.1, 1500 steps, MSE. genorigin = the shared loop with its defaults (4 starts halved at
+steps 50 and 100, early exit, restart pruning, refilling) on the PyTorch and the ONNX Runtime backends, and the
+previous default (2 starts kept to the end) on ONNX Runtime, each with its own calibration. Rounds alternate
+the loops so machine noise hits all alike; medians over rounds. Accuracy of the same settings:
+docs/accuracy.md.
 
     python benchmarks/bench_decisions.py --out benchmarks/results/decisions.json
 """
@@ -37,55 +39,65 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/decisions.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    variants = {  # name → (backend, settings)
+        "genorigin_torch": ("torch", InversionSettings()),
+        "genorigin_onnxruntime": ("onnxruntime", InversionSettings()),
+        "genorigin_onnxruntime_two_starts": ("onnxruntime", InversionSettings(restarts=2, halve_starts_at=())),
+    }
     settings = InversionSettings()
     report: dict = {"machine": machine(), "args": vars(args), "models": {}}
     for name in args.models:
         model = resolve_model(name)
         backends = {"torch": model.backend("torch"), "onnxruntime": model.backend("onnxruntime", threads=args.threads)}
-        cal = Attributor(
-            model.generator,
-            backend=backends["onnxruntime"],
-            settings=settings,
-            schedule=Schedule(batch_size=64, early_exit=False),
-        ).calibrate(args.calibration_samples)
+        cals = {
+            key: Attributor(
+                model.generator, backend=backends["onnxruntime"], settings=st, schedule=Schedule(batch_size=64,
+                early_exit=False)).calibrate(args.calibration_samples)
+            for key, st in {"default": settings, "two_starts": variants["genorigin_onnxruntime_two_starts"][1]}.items()
+        }  # fmt: skip
         sets = evaluation_sets(name, args.per_class)
         mix = np.concatenate(list(sets.values()))
         ronan_imgs = np.concatenate(
             [sets["own"][: args.ronan_images // 2 or 1], sets["real"][: args.ronan_images // 2]]
         )
-        times: dict[str, list[float]] = {"ronan_faithful": [], "genorigin_torch": [], "genorigin_onnxruntime": []}
+        times: dict[str, list[float]] = {"ronan_faithful": [], **{k: [] for k in variants}}
         steps: dict[str, float] = {}
+        start_steps: dict[str, float] = {}
         for _ in range(args.rounds):
             times["ronan_faithful"].append(ronan_faithful_seconds(name, ronan_imgs, settings.steps, settings.lr))
-            for b, backend in backends.items():
+            for key, (b, st) in variants.items():
                 att = Attributor(
                     model.generator,
-                    backend=backend,
-                    settings=settings,
+                    backend=backends[b],
+                    settings=st,
                     schedule=Schedule(batch_size=64),
-                    calibration=cal,
+                    calibration=cals["two_starts" if key.endswith("two_starts") else "default"],
                 )
                 t0 = time.perf_counter()
                 res = att.attribute(mix)
-                times[f"genorigin_{b}"].append((time.perf_counter() - t0) / len(mix))
-                steps[b] = float(np.mean([r.steps for r in res]))
+                times[key].append((time.perf_counter() - t0) / len(mix))
+                steps[key] = float(np.mean([r.steps for r in res]))
+                start_steps[key] = float(np.mean([st.start_steps(r.steps) for r in res]))
         med = {k: statistics.median(v) for k, v in times.items()}
         report["models"][name] = {
             "seconds_per_decision": med,
             "all_rounds": times,
             "mean_steps": steps,
+            "mean_start_steps_without_pruning": start_steps,
             "speedup_vs_ronan": {k: med["ronan_faithful"] / v for k, v in med.items() if k != "ronan_faithful"},
             "images": len(mix),
         }
         write(args.out, json.dumps(report, indent=1))
         print(name, json.dumps(report["models"][name]), flush=True)
-    print("| inspected | RONAN-faithful s/decision | genorigin torch s/decision (×) | genorigin ORT s/decision (×) |")
-    print("|---|---|---|---|")
+    print("| inspected | RONAN-faithful s/decision | genorigin torch s/decision (×) | genorigin ORT s/decision (×) | "
+          "ORT, 2 starts (×) |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for name, e in report["models"].items():
         s, x = e["seconds_per_decision"], e["speedup_vs_ronan"]
         print(
             f"| {name} | {s['ronan_faithful']:.2f} | {s['genorigin_torch']:.3f} ({x['genorigin_torch']:.0f}×) | "
-            f"{s['genorigin_onnxruntime']:.3f} ({x['genorigin_onnxruntime']:.0f}×) |"
+            f"{s['genorigin_onnxruntime']:.3f} ({x['genorigin_onnxruntime']:.0f}×) | "
+            f"{s['genorigin_onnxruntime_two_starts']:.3f} ({x['genorigin_onnxruntime_two_starts']:.0f}×) |"
         )
 
 

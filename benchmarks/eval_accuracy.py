@@ -122,7 +122,7 @@ def evaluate_model(model: str, args: argparse.Namespace, settings: InversionSett
     # a real early-exit run on a subset: checks the reading above and gives wall-clock per decision
     k = args.subset // len(names)
     subset = np.concatenate([sets[c][:k] for c in names])
-    sched = Schedule(batch_size=args.batch_size, check_every=50, early_exit=True, prune_restarts=False)
+    sched = Schedule(batch_size=args.batch_size, check_every=50, early_exit=True)
     t0 = time.perf_counter()
     live = Attributor(gen, settings=settings, schedule=sched, calibration=cal).attribute(subset)
     t_early = time.perf_counter() - t0

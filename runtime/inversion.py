@@ -3,8 +3,8 @@
 Batched across images AND restarts: the slots of one tensor hold R random starts for each of several images.
 Each step asks the backend for per-sample loss and gradient, then applies Adam with best-so-far bookkeeping
 (the reference definition, or the backend's fused kernel). Every ``check_every`` steps the loop pulls the
-per-slot best losses to the host, finishes images (budget spent, or an early-exit rule decided), prunes
-hopeless restarts, and refills the freed slots with the next images of the work queue.
+per-slot best losses to the host, finishes images (budget spent, or an early-exit rule decided), and refills
+the freed slots with the next images of the work queue.
 
 Successive halving of starts (``InversionSettings.halve_starts_at``): at each listed step (the loop syncs
 there even between checkpoints) an image keeps only the better half of its starts (by best loss so far), so
@@ -88,15 +88,13 @@ Initializer = Callable[[np.ndarray, int], np.ndarray]  # (image C×H×W, restart
 
 @dataclass(frozen=True)
 class Schedule:
-    """How the loop is run; none of this changes a result except the early-exit switches."""
+    """How the loop is run; none of this changes a result except the early-exit switch and ``check_every``
+    (the steps at which early exit may decide)."""
 
     batch_size: int = 32  # images in flight (each takes `restarts` slots)
     check_every: int = 50
     seed: int = 0
     early_exit: bool = True
-    prune_restarts: bool = True
-    prune_after: int = 200  # steps before a restart may be dropped
-    prune_factor: float = 8.0  # drop a restart whose best loss is this many times the image's best
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.check_every < 1:
@@ -175,7 +173,6 @@ def invert(
         complexity = np.ones(n_images)
     R = settings.restarts
     rule = stop_rule if schedule.early_exit else None
-    prune = schedule.early_exit and schedule.prune_restarts and R > 1
     capacity = schedule.batch_size * R
     queue = list(range(n_images))
     queue.reverse()  # pop() from the end yields images in input order
@@ -280,11 +277,6 @@ def invert(
                 img.best_z = to_numpy(take(best_z, np.array([j])))[0]
             img.trajectory.append((img.steps, img.best_loss))
             keep_mask[_worse_starts(rows, host_loss, settings.starts_alive(img.steps))] = False
-            if prune:
-                worse = rows[
-                    (host_loss[rows] > schedule.prune_factor * img.best_loss) & (slot_t[rows] >= schedule.prune_after)
-                ]
-                keep_mask[worse] = False
         decisions = np.zeros(len(active), dtype=np.int64)
         if rule is not None:
             losses = np.array([images[i].best_loss for i in active])
