@@ -28,18 +28,26 @@ def machine() -> dict:
     }
 
 
-def real_crops(n: int | None = None) -> np.ndarray:
-    paths = sorted(real_images_dir().glob("*.png"))[:n]
+def real_crops(n: int | None = None, offset: int = 0) -> np.ndarray:
+    paths = sorted(real_images_dir().glob("*.png"))[offset : None if n is None else offset + n]
+    if n is not None and len(paths) < n:
+        raise ValueError(f"only {len(paths)} bundled real crops from offset {offset}, {n} asked")
     return np.stack([(load_rgb8(p).astype(np.float32) / 255.0).transpose(2, 0, 1) for p in paths])
 
 
-def evaluation_sets(inspected: str, n: int) -> dict[str, np.ndarray]:
-    """'own' = fresh samples of the inspected model; the rest are non-belonging classes."""
-    sets = {"own": quantize_8bit(load_bundled(inspected).sample(n, seed=EVAL_SAMPLE_SEED))}
+def evaluation_sets(
+    inspected: str, n: int, seed: int = EVAL_SAMPLE_SEED, real_offset: int = 0
+) -> dict[str, np.ndarray]:
+    """'own' = fresh samples of the inspected model; the rest are non-belonging classes.
+
+    Another ``seed`` and ``real_offset`` give a second, disjoint evaluation set (for validating a choice
+    made on the first one).
+    """
+    sets = {"own": quantize_8bit(load_bundled(inspected).sample(n, seed=seed))}
     for other in BUNDLED_MODELS:
         if other != inspected:
-            sets[other] = quantize_8bit(load_bundled(other).sample(n, seed=EVAL_SAMPLE_SEED))
-    sets["real"] = real_crops(n)
+            sets[other] = quantize_8bit(load_bundled(other).sample(n, seed=seed))
+    sets["real"] = real_crops(n, real_offset)
     return sets
 
 

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from common import auc, evaluation_sets, machine, roc_curve, write
+from common import EVAL_SAMPLE_SEED, auc, evaluation_sets, machine, roc_curve, write
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
 from genorigin.runtime.attribution import AttributionResult, Attributor
 from genorigin.runtime.calibration import Calibration
@@ -90,7 +90,7 @@ def evaluate_model(model: str, args: argparse.Namespace, settings: InversionSett
     t0 = time.perf_counter()
     cal = Attributor(gen, settings=settings, schedule=full).calibrate(args.calibration_samples, alpha=args.alpha)
     t_cal = time.perf_counter() - t0
-    sets = evaluation_sets(model, args.n)
+    sets = evaluation_sets(model, args.n, args.eval_seed, args.real_offset)
     names = list(sets)
     images = np.concatenate([sets[k] for k in names])
     bounds = np.cumsum([0] + [len(sets[k]) for k in names])
@@ -146,6 +146,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
     p.add_argument("--n", type=int, default=100, help="images per evaluation class")
     p.add_argument("--calibration-samples", type=int, default=100)
+    p.add_argument("--eval-seed", type=int, default=EVAL_SAMPLE_SEED, help="seed of the generated evaluation images")
+    p.add_argument("--real-offset", type=int, default=0, help="first bundled real crop used")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--restarts", type=int, default=InversionSettings.restarts)
