@@ -66,6 +66,11 @@ def metrics(
     return out
 
 
+def _exit_rule(text: str) -> tuple[int, float]:
+    rank, margin = text.split(":")
+    return int(rank), float(margin)
+
+
 def ronan_faithful_seconds(model: str, images: np.ndarray, steps: int, lr: float) -> float:
     """Per-image wall clock of the authors' loop shape: one image, one start, eager Adam, full budget."""
     gen = load_bundled(model)
@@ -101,28 +106,33 @@ def evaluate_model(model: str, args: argparse.Namespace, settings: InversionSett
     fixed_scores = {k: np.array([r.calibrated_loss for r in v]) for k, v in by_class.items()}
     fixed_steps = {k: np.array([r.steps for r in v]) for k, v in by_class.items()}
     early = {}
-    for decision, threshold in (("grubbs", cal.grubbs_threshold), ("quantile", cal.quantile_threshold)):
-        # early exit is tied to the primary rule: each rule's exits use its own acceptance region
-        rule = TrajectoryStopRule(cal, threshold)
-        read = {k: [early_exit_reading(r, rule) for r in v] for k, v in by_class.items()}
-        scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}
-        steps = {k: np.array([n for _, n in v]) for k, v in read.items()}
-        early[decision] = (read, metrics(scores, steps, cal, settings))
-    read = early["grubbs"][0]
+    for rank, margin in args.exit_rules:
+        for decision, threshold in (("grubbs", cal.grubbs_threshold), ("quantile", cal.quantile_threshold)):
+            # early exit is tied to the primary rule: each rule's exits use its own acceptance region
+            rule = TrajectoryStopRule(cal, threshold, margin=margin, envelope_rank=rank)
+            read = {k: [early_exit_reading(r, rule) for r in v] for k, v in by_class.items()}
+            scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}
+            steps = {k: np.array([n for _, n in v]) for k, v in read.items()}
+            early[(rank, margin, decision)] = (read, metrics(scores, steps, cal, settings))
+
+    def early_entry(rank: int, margin: float) -> dict:
+        g, q = early[(rank, margin, "grubbs")][1], early[(rank, margin, "quantile")][1]
+        return g | {"quantile": q["quantile"], "mean_steps_quantile_rule": q["mean_steps"],
+                    "envelope_rank": rank, "margin": margin}  # fmt: skip
+
+    primary = args.exit_rules[0]
+    read = early[(*primary, "grubbs")][0]
     entry: dict = {
         "calibration": cal.to_dict()["summary"] | {"seconds": t_cal},
         "fixed_budget": metrics(fixed_scores, fixed_steps, cal, settings)
         | {"seconds_per_decision": t_full / len(images), "scores": {k: list(v) for k, v in fixed_scores.items()}},
-        "early_exit": early["grubbs"][1]
-        | {
-            "quantile": early["quantile"][1]["quantile"],
-            "mean_steps_quantile_rule": early["quantile"][1]["mean_steps"],
-        },
+        "early_exit": early_entry(*primary),
+        "early_exit_other_rules": [early_entry(*r) for r in args.exit_rules[1:]],
     }
     # a real early-exit run on a subset: checks the reading above and gives wall-clock per decision
     k = args.subset // len(names)
     subset = np.concatenate([sets[c][:k] for c in names])
-    sched = Schedule(batch_size=args.batch_size, check_every=50, early_exit=True)
+    sched = Schedule(batch_size=args.batch_size, check_every=50, exit_envelope_rank=primary[0], exit_margin=primary[1])
     t0 = time.perf_counter()
     live = Attributor(gen, settings=settings, schedule=sched, calibration=cal).attribute(subset)
     t_early = time.perf_counter() - t0
@@ -147,6 +157,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100, help="images per evaluation class")
     p.add_argument("--calibration-samples", type=int, default=100)
     p.add_argument("--eval-seed", type=int, default=EVAL_SAMPLE_SEED, help="seed of the generated evaluation images")
+    p.add_argument("--exit-rules", type=_exit_rule, nargs="+", default=[(1, 2.0)], metavar="K:MARGIN",
+                   help="non-belonging exits read off the same trajectories: envelope rank k and margin; the first "
+                   "is also run live")  # fmt: skip
     p.add_argument("--real-offset", type=int, default=0, help="first bundled real crop used")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--lr", type=float, default=0.1)

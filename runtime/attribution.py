@@ -180,7 +180,12 @@ class Attributor:
         images = self._validate(images)
         sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
         comp = complexity(images)
-        rule = TrajectoryStopRule(cal, self.accept_threshold())
+        rule = TrajectoryStopRule(
+            cal,
+            self.accept_threshold(),
+            margin=self.schedule.exit_margin,
+            envelope_rank=self.schedule.exit_envelope_rank,
+        )
         outcomes = invert(
             self.backend,
             images,

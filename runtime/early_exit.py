@@ -9,8 +9,9 @@ U(t) = max over those samples of score_i(t). An image stops as non-belonging at 
 ``margin`` × U(t): no accepted belonging sample was ever that far behind at that step. For an image
 exchangeable with the n accepted calibration samples, the chance of lying above the maximum of n at a given
 step is at most 1/(n + 1), and the margin (default 2×) makes it rarer still; the benchmark measures the effect
-on accuracy against the full-budget loop (docs/accuracy.md). Before ``min_step`` nothing is stopped:
-trajectories are still dominated by the random start there.
+on accuracy against the full-budget loop (docs/accuracy.md). ``envelope_rank`` = k uses the k-th largest
+accepted score instead of the maximum (a bound of k/(n + 1) per step). Before ``min_step`` nothing is
+stopped: trajectories are still dominated by the random start there.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ class TrajectoryStopRule:
         accept_threshold: float,
         margin: float = 2.0,
         min_step: int = 100,
+        envelope_rank: int = 1,
     ) -> None:
         if margin < 1.0:
             raise ValueError(f"margin must be ≥ 1, got {margin}")
+        if envelope_rank < 1:
+            raise ValueError(f"envelope_rank must be ≥ 1, got {envelope_rank}")
         self.accept_threshold = accept_threshold
         self.margin = margin
         self.min_step = min_step
@@ -42,10 +46,10 @@ class TrajectoryStopRule:
         final = np.asarray(calibration.scores)
         accepted = final <= accept_threshold
         per_step = np.asarray(calibration.checkpoint_scores, dtype=np.float64).reshape(len(self.steps), -1)
-        if per_step.shape[1] != len(final) or not accepted.any():
+        if per_step.shape[1] != len(final) or accepted.sum() < envelope_rank:
             self.envelope = np.full(len(self.steps), math.inf)
-        else:
-            self.envelope = per_step[:, accepted].max(axis=1)
+        else:  # the k-th largest accepted score at each step (k = 1: the maximum)
+            self.envelope = -np.sort(-per_step[:, accepted], axis=1)[:, envelope_rank - 1]
 
     def reject_threshold(self, step: int) -> float:
         """Score above which an image at ``step`` stops as non-belonging (inf where no rule applies)."""

@@ -37,8 +37,8 @@ class InversionSettings:
 
     steps: int = 1500
     lr: float = 0.1
-    restarts: int = 4  # the authors' code used 8; one start leaves ~1 in 30 own samples stuck (measured)
-    halve_starts_at: tuple[int, ...] = (50, 100)  # successive halving: keep the better half of the starts here
+    restarts: int = 2  # the authors' code used 8; one start leaves ~1 in 30 own samples stuck (measured)
+    halve_starts_at: tuple[int, ...] = ()  # successive halving: keep the better half of the starts at these steps
     loss: str = "mse"
     beta1: float = 0.9
     beta2: float = 0.999
@@ -95,10 +95,15 @@ class Schedule:
     check_every: int = 50
     seed: int = 0
     early_exit: bool = True
+    exit_margin: float = 2.0  # non-belonging exit: score > margin × the envelope of accepted own trajectories
+    exit_envelope_rank: int = 1  # the envelope is the k-th largest accepted own score at each step
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.check_every < 1:
             raise ValueError("batch_size and check_every must be ≥ 1")
+        if self.exit_margin < 1.0 or self.exit_envelope_rank < 1:
+            raise ValueError(f"exit margin must be ≥ 1 and envelope rank ≥ 1, got {self.exit_margin}, "
+                             f"{self.exit_envelope_rank}")  # fmt: skip
 
 
 class StopRule(Protocol):

@@ -105,3 +105,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert (out / "figure.png").stat().st_size > 10_000
     assert "accuracy" in capsys.readouterr().out
     assert main(["demo", "--out", str(out), "--quiet", *FAST]) == 2  # refuses a non-empty folder
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--halve-starts-at", "100", "50"], "halve_starts_at"),
+        (["--steps", "0"], "steps"),
+        (["--exit-margin", "0.5"], "exit margin"),
+        (["--exit-envelope-rank", "0"], "envelope rank"),
+    ],
+)
+def test_bad_inversion_options_fail_with_one_line_and_write_nothing(tmp_path, capsys, options, message):
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", "dcgan_a", "--out", str(out), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()

@@ -35,6 +35,16 @@ def test_envelope_uses_accepted_trajectories_only():
     assert rule.reject_threshold(175) == pytest.approx(2 * 3e-4)  # last checkpoint at or before the step
 
 
+def test_envelope_rank_uses_the_kth_largest_accepted_score():
+    rule = TrajectoryStopRule(_calibration(), accept_threshold=5e-5, margin=1.5, min_step=100, envelope_rank=2)
+    assert rule.reject_threshold(100) == pytest.approx(1.5 * 2e-3)
+    assert rule.reject_threshold(200) == pytest.approx(1.5 * 2e-5)
+    # more ranks than accepted samples: no non-belonging exit at all, rather than an arbitrary one
+    assert math.isinf(TrajectoryStopRule(_calibration(), 5e-5, envelope_rank=4).reject_threshold(200))
+    with pytest.raises(ValueError, match="envelope_rank"):
+        TrajectoryStopRule(_calibration(), 5e-5, envelope_rank=0)
+
+
 def test_decisions():
     rule = TrajectoryStopRule(_calibration(), accept_threshold=5e-5, margin=2.0, min_step=100)
     scores = np.array([4e-5, 1e-3, 1e-2, 5e-1])
@@ -63,3 +73,20 @@ def test_bundled_model_own_sample_and_real_photo_exit_early():
         assert (r.verdict, r.stop_reason) == ("belonging", "belonging") and r.steps < settings.steps
     for r in results[2:]:
         assert (r.verdict, r.stop_reason) == ("non-belonging", "non-belonging") and r.steps < settings.steps
+
+
+def test_schedule_exit_settings_reach_the_stop_rule():
+    from genorigin.runtime.attribution import Attributor
+    from genorigin.runtime.inversion import InversionSettings, Schedule
+    from helpers import tiny_generator
+
+    gen = tiny_generator()
+    settings = InversionSettings(steps=300, lr=0.05)
+    noise = np.random.default_rng(5).random((2, 3, 8, 8)).astype(np.float32)
+    default = Attributor(gen, settings=settings, schedule=Schedule(batch_size=8, check_every=25))
+    cal = default.calibrate(8)
+    assert all(r.stop_reason == "non-belonging" for r in default.attribute(noise))
+    # an envelope rank beyond the accepted calibration samples switches the non-belonging exit off
+    no_envelope = Attributor(gen, settings=settings, calibration=cal,
+                             schedule=Schedule(batch_size=8, check_every=25, exit_envelope_rank=100))  # fmt: skip
+    assert all(r.stop_reason == "budget" and r.steps == 300 for r in no_envelope.attribute(noise))

@@ -140,8 +140,10 @@ def test_successive_halving_keeps_the_best_half_at_exact_steps(check_every: int)
 def test_settings_round_trip_through_json_unchanged():
     import json
 
-    settings = InversionSettings()
+    settings = InversionSettings(restarts=4, halve_starts_at=(50, 100))
     assert json.loads(json.dumps(settings.to_dict())) == settings.to_dict()
     assert settings.to_dict()["halve_starts_at"] == [50, 100]
+    assert settings.start_steps(1500) == 4 * 50 + 2 * 50 + 1400
+    assert InversionSettings().start_steps(1500) == 2 * 1500  # the default keeps both starts to the end
     assert InversionSettings(restarts=3, halve_starts_at=(50,)).starts_alive(49) == 3
     assert InversionSettings(restarts=3, halve_starts_at=(50,)).starts_alive(50) == 2

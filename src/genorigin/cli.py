@@ -47,6 +47,10 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", choices=["mse", "l1"], default="mse")
     g.add_argument("--batch-size", type=int, default=32, help="images in flight at once")
     g.add_argument("--check-every", type=int, default=50, help="steps between early-exit checks")
+    g.add_argument("--exit-margin", type=float, default=Schedule.exit_margin,
+                   help="stop as non-belonging above this many times the belonging envelope")  # fmt: skip
+    g.add_argument("--exit-envelope-rank", type=int, default=Schedule.exit_envelope_rank,
+                   help="the envelope is the k-th largest accepted calibration score at each step")  # fmt: skip
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the backend")
     g.add_argument("--method", default="inversion-random", choices=["inversion-random", "inversion-encoder", "aedr"],
@@ -59,17 +63,30 @@ def _add_inversion_args(p: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> InversionSettings:
-    return InversionSettings(
-        steps=args.steps,
-        lr=args.lr,
-        restarts=args.restarts,
-        loss=args.loss,
-        halve_starts_at=tuple(args.halve_starts_at),
-    )
+    try:
+        return InversionSettings(
+            steps=args.steps,
+            lr=args.lr,
+            restarts=args.restarts,
+            loss=args.loss,
+            halve_starts_at=tuple(args.halve_starts_at),
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _schedule(args: argparse.Namespace, early_exit: bool = True) -> Schedule:
-    return Schedule(batch_size=args.batch_size, check_every=args.check_every, seed=args.seed, early_exit=early_exit)
+    try:
+        return Schedule(
+            batch_size=args.batch_size,
+            check_every=args.check_every,
+            seed=args.seed,
+            early_exit=early_exit,
+            exit_margin=args.exit_margin,
+            exit_envelope_rank=args.exit_envelope_rank,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _set_threads(n: int | None) -> None:
