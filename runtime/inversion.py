@@ -64,6 +64,11 @@ class InversionSettings:
         d["halve_starts_at"] = list(self.halve_starts_at)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> InversionSettings:
+        """The settings a calibration file records (the inverse of ``to_dict``)."""
+        return cls(**{**d, "halve_starts_at": tuple(d.get("halve_starts_at", ()))})
+
     def starts_alive(self, step: int) -> int:
         """How many of an image's starts are still optimised after ``step`` steps (successive halving)."""
         alive = self.restarts

@@ -3,13 +3,16 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 from bad_images import write_bad_images
 from genorigin.export.bundled import load_bundled, real_images_dir
-from genorigin.runtime.attribution import quantize_8bit
+from genorigin.runtime.attribution import Attributor, quantize_8bit
+from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.inversion import InversionSettings, Schedule
 
 from genorigin.cli import main
-from genorigin.images import save_png
+from genorigin.images import load_rgb8, save_png
 
 FAST = ["--steps", "400", "--check-every", "50", "--batch-size", "8"]
 
@@ -122,3 +125,24 @@ def test_bad_inversion_options_fail_with_one_line_and_write_nothing(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def test_no_early_exit_reproduces_the_fixed_budget_and_records_why_each_image_stopped(calibrated, image_folder, capsys):
+    base = ["attribute", str(image_folder), "--model", "dcgan_a", "--calibration", str(calibrated), "--json",
+            "--quiet", "--max-steps", "400", "--check-every", "50", "--batch-size", "8"]  # fmt: skip
+    assert main(base) == 0
+    early = {r["source"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert main([*base, "--no-early-exit"]) == 0
+    fixed = {r["source"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert all(r["steps"] == 400 and r["stop_reason"] == "budget" for r in fixed.values())
+    assert {r["stop_reason"] for r in early.values()} <= {"belonging", "non-belonging", "budget"}
+    assert sum(r["steps"] for r in early.values()) < sum(r["steps"] for r in fixed.values())
+    # the same fixed budget through the Python API: bit-identical losses
+    cal = Calibration.load(calibrated)
+    gen = load_bundled("dcgan_a")
+    att = Attributor(gen, settings=InversionSettings.from_dict(cal.settings), calibration=cal,
+                     schedule=Schedule(batch_size=3, check_every=50, early_exit=False))  # fmt: skip
+    sources = sorted(fixed)
+    api = att.attribute(np.stack([gen.prepare_image(load_rgb8(s)) for s in sources]), sources)
+    assert [r.loss for r in api] == [fixed[s]["loss"] for s in sources]
+    assert [r.verdict for r in api] == [fixed[s]["verdict"] for s in sources]

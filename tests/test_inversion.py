@@ -142,6 +142,7 @@ def test_settings_round_trip_through_json_unchanged():
 
     settings = InversionSettings(restarts=4, halve_starts_at=(50, 100))
     assert json.loads(json.dumps(settings.to_dict())) == settings.to_dict()
+    assert InversionSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
     assert settings.to_dict()["halve_starts_at"] == [50, 100]
     assert settings.start_steps(1500) == 4 * 50 + 2 * 50 + 1400
     assert InversionSettings().start_steps(1500) == 2 * 1500  # the default keeps both starts to the end
