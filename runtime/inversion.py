@@ -79,7 +79,11 @@ class InversionSettings:
 
     def start_steps(self, steps: int) -> int:
         """Optimiser steps summed over an image's starts when it stops after ``steps`` (its gradient evaluations)."""
-        return sum(self.starts_alive(t - 1) for t in range(1, steps + 1))
+        total, done = 0, 0
+        for h in [*(h for h in self.halve_starts_at if h < steps), steps]:  # constant between halving steps
+            total += self.starts_alive(done) * (h - done)
+            done = h
+        return total
 
     def lr_at(self, t: np.ndarray) -> float | np.ndarray:
         """Learning rate of each slot at its (1-based) step count ``t``."""
@@ -264,8 +268,8 @@ def invert(
         z, m, v, best_z, best_loss = state.z, state.m, state.v, state.best_z, state.best_loss
         at_budget = slot_t >= settings.steps
         regular = step % schedule.check_every == 0 or at_budget.any()
-        halving = np.isin(slot_t, settings.halve_starts_at)
-        if not regular and not halving.any():
+        halving = np.isin(slot_t, settings.halve_starts_at) if settings.halve_starts_at else None
+        if not regular and (halving is None or not halving.any()):
             continue
         # checkpoint: host sync of per-slot best losses
         host_loss = to_numpy(best_loss).astype(np.float64)
