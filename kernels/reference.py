@@ -14,12 +14,36 @@ Conventions
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 LossKind = Literal["mse", "l1"]
 Array = Any  # numpy.ndarray or torch.Tensor
+
+
+@dataclass(frozen=True)
+class AdamConfig:
+    """Adam's hyper-parameters, typed: what every backend's ``step`` receives (never a loose tuple)."""
+
+    lr: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    lr_halve_every: int = 0  # 0: constant lr (the paper); k: halve every k steps of a slot (LatentTracer)
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1 or not self.eps > 0:
+            raise ValueError(f"bad Adam hyper-parameters {self}")
+        if self.lr_halve_every < 0:
+            raise ValueError("lr_halve_every must be ≥ 0")
+
+    def lr_at(self, t: Array) -> float | Array:
+        """Learning rate of each slot at its (1-based) step count ``t`` (a scalar when the lr is constant)."""
+        if not self.lr_halve_every:
+            return self.lr
+        return self.lr * 0.5 ** ((t - 1) // self.lr_halve_every)
 
 
 def _is_torch(a: Array) -> bool:
@@ -91,7 +115,7 @@ def adam_step(
     loss: Array,
     best_loss: Array,
     best_z: Array,
-    lr: float,
+    lr: float | Array,
     beta1: float = 0.9,
     beta2: float = 0.999,
     eps: float = 1e-8,
@@ -112,6 +136,8 @@ def adam_step(
     # float32, 1 - 0.999**t loses ~1e-5 relative accuracy for small t.
     tt = _per_sample(t, z)
     tt = tt.double() if _is_torch(tt) else np.asarray(tt, dtype=np.float64)
+    if not isinstance(lr, float | int):  # a per-slot learning rate (N,)
+        lr = _per_sample(lr, tt)
     bias1 = 1.0 - beta1**tt
     bias2 = 1.0 - beta2**tt
     step_size = _like(lr / bias1, z)

@@ -15,13 +15,19 @@ import numpy as np
 import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
+from genorigin.kernels.reference import AdamConfig
 
 Array = Any
 
 
 @dataclass
 class SlotState:
-    """The loop's per-slot arrays, in the backend's array type; ``t`` is each slot's step count (float32)."""
+    """The loop's per-slot arrays, in the backend's array type.
+
+    ``t`` is each slot's step count (float32, 0 for a fresh slot). It lives on the backend's device and
+    ``Backend.step`` increments it there, so the loop uploads it only when slots are admitted: a step needs
+    no host-to-device copy, and checkpoints are the loop's only host synchronisation.
+    """
 
     z: Array
     m: Array
@@ -30,7 +36,6 @@ class SlotState:
     best_loss: Array
     x: Array
     t: Array
-    lr: Array | None = None  # per-slot learning rate (N×1…), set only when the settings schedule it
 
 
 class Backend:
@@ -51,15 +56,16 @@ class Backend:
         """G(z) for host latents, as N×C×H×W float32 in [0, 1] on the host."""
         raise NotImplementedError
 
-    def step(self, state: SlotState, settings: Any) -> None:
-        """One inversion step on every slot, in place: loss and gradient, then Adam with best-so-far.
+    def step(self, state: SlotState, adam: AdamConfig) -> None:
+        """One inversion step on every slot, in place: t += 1, loss and gradient, then Adam with best-so-far.
 
         GPU backends override this to fuse or graph-capture the whole iteration.
         """
+        state.t = state.t + 1
         loss, grad = self.loss_and_grad(state.z, state.x)
         state.z, state.m, state.v, state.best_loss, state.best_z = self.adam_step(
             state.z, state.m, state.v, grad, state.t, loss, state.best_loss, state.best_z,
-            settings.lr if state.lr is None else state.lr, settings.beta1, settings.beta2, settings.eps,
+            adam.lr_at(state.t), adam.beta1, adam.beta2, adam.eps,
         )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
+from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import SlotState, TorchBackend
 from genorigin.runtime.engine_cache import pow2_bucket
 
@@ -83,17 +84,17 @@ class SlotBuffers:
         self.best_z = torch.zeros_like(self.z)
         self.best_loss = torch.full((bucket,), float("inf"), **f32)
         self.x = torch.zeros((bucket, *image_shape), **f32)
-        self.t = torch.ones((bucket,), **f32)
+        self.t = torch.zeros((bucket,), **f32)
         self.weight = torch.zeros((bucket,), **f32)  # 1 for real slots, 0 for padding
         self.loss = torch.zeros((bucket,), **f32)  # this step's per-slot loss
         self.n = 0
 
     def reset(self, start: int = 0) -> None:
-        """Rows ``start:`` become padding: zero latent and moments, zero target, t = 1, weight 0."""
+        """Rows ``start:`` become padding: zero latent and moments, zero target, t = 0, weight 0."""
         for a in (self.z, self.m, self.v, self.best_z, self.x, self.weight, self.loss):
             a[start:].zero_()
         self.best_loss[start:].fill_(float("inf"))
-        self.t[start:].fill_(1.0)
+        self.t[start:].zero_()
         if start == 0:
             self.n = 0
 
@@ -173,9 +174,13 @@ def loss_into(y: torch.Tensor, bufs: SlotBuffers, kind: str, kernels: Any | None
     return gy
 
 
-def adam_into(bufs: SlotBuffers, grad: torch.Tensor, settings: Any, kernels: Any | None) -> None:
-    """Adam with best-so-far on the buffers in place (the fused kernel, or reference.adam_step in torch ops)."""
-    hyper = (float(settings.lr), float(settings.beta1), float(settings.beta2), float(settings.eps))
+def adam_into(bufs: SlotBuffers, grad: torch.Tensor, adam: AdamConfig, kernels: Any | None) -> None:
+    """t += 1, then Adam with best-so-far on the buffers in place (the fused kernel, or reference.adam_step).
+
+    The step counter is incremented here, inside the captured iteration, so no step uploads it from the host.
+    """
+    bufs.t.add_(1.0)
+    hyper = (float(adam.lr), float(adam.beta1), float(adam.beta2), float(adam.eps))
     grad = grad.reshape(bufs.z.shape)
     if grad.dtype != torch.float32:
         grad = grad.float()
@@ -233,7 +238,7 @@ class CudaGraphTorchBackend(TorchBackend):
         self.warmup = max(1, warmup)
         self.latent_shape = tuple(generator.latent.shape)
         self.image_shape = (generator.channels, *generator.image_size)
-        self._buckets: dict[tuple[int, tuple[float, ...]], _Bucket] = {}
+        self._buckets: dict[tuple[int, AdamConfig], _Bucket] = {}
         self.steps = 0  # step() calls, so callers can tell whether a loop used this path at all
 
     def bucket_for(self, n: int) -> int:
@@ -248,42 +253,42 @@ class CudaGraphTorchBackend(TorchBackend):
         with fp32_math(self.tf32):
             return super().loss_and_grad(z, x)
 
-    def _iteration(self, bufs: SlotBuffers, settings: Any) -> None:
+    def _iteration(self, bufs: SlotBuffers, adam: AdamConfig) -> None:
         z = bufs.z.detach().requires_grad_(True)
         with torch.enable_grad():
             y = self.generator.forward(z)
         gy = loss_into(y.detach(), bufs, self.loss, self.kernels)
         (gz,) = torch.autograd.grad(y, z, gy)
-        adam_into(bufs, gz, settings, self.kernels)
+        adam_into(bufs, gz, adam, self.kernels)
 
-    def _run_warmup(self, bufs: SlotBuffers, settings: Any) -> None:
+    def _run_warmup(self, bufs: SlotBuffers, adam: AdamConfig) -> None:
         """Eager iterations on a side stream (cuDNN/cuBLAS/kernel initialisation must not happen in capture)."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
-                self._iteration(bufs, settings)
+                self._iteration(bufs, adam)
         torch.cuda.current_stream(self.device).wait_stream(side)
 
-    def _make_bucket(self, bucket: int, settings: Any) -> _Bucket:
+    def _make_bucket(self, bucket: int, adam: AdamConfig) -> _Bucket:
         entry = _Bucket(SlotBuffers(bucket, self.latent_shape, self.image_shape, self.device))
         if not self.capture:
             return entry
         bufs = entry.buffers
         with fp32_math(self.tf32):
             try:
-                self._run_warmup(bufs, settings)
+                self._run_warmup(bufs, adam)
             except Exception as e:
                 if self.kernels is None:
                     raise
                 log.warning("CUDA loss/Adam kernels failed in warm-up (%s); using torch ops", e)
                 self.kernels = None
-                self._run_warmup(bufs, settings)
+                self._run_warmup(bufs, adam)
             bufs.reset()
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph):
-                    self._iteration(bufs, settings)
+                    self._iteration(bufs, adam)
             except Exception as e:  # an op that cannot be captured: stay correct, lose the speed-up
                 log.warning("CUDA-graph capture failed (%s); stepping eagerly on static buffers", e)
                 torch.cuda.synchronize(self.device)
@@ -293,21 +298,20 @@ class CudaGraphTorchBackend(TorchBackend):
         entry.graph = graph
         return entry
 
-    def step(self, state: SlotState, settings: Any) -> None:
-        if state.lr is not None:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
+    def step(self, state: SlotState, adam: AdamConfig) -> None:
+        if adam.lr_halve_every:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
             raise NotImplementedError(f"{self.name}: learning-rate schedules (lr_halve_every) are not supported")
         n = int(state.z.shape[0])
-        hyper = (float(settings.lr), float(settings.beta1), float(settings.beta2), float(settings.eps))
-        key = (self.bucket_for(n), hyper)
+        key = (self.bucket_for(n), adam)
         entry = self._buckets.get(key)
         if entry is None:
-            entry = self._buckets[key] = self._make_bucket(key[0], settings)
+            entry = self._buckets[key] = self._make_bucket(key[0], adam)
         entry.buffers.stage(state)
         if entry.graph is not None:
             entry.graph.replay()
         else:
             with fp32_math(self.tf32):
-                self._iteration(entry.buffers, settings)
+                self._iteration(entry.buffers, adam)
         entry.buffers.publish(state)
         self.steps += 1
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import numpy as np
 from genorigin.export.generator import LatentSpec
+from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import Backend, SlotState, concat, take, to_numpy
 
 CONTINUE, BELONGING, NON_BELONGING = 0, 1, 2
@@ -85,11 +86,10 @@ class InversionSettings:
             done = h
         return total
 
-    def lr_at(self, t: np.ndarray) -> float | np.ndarray:
-        """Learning rate of each slot at its (1-based) step count ``t``."""
-        if not self.lr_halve_every:
-            return self.lr
-        return self.lr * 0.5 ** ((t - 1) // self.lr_halve_every)
+    @property
+    def adam(self) -> AdamConfig:
+        """The optimiser's part of the settings, as every backend's ``step`` takes it."""
+        return AdamConfig(self.lr, self.beta1, self.beta2, self.eps, self.lr_halve_every)
 
 
 Initializer = Callable[[np.ndarray, int], np.ndarray]  # (image C×H×W, restarts) → R×latent starts
@@ -188,18 +188,19 @@ def invert(
     R = settings.restarts
     rule = stop_rule if schedule.early_exit else None
     capacity = schedule.batch_size * R
+    adam = settings.adam
     queue = list(range(n_images))
     queue.reverse()  # pop() from the end yields images in input order
     images = [_Image(i) for i in range(n_images)]
     outcomes: list[InversionOutcome | None] = [None] * n_images
 
-    # slot state: backend arrays z, m, v, best_z, best_loss, x; host arrays slot_image, slot_t
-    z = m = v = best_z = best_loss = x = None
+    # slot state: backend arrays z, m, v, best_z, best_loss, x, t; host arrays slot_image, slot_t (= t)
+    z = m = v = best_z = best_loss = x = t = None
     slot_image = np.zeros(0, dtype=np.int64)
     slot_t = np.zeros(0, dtype=np.int64)
 
     def admit(keep: np.ndarray, refill: bool = True) -> None:
-        nonlocal z, m, v, best_z, best_loss, x, slot_image, slot_t
+        nonlocal z, m, v, best_z, best_loss, x, t, slot_image, slot_t
         new_z, new_x, new_img = [], [], []
         while refill and queue and len(keep) + (len(new_img) + 1) * R <= capacity:
             i = queue.pop()
@@ -222,6 +223,7 @@ def invert(
             "best_z": fresh_z.copy() if new_img else None,
             "best_loss": np.full(len(fresh_z), np.inf, dtype=np.float32) if new_img else None,
             "x": np.concatenate(new_x).astype(np.float32) if new_img else None,
+            "t": np.zeros(len(fresh_z), dtype=np.float32) if new_img else None,
         }
 
         def merged(old: Any, new: np.ndarray | None) -> Any:
@@ -238,6 +240,7 @@ def invert(
         best_z = merged(best_z, fresh["best_z"])
         best_loss = merged(best_loss, fresh["best_loss"])
         x = merged(x, fresh["x"])
+        t = merged(t, fresh["t"])
         added = np.repeat(np.array(new_img, dtype=np.int64), R)
         slot_image = np.concatenate([slot_image[keep], added])
         slot_t = np.concatenate([slot_t[keep], np.zeros(len(added), dtype=np.int64)])
@@ -260,12 +263,9 @@ def invert(
     while len(slot_image):
         slot_t += 1
         step += 1
-        state = SlotState(z, m, v, best_z, best_loss, x, backend.asarray(slot_t.astype(np.float32)))
-        if settings.lr_halve_every:
-            lr = np.asarray(settings.lr_at(slot_t), dtype=np.float32)
-            state.lr = backend.asarray(lr.reshape(len(lr), *([1] * len(latent.shape))))
-        backend.step(state, settings)
-        z, m, v, best_z, best_loss = state.z, state.m, state.v, state.best_z, state.best_loss
+        state = SlotState(z, m, v, best_z, best_loss, x, t)
+        backend.step(state, adam)  # increments state.t on the device, in step with slot_t on the host
+        z, m, v, best_z, best_loss, t = state.z, state.m, state.v, state.best_z, state.best_loss, state.t
         at_budget = slot_t >= settings.steps
         regular = step % schedule.check_every == 0 or at_budget.any()
         halving = np.isin(slot_t, settings.halve_starts_at) if settings.halve_starts_at else None

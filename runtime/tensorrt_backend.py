@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
+from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import Backend, SlotState
 from genorigin.runtime.cuda_graph import FIELDS, SlotBuffers, adam_into, resolve_kernels
 from genorigin.runtime.engine_cache import (
@@ -311,17 +312,17 @@ class TensorRTBackend(Backend):
         self._execute(b, "vjp", stream)
         return b.tensors["vjp"][self.engines["vjp"].io["grad"]]
 
-    def _iteration(self, b: _Bucket, settings: Any) -> None:
-        adam_into(b.buffers, self._forward_backward(b), settings, self.kernels)
+    def _iteration(self, b: _Bucket, adam: AdamConfig) -> None:
+        adam_into(b.buffers, self._forward_backward(b), adam, self.kernels)
 
-    def _capture(self, b: _Bucket, settings: Any) -> None:
+    def _capture(self, b: _Bucket, adam: AdamConfig) -> None:
         """Eager enqueue once (TensorRT applies shape-dependent setup there), then capture the iteration."""
-        self._iteration(b, settings)
+        self._iteration(b, adam)
         torch.cuda.current_stream(self.device).synchronize()
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                self._iteration(b, settings)
+                self._iteration(b, adam)
         except Exception as e:  # e.g. an engine with data-dependent shapes: enqueue eagerly instead
             log.warning("CUDA-graph capture of the TensorRT step failed (%s); enqueueing eagerly", e)
             torch.cuda.synchronize(self.device)
@@ -329,24 +330,23 @@ class TensorRTBackend(Backend):
             return
         b.graph = graph
 
-    def step(self, state: SlotState, settings: Any) -> None:
-        if state.lr is not None:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
+    def step(self, state: SlotState, adam: AdamConfig) -> None:
+        if adam.lr_halve_every:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
             raise NotImplementedError(f"{self.name}: learning-rate schedules (lr_halve_every) are not supported")
         n = int(state.z.shape[0])
-        hyper = (float(settings.lr), float(settings.beta1), float(settings.beta2), float(settings.eps))
-        key = (choose_bucket(n, self.buckets), hyper)
+        key = (choose_bucket(n, self.buckets), adam)
         b = self._activate(key)
         if self.cuda_graph and b.graph is None:
             for f in FIELDS:  # the loop's arrays may be views of these buffers: keep them out of the warm-up
                 setattr(state, f, torch.as_tensor(getattr(state, f)).clone())
             b.buffers.reset()  # the warm-up enqueue runs on padding, not on the loop's rows
-            self._capture(b, settings)
+            self._capture(b, adam)
             b.buffers.reset()
         b.buffers.stage(state)
         if b.graph is not None:
             b.graph.replay()
         else:
-            self._iteration(b, settings)
+            self._iteration(b, adam)
         b.buffers.publish(state)
         self.steps += 1
 

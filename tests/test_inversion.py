@@ -117,9 +117,9 @@ class _SlotCountingBackend(TorchBackend):
         super().__init__(gen)
         self.slots: list[int] = []
 
-    def step(self, state, settings) -> None:
+    def step(self, state, adam) -> None:
         self.slots.append(len(state.z))
-        super().step(state, settings)
+        super().step(state, adam)
 
 
 @pytest.mark.parametrize("check_every", [1, 7, 1000])

@@ -91,7 +91,7 @@ def test_random_start_inversion_separates_own_samples(folders: dict[str, Path]) 
 
 
 def test_encoder_init_tracer_calibration_round_trips(folders: dict[str, Path], tmp_path: Path) -> None:
-    assert list(TRACER_SETTINGS.lr_at(np.array([1, 50, 51, 100, 101]))) == [0.05, 0.05, 0.025, 0.025, 0.0125]
+    assert list(TRACER_SETTINGS.adam.lr_at(np.array([1, 50, 51, 100, 101]))) == [0.05, 0.05, 0.025, 0.025, 0.0125]
     model = load_latent_diffusion(folders["pipe"])
     settings = InversionSettings(steps=20, lr=0.05, lr_halve_every=10, init="encoder")
     tracer = latent_tracer(model, settings=settings, schedule=Schedule(check_every=10))
