@@ -8,7 +8,7 @@ may replace it with the fused CUDA kernel.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,6 +36,7 @@ class SlotState:
     best_loss: Array
     x: Array
     t: Array
+    extra: dict[str, Array] = field(default_factory=dict)  # the optimiser's own per-slot arrays (L-BFGS)
 
 
 class Backend:

@@ -1,35 +1,47 @@
 """The one inversion loop every backend shares.
 
-Batched across images AND restarts: the slots of one tensor hold R random starts for each of several images.
-Each step asks the backend for per-sample loss and gradient, then applies Adam with best-so-far bookkeeping
-(the reference definition, or the backend's fused kernel). Every ``check_every`` steps the loop pulls the
-per-slot best losses to the host, finishes images (budget spent, or an early-exit rule decided), and refills
-the freed slots with the next images of the work queue.
+Batched across images AND starts: the slots of one batch hold R starts for each of several images. Each step
+the optimiser (Adam, the paper's; or per-slot L-BFGS) advances every slot by one loss-and-gradient
+evaluation with best-so-far bookkeeping. Every ``check_every`` steps — the loop's only host synchronisation —
+it reads the per-slot best losses, decides what it can (budget spent, or the early-exit rule), gives stuck
+images fresh starts (adaptive restarts), and refills the freed slots from the work source.
 
 Successive halving of starts (``InversionSettings.halve_starts_at``): at each listed step (the loop syncs
-there even between checkpoints) an image keeps only the better half of its starts (by best loss so far), so
-R starts cost about one start's steps after the first hundred, while the best of R still gets the long
-budget. It is part of the inversion procedure (calibration runs it too) and so recorded in the settings.
+there even between checkpoints) an image keeps only the better half of its starts.
 
-Results do not depend on batch composition or order: each slot follows its own gradient (sum, not mean,
-over the batch) and each image's starts come from a seed derived from (seed, the image's pixels), so the same
-image gets the same verdict whatever else is in the batch.
+Results do not depend on batch composition or order: each slot follows its own gradient (sum, not mean, over
+the batch), and each image's starts come from a generator seeded by (seed, the image's pixels), so the same
+image gets the same result whatever else is in the batch — and whenever it joins a running batch (the
+service feeds the loop from a live queue).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 from typing import Any, Protocol
 
 import numpy as np
 from genorigin.export.generator import LatentSpec
 from genorigin.kernels.reference import AdamConfig
-from genorigin.runtime.backend import Backend, SlotState, concat, take, to_numpy
+from genorigin.runtime.backend import Backend
+from genorigin.runtime.optimizers import LBFGSConfig, Optimizer, make_optimizer
+from genorigin.runtime.slots import FreshSlots, SlotPool
 
-CONTINUE, BELONGING, NON_BELONGING = 0, 1, 2
+
+class Decision(IntEnum):
+    """What a stop rule says about an image at a checkpoint."""
+
+    CONTINUE = 0
+    BELONGING = 1
+    NON_BELONGING = 2
+
+
+CONTINUE, BELONGING, NON_BELONGING = Decision.CONTINUE, Decision.BELONGING, Decision.NON_BELONGING
+OPTIMIZERS = ("adam", "lbfgs")
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,11 @@ class InversionSettings:
     eps: float = 1e-8
     lr_halve_every: int = 0  # 0: constant lr (the paper); k: halve every k steps (LatentTracer)
     init: str = "prior"  # where the starts come from: "prior" (the paper) or a named initializer
+    optimizer: str = "adam"  # "adam" (the paper) or "lbfgs" (per-slot L-BFGS)
+    lbfgs_memory: int = 10
+    fresh_starts: int = 0  # adaptive restarts: fresh starts an image may get when its trajectory stalls
+    stall_window: int = 50  # steps over which a stalled trajectory has not improved ...
+    stall_factor: float = 1.5  # ... by this factor (see ``StallDetector``)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.restarts < 1:
@@ -58,6 +75,10 @@ class InversionSettings:
             raise ValueError("lr must be > 0")
         if self.loss not in ("mse", "l1"):
             raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.fresh_starts < 0 or self.stall_window < 1 or not self.stall_factor > 1.0:
+            raise ValueError("fresh_starts must be ≥ 0, stall_window ≥ 1 and stall_factor > 1")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-shaped (lists, not tuples), so it compares equal to what a calibration file stores."""
@@ -69,6 +90,14 @@ class InversionSettings:
     def from_dict(cls, d: dict[str, Any]) -> InversionSettings:
         """The settings a calibration file records (the inverse of ``to_dict``)."""
         return cls(**{**d, "halve_starts_at": tuple(d.get("halve_starts_at", ()))})
+
+    @property
+    def adam(self) -> AdamConfig:
+        """The optimiser's part of the settings, as every backend's ``step`` takes it."""
+        return AdamConfig(self.lr, self.beta1, self.beta2, self.eps, self.lr_halve_every)
+
+    def make_optimizer(self) -> Optimizer:
+        return make_optimizer(self.optimizer, self.adam, LBFGSConfig(memory=self.lbfgs_memory))
 
     def starts_alive(self, step: int) -> int:
         """How many of an image's starts are still optimised after ``step`` steps (successive halving)."""
@@ -86,13 +115,9 @@ class InversionSettings:
             done = h
         return total
 
-    @property
-    def adam(self) -> AdamConfig:
-        """The optimiser's part of the settings, as every backend's ``step`` takes it."""
-        return AdamConfig(self.lr, self.beta1, self.beta2, self.eps, self.lr_halve_every)
 
-
-Initializer = Callable[[np.ndarray, int], np.ndarray]  # (image C×H×W, restarts) → R×latent starts
+# (image C×H×W, starts R, the image's own seeded generator) → R×latent starts
+Initializer = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -116,7 +141,7 @@ class Schedule:
 
 
 class StopRule(Protocol):
-    """Early decision at a checkpoint: CONTINUE, BELONGING or NON_BELONGING per image."""
+    """Early decision at a checkpoint: a ``Decision`` per image."""
 
     def check(self, step: int, best_loss: np.ndarray, complexity: np.ndarray) -> np.ndarray: ...
 
@@ -128,9 +153,49 @@ class InversionOutcome:
     best_loss: float
     best_z: np.ndarray
     steps: int
-    stop_reason: str  # "budget", "belonging", "non-belonging"
+    stop_reason: str  # "budget", "belonging", "non-belonging", "cancelled"
     seconds: float
     trajectory: list[tuple[int, float]] = field(default_factory=list)
+    evaluations: int = 0  # loss-and-gradient evaluations summed over the image's starts
+    fresh_starts: int = 0  # adaptive restarts the image received
+
+
+@dataclass
+class WorkItem:
+    """One image for the loop: ``key`` comes back with its outcome; ``cancelled`` frees its slots early."""
+
+    key: Any
+    image: np.ndarray  # C×H×W float32 in [0, 1]
+    complexity: float = 1.0
+    cancelled: Callable[[], bool] | None = None
+
+
+class WorkSource(Protocol):
+    """Where the loop takes its images: a fixed list, or a live queue (the service)."""
+
+    def take(self, limit: int, wait: bool) -> list[WorkItem]:
+        """Up to ``limit`` items; ``wait``: the loop is idle, block until work arrives or the source ends."""
+        ...
+
+    def finished(self) -> bool:
+        """No item will ever come again."""
+        ...
+
+
+class ListSource:
+    """A fixed list of items, taken in order."""
+
+    def __init__(self, items: Sequence[WorkItem]) -> None:
+        self.items = list(items)
+        self.next = 0
+
+    def take(self, limit: int, wait: bool) -> list[WorkItem]:
+        out = self.items[self.next : self.next + limit]
+        self.next += len(out)
+        return out
+
+    def finished(self) -> bool:
+        return self.next >= len(self.items)
 
 
 def image_key(image: np.ndarray) -> int:
@@ -139,24 +204,253 @@ def image_key(image: np.ndarray) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def image_rng(seed: int, image: np.ndarray) -> np.random.Generator:
+    """The generator of one image's starts: independent of batching, order and arrival time."""
+    return np.random.default_rng((seed, image_key(image)))
+
+
 def initial_latents(latent: LatentSpec, seed: int, image: np.ndarray, restarts: int) -> np.ndarray:
     """The R random starts of one image: independent of batching and order, so any schedule reproduces them."""
-    return latent.sample(restarts, np.random.default_rng((seed, image_key(image))))
+    return latent.sample(restarts, image_rng(seed, image))
+
+
+class StallDetector:
+    """Adaptive restarts: is an image's best loss stalled, rather than still falling or converged?
+
+    Read from the trajectory alone: stalled when the best loss has fallen by less than ``factor`` over the
+    last ``window`` steps while it is still above ``floor`` (the loss that counts as converged: an 8-bit
+    target cannot be matched better than its quantisation noise, ≈ (1/255)²/12 for MSE). A slowly
+    converging trajectory keeps falling by more than the factor per window and is left alone.
+    """
+
+    def __init__(self, window: int, factor: float, floor: float = 0.0) -> None:
+        self.window = window
+        self.factor = factor
+        self.floor = floor
+
+    def stalled(self, trajectory: Sequence[tuple[int, float]], since: int) -> bool:
+        """``since``: the step the image's current starts began (a fresh start gets a whole window)."""
+        if not trajectory:
+            return False
+        step, loss = trajectory[-1]
+        if step - since < self.window or loss <= self.floor:
+            return False
+        then = [v for s, v in trajectory if s <= step - self.window and s >= since]
+        return bool(then) and then[-1] < self.factor * loss
 
 
 @dataclass
 class _Image:
-    index: int
+    item: WorkItem
+    rng: np.random.Generator
+    admitted: int  # loop step at admission
     best_loss: float = np.inf
     best_z: np.ndarray | None = None
     steps: int = 0
+    evaluations: int = 0
+    counted_to: int = 0  # loop step up to which evaluations are counted
+    starts_since: int = 0  # image step at which its current starts began
+    fresh_used: int = 0
     started: float = 0.0
     trajectory: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _worse_starts(rows: np.ndarray, host_loss: np.ndarray, alive: int) -> np.ndarray:
-    """The slots of one image beyond its ``alive`` best (by best loss so far; ties keep the earlier start)."""
-    return rows[np.argsort(host_loss[rows], kind="stable")[alive:]]
+class InversionLoop:
+    """The loop's machinery: a slot pool, an optimiser, a stop rule and the images in flight."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        latent: LatentSpec,
+        settings: InversionSettings,
+        schedule: Schedule = Schedule(),
+        *,
+        stop_rule: StopRule | None = None,
+        initializer: Initializer | None = None,
+        stall_floor: float = 0.0,
+    ) -> None:
+        if (initializer is None) != (settings.init == "prior"):
+            raise ValueError(
+                f"settings.init={settings.init!r} needs {'no' if settings.init == 'prior' else 'an'} initializer"
+            )
+        self.backend = backend
+        self.latent = latent
+        self.settings = settings
+        self.schedule = schedule
+        self.rule = stop_rule if schedule.early_exit else None
+        self.initializer = initializer
+        self.optimizer = settings.make_optimizer()
+        self.stall = StallDetector(settings.stall_window, settings.stall_factor, stall_floor)
+        self.capacity = schedule.batch_size * settings.restarts
+        self.pool = SlotPool(backend)
+        self.images: dict[int, _Image] = {}
+        self.step = 0
+        self._next_id = 0
+        self._due_cache: tuple[np.ndarray, int] | None = None
+
+    # ------------------------------------------------------------------------------------------------ run
+    def run(self, source: WorkSource, on_done: Callable[[WorkItem, InversionOutcome], None]) -> None:
+        """Invert every item the source yields; ``on_done`` receives each outcome as soon as it is known."""
+        self.pool.rebuild(np.zeros(0, dtype=np.int64), self._admit(source, []))
+        while len(self.pool) or not source.finished():
+            if not len(self.pool):  # idle: wait for work
+                self.pool.rebuild(np.zeros(0, dtype=np.int64), self._admit(source, [], wait=True))
+                continue
+            # 1. one optimiser step on every slot
+            state = self.pool.state()
+            self.optimizer.step(self.backend, state)
+            self.pool.absorb(state)
+            self.step += 1
+            # 2. sync only at checkpoints, budget ends and halving steps
+            regular = self.step % self.schedule.check_every == 0 or self.step >= self._budget_due()
+            halving = self._halving_rows()
+            if not regular and not halving.size:
+                continue
+            host_loss = self.pool.best_losses()
+            keep = np.ones(len(self.pool), dtype=bool)
+            if not regular:  # a halving step between checkpoints: drop the worse starts, decide nothing
+                self._count_evaluations(np.unique(self.pool.image[halving]))
+                self._halve(np.unique(self.pool.image[halving]), host_loss, keep)
+                self.pool.rebuild(np.flatnonzero(keep), None)
+                continue
+            # 3. checkpoint: record, halve, decide, restart the stalled, refill
+            active = np.unique(self.pool.image)
+            self._count_evaluations(active)
+            self._record(active, host_loss)
+            self._halve(active, host_loss, keep)
+            finished = self._decide(active)
+            for i, reason in finished:
+                keep[self.pool.image == i] = False
+                on_done(self.images[i].item, self._outcome(self.images.pop(i), reason))
+            fresh = self._restart_stalled([i for i in active if i in self.images], keep)
+            self.pool.rebuild(np.flatnonzero(keep), self._admit(source, fresh, keep_count=int(keep.sum())))
+
+    # ------------------------------------------------------------------------------------------------ phases
+    def _budget_due(self) -> int:
+        """The loop step at which the first image in flight spends its budget (cached between rebuilds)."""
+        if self._due_cache is None or self._due_cache[0] is not self.pool.image:
+            due = min((img.admitted for img in self.images.values()), default=self.step) + self.settings.steps
+            self._due_cache = (self.pool.image, due)
+        return self._due_cache[1]
+
+    def _halving_rows(self) -> np.ndarray:
+        if not self.settings.halve_starts_at:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(np.isin(self.pool.steps, self.settings.halve_starts_at))
+
+    def _count_evaluations(self, images: np.ndarray) -> None:
+        """Gradient evaluations since the last count: rows change only at sync points, so this is exact."""
+        counts = np.bincount(self.pool.image, minlength=int(self.pool.image.max()) + 1)
+        for i in images:
+            img = self.images[int(i)]
+            img.evaluations += int(counts[i]) * (self.step - img.counted_to)
+            img.counted_to = self.step
+
+    def _record(self, active: np.ndarray, host_loss: np.ndarray) -> None:
+        for i in active:
+            img = self.images[int(i)]
+            rows = self.pool.rows(int(i))
+            j = rows[np.argmin(host_loss[rows])]
+            img.steps = self.step - img.admitted
+            if host_loss[j] < img.best_loss:
+                img.best_loss = float(host_loss[j])
+                img.best_z = self.pool.best_latent(int(j))
+            img.trajectory.append((img.steps, img.best_loss))
+
+    def _halve(self, images: np.ndarray, host_loss: np.ndarray, keep: np.ndarray) -> None:
+        """Keep each image's best ``starts_alive`` starts (by best loss so far; ties keep the earlier start)."""
+        for i in images:
+            rows = self.pool.rows(int(i))
+            alive = self.settings.starts_alive(int(self.pool.steps[rows].max()))
+            keep[rows[np.argsort(host_loss[rows], kind="stable")[alive:]]] = False
+
+    def _decide(self, active: np.ndarray) -> list[tuple[int, str]]:
+        """Images that stop now, with the reason: the stop rule, the budget, or a cancelled request."""
+        decisions = np.full(len(active), CONTINUE, dtype=np.int64)
+        if self.rule is not None:
+            losses = np.array([self.images[int(i)].best_loss for i in active])
+            steps = np.array([self.images[int(i)].steps for i in active])
+            comp = np.array([self.images[int(i)].item.complexity for i in active])
+            for s in np.unique(steps):
+                sel = steps == s
+                decisions[sel] = self.rule.check(int(s), losses[sel], comp[sel])
+        finished = []
+        for i, decision in zip(active, decisions):
+            img = self.images[int(i)]
+            if decision == BELONGING:
+                finished.append((int(i), "belonging"))
+            elif decision == NON_BELONGING and not self._may_restart(img):
+                finished.append((int(i), "non-belonging"))
+            elif img.steps >= self.settings.steps:
+                finished.append((int(i), "budget"))
+            elif img.item.cancelled is not None and img.item.cancelled():
+                finished.append((int(i), "cancelled"))
+        return finished
+
+    def _may_restart(self, img: _Image) -> bool:
+        """An image gets its fresh starts before it may be called non-belonging, if its trajectory stalled."""
+        return img.fresh_used < self.settings.fresh_starts and self.stall.stalled(img.trajectory, img.starts_since)
+
+    def _restart_stalled(self, active: list[int], keep: np.ndarray) -> list[FreshSlots]:
+        """Replace the starts of stalled images (with fresh starts left) by new starts from their generator."""
+        fresh = []
+        for i in active:
+            img = self.images[i]
+            if not self._may_restart(img):
+                continue
+            rows = self.pool.rows(i)
+            keep[rows] = False
+            img.fresh_used += 1
+            img.starts_since = img.steps
+            starts = self.latent.sample(self.settings.restarts, img.rng)
+            fresh.append(self._slots(i, starts))
+        return fresh
+
+    def _admit(self, source: WorkSource, fresh: list[FreshSlots], keep_count: int = 0, wait: bool = False
+               ) -> FreshSlots | None:  # fmt: skip
+        """Fresh rows for restarted images plus as many new images as the free slots hold."""
+        used = keep_count + sum(len(f.z) for f in fresh)
+        free_images = (self.capacity - used) // self.settings.restarts
+        if free_images > 0:
+            for item in source.take(free_images, wait=wait and not fresh):
+                fresh.append(self._new_image(item))
+        return FreshSlots.concat(fresh)
+
+    def _new_image(self, item: WorkItem) -> FreshSlots:
+        i = self._next_id
+        self._next_id += 1
+        image = np.asarray(item.image, dtype=np.float32)
+        rng = image_rng(self.schedule.seed, image)
+        img = _Image(item, rng, admitted=self.step, counted_to=self.step, started=time.perf_counter())
+        self.images[i] = img
+        R = self.settings.restarts
+        if self.initializer is None:
+            starts = self.latent.sample(R, rng)
+        else:
+            starts = np.asarray(self.initializer(image, R, rng), dtype=np.float32).reshape(R, *self.latent.shape)
+        return self._slots(i, starts)
+
+    def _slots(self, i: int, starts: np.ndarray) -> FreshSlots:
+        image = np.asarray(self.images[i].item.image, dtype=np.float32)
+        R = len(starts)
+        return FreshSlots(
+            z=starts.astype(np.float32),
+            x=np.repeat(image[None], R, axis=0),
+            image=np.full(R, i, dtype=np.int64),
+            extra=self.optimizer.fresh_slots(starts),
+        )
+
+    def _outcome(self, img: _Image, reason: str) -> InversionOutcome:
+        return InversionOutcome(
+            best_loss=float(img.best_loss),
+            best_z=img.best_z if img.best_z is not None else np.zeros(self.latent.shape, np.float32),
+            steps=img.steps,
+            stop_reason=reason,
+            seconds=time.perf_counter() - img.started,
+            trajectory=img.trajectory,
+            evaluations=img.evaluations,
+            fresh_starts=img.fresh_used,
+        )
 
 
 def invert(
@@ -170,139 +464,23 @@ def invert(
     stop_rule: StopRule | None = None,
     on_done: Callable[[int], None] | None = None,
     initializer: Initializer | None = None,
+    stall_floor: float = 0.0,
 ) -> list[InversionOutcome]:
     """Invert every target image (N×C×H×W float32 in [0, 1]); outcomes come back in input order.
 
-    ``initializer`` replaces the random starts from the prior (e.g. an encoder's latent, LatentTracer); it
-    must match ``settings.init``, which the calibration records.
+    ``initializer`` replaces the random starts from the prior (an encoder's latent, LatentTracer); it must
+    match ``settings.init``, which the calibration records.
     """
-    if (initializer is None) != (settings.init == "prior"):
-        raise ValueError(
-            f"settings.init={settings.init!r} needs {'no' if settings.init == 'prior' else 'an'} initializer"
-        )
-    n_images = len(targets)
-    if n_images == 0:
-        return []
-    if complexity is None:
-        complexity = np.ones(n_images)
-    R = settings.restarts
-    rule = stop_rule if schedule.early_exit else None
-    capacity = schedule.batch_size * R
-    adam = settings.adam
-    queue = list(range(n_images))
-    queue.reverse()  # pop() from the end yields images in input order
-    images = [_Image(i) for i in range(n_images)]
-    outcomes: list[InversionOutcome | None] = [None] * n_images
+    n = len(targets)
+    comp = np.ones(n) if complexity is None else np.asarray(complexity, dtype=np.float64)
+    outcomes: list[InversionOutcome | None] = [None] * n
 
-    # slot state: backend arrays z, m, v, best_z, best_loss, x, t; host arrays slot_image, slot_t (= t)
-    z = m = v = best_z = best_loss = x = t = None
-    slot_image = np.zeros(0, dtype=np.int64)
-    slot_t = np.zeros(0, dtype=np.int64)
-
-    def admit(keep: np.ndarray, refill: bool = True) -> None:
-        nonlocal z, m, v, best_z, best_loss, x, t, slot_image, slot_t
-        new_z, new_x, new_img = [], [], []
-        while refill and queue and len(keep) + (len(new_img) + 1) * R <= capacity:
-            i = queue.pop()
-            images[i].started = time.perf_counter()
-            starts = (
-                initial_latents(latent, schedule.seed, targets[i], R)
-                if initializer is None
-                else np.asarray(initializer(targets[i], R), dtype=np.float32).reshape(R, *latent.shape)
-            )
-            new_z.append(starts)
-            new_x.append(np.repeat(targets[i : i + 1], R, axis=0))
-            new_img.append(i)
-        parts_kept = z is not None and len(keep) > 0
-        if not new_img and parts_kept and len(keep) == len(slot_image):
-            return
-        fresh_z = np.concatenate(new_z) if new_img else None
-        fresh = {
-            "z": fresh_z,
-            "m": np.zeros_like(fresh_z) if new_img else None,
-            "best_z": fresh_z.copy() if new_img else None,
-            "best_loss": np.full(len(fresh_z), np.inf, dtype=np.float32) if new_img else None,
-            "x": np.concatenate(new_x).astype(np.float32) if new_img else None,
-            "t": np.zeros(len(fresh_z), dtype=np.float32) if new_img else None,
-        }
-
-        def merged(old: Any, new: np.ndarray | None) -> Any:
-            parts = []
-            if parts_kept:
-                parts.append(take(old, keep))
-            if new is not None:
-                parts.append(backend.asarray(new))
-            return concat(parts) if parts else None
-
-        z = merged(z, fresh["z"])
-        m = merged(m, fresh["m"])
-        v = merged(v, fresh["m"])
-        best_z = merged(best_z, fresh["best_z"])
-        best_loss = merged(best_loss, fresh["best_loss"])
-        x = merged(x, fresh["x"])
-        t = merged(t, fresh["t"])
-        added = np.repeat(np.array(new_img, dtype=np.int64), R)
-        slot_image = np.concatenate([slot_image[keep], added])
-        slot_t = np.concatenate([slot_t[keep], np.zeros(len(added), dtype=np.int64)])
-
-    def finish(i: int, reason: str) -> None:
-        img = images[i]
-        outcomes[i] = InversionOutcome(
-            best_loss=float(img.best_loss),
-            best_z=img.best_z,
-            steps=img.steps,
-            stop_reason=reason,
-            seconds=time.perf_counter() - img.started,
-            trajectory=img.trajectory,
-        )
+    def done(item: WorkItem, outcome: InversionOutcome) -> None:
+        outcomes[item.key] = outcome
         if on_done is not None:
-            on_done(i)
+            on_done(item.key)
 
-    admit(np.zeros(0, dtype=np.int64))
-    step = 0
-    while len(slot_image):
-        slot_t += 1
-        step += 1
-        state = SlotState(z, m, v, best_z, best_loss, x, t)
-        backend.step(state, adam)  # increments state.t on the device, in step with slot_t on the host
-        z, m, v, best_z, best_loss, t = state.z, state.m, state.v, state.best_z, state.best_loss, state.t
-        at_budget = slot_t >= settings.steps
-        regular = step % schedule.check_every == 0 or at_budget.any()
-        halving = np.isin(slot_t, settings.halve_starts_at) if settings.halve_starts_at else None
-        if not regular and (halving is None or not halving.any()):
-            continue
-        # checkpoint: host sync of per-slot best losses
-        host_loss = to_numpy(best_loss).astype(np.float64)
-        keep_mask = np.ones(len(slot_image), dtype=bool)
-        if not regular:  # a halving step between checkpoints: drop the worse starts, decide nothing
-            for i in np.unique(slot_image[halving]):
-                rows = np.flatnonzero(slot_image == i)
-                keep_mask[_worse_starts(rows, host_loss, settings.starts_alive(int(slot_t[rows].max())))] = False
-            admit(np.flatnonzero(keep_mask), refill=False)
-            continue
-        active = np.unique(slot_image)
-        for i in active:
-            rows = np.flatnonzero(slot_image == i)
-            j = rows[np.argmin(host_loss[rows])]
-            img = images[i]
-            img.steps = int(slot_t[rows].max())
-            if host_loss[j] < img.best_loss:
-                img.best_loss = float(host_loss[j])
-                img.best_z = to_numpy(take(best_z, np.array([j])))[0]
-            img.trajectory.append((img.steps, img.best_loss))
-            keep_mask[_worse_starts(rows, host_loss, settings.starts_alive(img.steps))] = False
-        decisions = np.zeros(len(active), dtype=np.int64)
-        if rule is not None:
-            losses = np.array([images[i].best_loss for i in active])
-            steps_done = np.array([images[i].steps for i in active])
-            for s in np.unique(steps_done):
-                sel = steps_done == s
-                decisions[sel] = rule.check(int(s), losses[sel], complexity[active[sel]])
-        for i, decision in zip(active, decisions):
-            done_budget = images[i].steps >= settings.steps
-            if decision in (BELONGING, NON_BELONGING) or done_budget:
-                reason = {BELONGING: "belonging", NON_BELONGING: "non-belonging"}.get(int(decision), "budget")
-                finish(int(i), reason)
-                keep_mask[slot_image == i] = False
-        admit(np.flatnonzero(keep_mask))
+    loop = InversionLoop(backend, latent, settings, schedule, stop_rule=stop_rule, initializer=initializer,
+                         stall_floor=stall_floor)  # fmt: skip
+    loop.run(ListSource([WorkItem(i, targets[i], float(comp[i])) for i in range(n)]), done)
     return [o for o in outcomes if o is not None]
