@@ -106,6 +106,11 @@ class Generator:
         out = [self._render(z[i : i + batch_size]) for i in range(0, n, batch_size)]
         return np.clip(np.concatenate(out), 0.0, 1.0).astype(np.float32)
 
+    @torch.no_grad()
+    def render_latents(self, z: np.ndarray) -> np.ndarray:
+        """G(z) for host latents (N×latent float32) → N×C×H×W float32 images in [0, 1], unclipped."""
+        return self._render(np.ascontiguousarray(z, dtype=np.float32))
+
     def _render(self, z: np.ndarray) -> np.ndarray:
         if self.module is None:
             assert self.render is not None

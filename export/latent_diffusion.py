@@ -165,7 +165,8 @@ class EncoderInit:
         self.model = model
         self.jitter = jitter
 
-    def __call__(self, image: np.ndarray, restarts: int) -> np.ndarray:
+    def __call__(self, image: np.ndarray, restarts: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``rng`` (the loop's per-image generator) is unused: the jitter has its own seed, as LatentTracer's."""
         mean = self.model.encode(image[None])[0]
         rng = np.random.default_rng(image_key(image))
         extra = rng.standard_normal((restarts - 1, *mean.shape), dtype=np.float32) * self.jitter
@@ -193,6 +194,9 @@ def make_attributor(model: LatentDiffusionModel, method: Method = "inversion-ran
     if method == "inversion-random":
         from genorigin.runtime.attribution import Attributor
 
+        from genorigin.runtime.inversion import PAPER_SCHEDULE, PAPER_SETTINGS
+
+        kwargs = {"settings": PAPER_SETTINGS, "schedule": PAPER_SCHEDULE, **kwargs}  # random starts: the paper's loop
         return Attributor(model.generator, **kwargs)
     if method == "inversion-encoder":
         return latent_tracer(model, **kwargs)

@@ -13,7 +13,16 @@ from genorigin.runtime.calibration import Calibration, calibrated_score
 from genorigin.runtime.complexity import complexity
 from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.inversion import Initializer, InversionSettings, Schedule, invert
+from genorigin.runtime.encoder import EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.inversion import (
+    FAST_SETTINGS,
+    Initializer,
+    InversionOutcome,
+    InversionSettings,
+    Schedule,
+    default_schedule,
+    invert,
+)
 
 DecisionRule = Literal["grubbs", "quantile"]
 CALIBRATION_SAMPLE_SEED = 1_000_003  # calibration samples never coincide with evaluation samples
@@ -22,6 +31,27 @@ CALIBRATION_SAMPLE_SEED = 1_000_003  # calibration samples never coincide with e
 def quantize_8bit(images: np.ndarray) -> np.ndarray:
     """What saving as PNG does to a generated image; calibration sees what attribution will see."""
     return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def quantization_floor(loss: str) -> float:
+    """The loss below which an 8-bit target cannot be matched: the rounding noise, uniform on ±1/510.
+
+    A trajectory near this floor has converged, not stalled (``StallDetector``); twice the noise leaves room
+    for the part of it the latent cannot absorb either way.
+    """
+    step = 1.0 / 255.0
+    return 2.0 * (step * step / 12.0 if loss == "mse" else step / 4.0)
+
+
+def scores_on_grid(outcomes: Sequence[InversionOutcome], grid: Sequence[int]) -> np.ndarray:
+    """Best-so-far loss of each outcome at each grid step (N × steps), read off its trajectory."""
+    out = np.full((len(outcomes), len(grid)), np.inf)
+    for i, o in enumerate(outcomes):
+        steps = np.array([s for s, _ in o.trajectory])
+        values = np.array([v for _, v in o.trajectory])
+        idx = np.searchsorted(steps, grid, side="right") - 1
+        out[i] = np.where(idx >= 0, values[np.maximum(idx, 0)], np.inf)
+    return out
 
 
 @dataclass
@@ -42,6 +72,8 @@ class AttributionResult:
     steps: int
     stop_reason: str
     seconds: float
+    evaluations: int = 0  # loss-and-gradient evaluations over all starts (the cost of the decision)
+    fresh_starts: int = 0
     trajectory: list[tuple[int, float]] = field(default_factory=list)
     reconstruction: np.ndarray | None = None
 
@@ -85,25 +117,62 @@ class Attributor:
         generator: Generator,
         *,
         backend: str | Backend = "torch",
-        settings: InversionSettings = InversionSettings(),
-        schedule: Schedule = Schedule(),
+        settings: InversionSettings = FAST_SETTINGS,
+        schedule: Schedule | None = None,
         calibration: Calibration | None = None,
         rule: DecisionRule = "grubbs",
         initializer: Initializer | None = None,
+        encoder: FittedEncoder | None = None,
         method: str = "inversion-random",
     ) -> None:
         if rule not in ("grubbs", "quantile"):
             raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
+        if encoder is not None and initializer is not None:
+            raise ValueError("pass an encoder or an initializer, not both")
         self.generator = generator
         self.settings = settings
-        self.schedule = schedule
+        self.schedule = schedule or default_schedule(settings)
         self.rule: DecisionRule = rule
         self.initializer = initializer
+        self.encoder: FittedEncoder | None = None
         self.method = method
         self.backend = make_backend(generator, backend, settings.loss)
+        if encoder is not None:
+            self.use_encoder(encoder)
         self.calibration: Calibration | None = None
         if calibration is not None:
             self.use_calibration(calibration)
+
+    @property
+    def needs_encoder(self) -> bool:
+        """Encoder starts asked for (settings.init='encoder') and no initializer supplied yet."""
+        return self.settings.init == "encoder" and self.initializer is None
+
+    def use_encoder(self, encoder: FittedEncoder) -> None:
+        """Start every inversion from this encoder's latent (settings.init must be 'encoder')."""
+        if self.settings.init != "encoder":
+            raise ValueError(f"an encoder needs settings.init='encoder', not {self.settings.init!r}")
+        self.initializer = EncoderStarts.from_fitted(encoder, self.generator.latent)
+        self.encoder = encoder
+
+    def fit_encoder(
+        self,
+        settings: FitSettings = FitSettings(),
+        *,
+        seconds: float | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
+    ) -> FittedEncoder:
+        """Fit the model's encoder on its own samples (once per model) and start inversions from it."""
+        fitted = fit_generator_encoder(self.generator, settings, backend=self.backend, seconds=seconds,
+                                       on_step=on_step)  # fmt: skip
+        self.use_encoder(fitted)
+        return fitted
+
+    @property
+    def encoder_digest(self) -> str | None:
+        """The digest a calibration pins: the encoder behind the starts (None for prior starts)."""
+        digest = getattr(self.initializer, "digest", None)
+        return digest if self.settings.init == "encoder" else None
 
     def use_calibration(self, calibration: Calibration) -> None:
         if calibration.model_fingerprint != self.generator.fingerprint():
@@ -112,6 +181,11 @@ class Attributor:
             raise ValueError(f"calibration method is {calibration.method!r}, not {self.method!r}")
         if calibration.settings != self.settings.to_dict():
             raise ValueError("calibration was made with other inversion settings")
+        if calibration.encoder != self.encoder_digest:
+            raise ValueError(
+                f"calibration was made with encoder {str(calibration.encoder)[:12]}…, these starts come from "
+                f"{str(self.encoder_digest)[:12]}…: recalibrate with this encoder"
+            )
         self.calibration = calibration
 
     def calibrate(
@@ -122,7 +196,12 @@ class Attributor:
         sample_seed: int = CALIBRATION_SAMPLE_SEED,
         on_done: Callable[[int], None] | None = None,
     ) -> Calibration:
-        """Invert N of the model's own samples with the full budget and keep their score distributions."""
+        """Invert N of the model's own samples with the full budget and keep their score distributions.
+
+        With encoder starts and no encoder yet, the encoder is fitted first (``fit_encoder``).
+        """
+        if self.needs_encoder:
+            self.fit_encoder()
         samples = quantize_8bit(self.generator.sample(n, seed=sample_seed))
         comp = complexity(samples)
         schedule = Schedule(
@@ -131,19 +210,11 @@ class Attributor:
             seed=self.schedule.seed + 7,
             early_exit=False,
         )
-        outcomes = invert(
-            self.backend,
-            samples,
-            self.generator.latent,
-            self.settings,
-            schedule,
-            complexity=comp,
-            on_done=on_done,
-            initializer=self.initializer,
-        )
+        outcomes = self._invert(samples, comp, schedule, None, on_done)
         scores = calibrated_score([o.best_loss for o in outcomes], comp)
-        steps = [s for s, _ in outcomes[0].trajectory]
-        per_step = np.array([[v for _, v in o.trajectory] for o in outcomes])  # N × checkpoints
+        every = schedule.check_every
+        steps = [*range(every, self.settings.steps, every), self.settings.steps]
+        per_step = scores_on_grid(outcomes, steps)  # N × checkpoints
         cal = Calibration(
             model_name=self.generator.name,
             model_fingerprint=self.generator.fingerprint(),
@@ -154,9 +225,35 @@ class Attributor:
             checkpoint_scores=[[float(v) for v in col / comp] for col in per_step.T],
             sample_seed=sample_seed,
             method=self.method,
+            encoder=self.encoder_digest,
+            restarted=sum(o.fresh_starts > 0 for o in outcomes),
         )
         self.calibration = cal
         return cal
+
+    def _invert(
+        self,
+        images: np.ndarray,
+        comp: np.ndarray,
+        schedule: Schedule,
+        stop_rule: TrajectoryStopRule | None,
+        on_done: Callable[[int], None] | None,
+    ) -> list[InversionOutcome]:
+        if self.needs_encoder:
+            raise RuntimeError("encoder starts need an encoder: fit_encoder() or pass encoder=… (CLI: genorigin "
+                               "calibrate fits one)")  # fmt: skip
+        return invert(
+            self.backend,
+            images,
+            self.generator.latent,
+            self.settings,
+            schedule,
+            complexity=comp,
+            stop_rule=stop_rule,
+            on_done=on_done,
+            initializer=self.initializer,
+            stall_floor=quantization_floor(self.settings.loss),
+        )
 
     def _require_calibration(self) -> Calibration:
         if self.calibration is None:
@@ -184,19 +281,10 @@ class Attributor:
             cal,
             self.accept_threshold(),
             margin=self.schedule.exit_margin,
+            min_step=self.schedule.exit_min_step,
             envelope_rank=self.schedule.exit_envelope_rank,
         )
-        outcomes = invert(
-            self.backend,
-            images,
-            self.generator.latent,
-            self.settings,
-            self.schedule,
-            complexity=comp,
-            stop_rule=rule,
-            on_done=on_done,
-            initializer=self.initializer,
-        )
+        outcomes = self._invert(images, comp, self.schedule, rule, on_done)
         recon = None
         if keep_reconstructions:
             recon = self.backend.render(np.stack([o.best_z for o in outcomes]))
@@ -222,6 +310,8 @@ class Attributor:
                     quantile=outcome_dict(q),
                     steps=o.steps,
                     stop_reason=o.stop_reason,
+                    evaluations=o.evaluations,
+                    fresh_starts=o.fresh_starts,
                     seconds=o.seconds,
                     trajectory=o.trajectory,
                     reconstruction=None if recon is None else recon[i],

@@ -48,6 +48,8 @@ class Calibration:
     genorigin_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     sample_seed: int = 0
+    encoder: str | None = None  # digest of the encoder whose starts the inversion used (settings.init="encoder")
+    restarted: int = 0  # own samples whose stalled trajectory needed fresh starts
     format: str = CALIBRATION_FORMAT
 
     def __post_init__(self) -> None:

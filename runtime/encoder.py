@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from genorigin.export.generator import LatentSpec
+from genorigin.export.generator import Generator, LatentSpec
 from genorigin.runtime.backend import Backend, to_numpy
 from torch import nn
 
@@ -78,7 +78,7 @@ class FitSettings:
     steps: int = 3000
     batch: int = 64
     lr: float = 1e-3
-    recon_weight: float = 100.0  # MSE in [0, 1]² is ~1e-3 where the latent error is ~1e-1: balance the two
+    recon_weight: float = 0.0  # > 0 adds ‖G(E(x)) − x‖² (MSE in [0, 1]; ~100 balances it with the latent term)
     recon_from: int = 0  # the step from which the reconstruction term is on (it costs a VJP per step)
     seed: int = 0
 
@@ -127,7 +127,7 @@ class FittedEncoder:
             "steps_done": self.steps_done,
             "seconds": self.seconds,
             "digest": self.digest(),
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().half().contiguous() for k, v in self.module.state_dict().items()},
         }
         import io
 
@@ -148,7 +148,7 @@ class FittedEncoder:
         try:
             shape = EncoderShape(**{**payload["shape"], "latent_shape": tuple(payload["shape"]["latent_shape"])})
             module = LatentEncoder(shape)
-            module.load_state_dict(payload["state_dict"], strict=True)
+            module.load_state_dict({k: v.float() for k, v in payload["state_dict"].items()}, strict=True)
             enc = cls(module.eval(), FitSettings(**payload["fit"]), int(payload["steps_done"]),
                       float(payload["seconds"]))  # fmt: skip
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
@@ -221,10 +221,57 @@ def fit_encoder(
         opt.step()
         sched.step()
         step += 1
-        record = {"latent_mse": float(latent_err), "recon_mse": float(rec)}
+        record = {"latent_mse": float(latent_err.detach()), "recon_mse": float(rec.detach())}
         if step % 50 == 0 or step == settings.steps:
             history.append({"step": step, **record})
         if on_step is not None:
             on_step(step, record)
     module.eval()
+    with torch.no_grad():  # stored in float16 (half the file); round now so the saved encoder is this one
+        for p in module.parameters():
+            p.copy_(p.half().float())
     return FittedEncoder(module, settings, step, time.perf_counter() - start, history)
+
+
+def fit_generator_encoder(
+    generator: Generator,
+    settings: FitSettings = FitSettings(),
+    *,
+    backend: Backend | None = None,
+    seconds: float | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> FittedEncoder:
+    """``fit_encoder`` for a Generator: its own forward renders the training pairs (ONNX Runtime for a package)."""
+    return fit_encoder(
+        generator.render_latents,
+        generator.latent,
+        (generator.channels, *generator.image_size),
+        backend,
+        settings,
+        seconds=seconds,
+        on_step=on_step,
+    )
+
+
+class EncoderStarts:
+    """The inversion's initializer: E(x) as the first start, the rest from the prior (the image's own generator).
+
+    ``encode`` maps N×C×H×W images to N×latent (a fitted encoder in torch, or its ONNX graph on ONNX Runtime).
+    """
+
+    def __init__(self, encode: Callable[[np.ndarray], np.ndarray], latent: LatentSpec, digest: str) -> None:
+        self.encode = encode
+        self.latent = latent
+        self.digest = digest
+
+    @classmethod
+    def from_fitted(cls, fitted: FittedEncoder, latent: LatentSpec) -> EncoderStarts:
+        if tuple(fitted.shape.latent_shape) != tuple(latent.shape):
+            raise ValueError(
+                f"encoder latent shape {fitted.shape.latent_shape} does not match the model's {latent.shape}"
+            )
+        return cls(fitted.encode, latent, fitted.digest())
+
+    def __call__(self, image: np.ndarray, restarts: int, rng: np.random.Generator) -> np.ndarray:
+        first = np.asarray(self.encode(image[None]), dtype=np.float32).reshape(1, *self.latent.shape)
+        return np.concatenate([first, self.latent.sample(restarts - 1, rng)])

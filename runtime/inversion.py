@@ -116,6 +116,12 @@ class InversionSettings:
         return total
 
 
+# The paper's procedure (its code's README example, with 2 starts) and the fast default: an encoder's start,
+# per-slot L-BFGS, a 200-step budget, one fresh start for a stalled trajectory (docs/accuracy.md measures both).
+PAPER_SETTINGS = InversionSettings()
+FAST_SETTINGS = InversionSettings(steps=200, restarts=1, init="encoder", optimizer="lbfgs", fresh_starts=1)
+
+
 # (image C×H×W, starts R, the image's own seeded generator) → R×latent starts
 Initializer = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 
@@ -131,13 +137,30 @@ class Schedule:
     early_exit: bool = True
     exit_margin: float = 2.0  # non-belonging exit: score > margin × the envelope of accepted own trajectories
     exit_envelope_rank: int = 1  # the envelope is the k-th largest accepted own score at each step
+    exit_min_step: int = 100  # no non-belonging exit before this step (random starts dominate early scores)
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.check_every < 1:
-            raise ValueError("batch_size and check_every must be ≥ 1")
+        if self.batch_size < 1 or self.check_every < 1 or self.exit_min_step < 0:
+            raise ValueError("batch_size and check_every must be ≥ 1, exit_min_step ≥ 0")
         if self.exit_margin < 1.0 or self.exit_envelope_rank < 1:
             raise ValueError(f"exit margin must be ≥ 1 and envelope rank ≥ 1, got {self.exit_margin}, "
                              f"{self.exit_envelope_rank}")  # fmt: skip
+
+
+PAPER_SCHEDULE = Schedule()
+FAST_SCHEDULE = Schedule(check_every=10, exit_min_step=10)  # encoder starts: scores mean something from step 10
+
+
+def default_schedule(settings: InversionSettings) -> Schedule:
+    """The schedule that suits a procedure: checkpoints every 10 steps from step 10 where encoder starts make
+    early scores meaningful, the paper's every 50 from step 100 for random starts."""
+    return FAST_SCHEDULE if settings.init != "prior" and settings.optimizer == "lbfgs" else PAPER_SCHEDULE
+
+
+PRESETS: dict[str, tuple[InversionSettings, Schedule]] = {
+    "fast": (FAST_SETTINGS, FAST_SCHEDULE),
+    "paper": (PAPER_SETTINGS, PAPER_SCHEDULE),
+}
 
 
 class StopRule(Protocol):
@@ -291,10 +314,12 @@ class InversionLoop:
     # ------------------------------------------------------------------------------------------------ run
     def run(self, source: WorkSource, on_done: Callable[[WorkItem, InversionOutcome], None]) -> None:
         """Invert every item the source yields; ``on_done`` receives each outcome as soon as it is known."""
-        self.pool.rebuild(np.zeros(0, dtype=np.int64), self._admit(source, []))
+        none = np.zeros(0, dtype=np.int64)
+        self.pool.rebuild(none, FreshSlots.concat(self._admit(source, [])))
         while len(self.pool) or not source.finished():
-            if not len(self.pool):  # idle: wait for work
-                self.pool.rebuild(np.zeros(0, dtype=np.int64), self._admit(source, [], wait=True))
+            if not len(self.pool):  # idle: wait for work, on the checkpoint grid
+                self.step += -self.step % self.schedule.check_every
+                self.pool.rebuild(none, FreshSlots.concat(self._admit(source, [], wait=True)))
                 continue
             # 1. one optimiser step on every slot
             state = self.pool.state()
@@ -323,7 +348,9 @@ class InversionLoop:
                 keep[self.pool.image == i] = False
                 on_done(self.images[i].item, self._outcome(self.images.pop(i), reason))
             fresh = self._restart_stalled([i for i in active if i in self.images], keep)
-            self.pool.rebuild(np.flatnonzero(keep), self._admit(source, fresh, keep_count=int(keep.sum())))
+            if self.step % self.schedule.check_every == 0:  # new images join on the checkpoint grid only, so
+                fresh = self._admit(source, fresh, keep_count=int(keep.sum()))  # every image sees the same grid
+            self.pool.rebuild(np.flatnonzero(keep), FreshSlots.concat(fresh))
 
     # ------------------------------------------------------------------------------------------------ phases
     def _budget_due(self) -> int:
@@ -407,14 +434,13 @@ class InversionLoop:
         return fresh
 
     def _admit(self, source: WorkSource, fresh: list[FreshSlots], keep_count: int = 0, wait: bool = False
-               ) -> FreshSlots | None:  # fmt: skip
-        """Fresh rows for restarted images plus as many new images as the free slots hold."""
+               ) -> list[FreshSlots]:  # fmt: skip
+        """``fresh`` (rows of restarted images) plus rows for as many new images as the free slots hold."""
         used = keep_count + sum(len(f.z) for f in fresh)
         free_images = (self.capacity - used) // self.settings.restarts
         if free_images > 0:
-            for item in source.take(free_images, wait=wait and not fresh):
-                fresh.append(self._new_image(item))
-        return FreshSlots.concat(fresh)
+            fresh = fresh + [self._new_image(item) for item in source.take(free_images, wait=wait and not fresh)]
+        return fresh
 
     def _new_image(self, item: WorkItem) -> FreshSlots:
         i = self._next_id
