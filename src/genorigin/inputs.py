@@ -156,19 +156,11 @@ def _match(
         return
     head, rest = parts[0], parts[1:]
     if head == "**":
-        yield from _match(base, rest, inside, walked, scan)
-        for name in _listdir(base, head):
-            sub = os.path.join(base, name)
-            if not os.path.isdir(sub):
-                if not rest:  # a trailing ** matches files too, as in glob.glob
-                    yield sub
-                continue
-            real = os.path.realpath(sub)
-            if real in inside:
-                scan.note(sub, "symlink loop (a link back to a folder it is in), not followed")
-            elif (real, parts) not in walked:
-                walked.add((real, parts))
-                yield from _match(sub, parts, inside | {real}, walked, scan)
+        if rest:
+            yield from _match(base, rest, inside, walked, scan)
+        elif base:
+            yield os.path.join(base, "")  # a trailing ** matches its own folder, spelled with a slash as by glob
+        yield from _below(base, rest, inside, walked, scan)
     elif glob.has_magic(head):
         for name in _listdir(base, head):
             if fnmatch(name, head):
@@ -178,6 +170,30 @@ def _match(
         sub = os.path.join(base, head)
         if os.path.lexists(sub):
             yield from _match(sub, rest, inside, walked, scan)
+
+
+def _below(
+    base: str, rest: tuple[str, ...], inside: frozenset[str], walked: set[tuple[str, tuple[str, ...]]], scan: InputScan
+) -> Iterator[str]:
+    """What ``**`` then ``rest`` match strictly below ``base``: every real folder walked once, loops noted."""
+    for name in _listdir(base, "**"):
+        sub = os.path.join(base, name)
+        if not os.path.isdir(sub):
+            if not rest:  # a trailing ** matches files too
+                yield sub
+            continue
+        real = os.path.realpath(sub)
+        if real in inside:
+            scan.note(sub, "symlink loop (a link back to a folder it is in), not followed")
+            continue
+        if (real, rest) in walked:
+            continue
+        walked.add((real, rest))
+        if rest:
+            yield from _match(sub, rest, inside | {real}, walked, scan)
+        else:
+            yield sub
+        yield from _below(sub, rest, inside | {real}, walked, scan)
 
 
 def _listdir(base: str, pattern: str) -> list[str]:
