@@ -35,6 +35,19 @@ def test_recursive_pattern_through_symlink_loops_reads_each_file_once(tmp_path):
     assert len(scan.skipped) == len(loops)
 
 
+@pytest.mark.timeout(60)
+def test_links_between_folders_are_searched_once_per_folder(tmp_path):
+    """level0 → level1 → … each through two links: 2^12 spellings of the last folder, which is searched once."""
+    for i in range(12):
+        (tmp_path / f"level{i}").mkdir()
+        for link in ("a", "b"):
+            os.symlink(f"../level{i + 1}", tmp_path / f"level{i}" / link)
+    _touch(tmp_path / "level12" / "img.png")
+    scan = scan_inputs([str(tmp_path / "level0" / "**" / "*.png")])
+    assert scan.paths == [tmp_path / "level0" / Path(*["a"] * 12) / "img.png"]
+    assert len(scan.skipped) == 12 and all("same folder as" in n for n in scan.skipped)
+
+
 def test_one_file_under_two_names_is_read_once_under_the_first(tmp_path):
     real = _touch(tmp_path / "photo.png")
     os.symlink("photo.png", tmp_path / "alias.png")
@@ -77,8 +90,9 @@ def test_a_pattern_notes_folders_named_like_images_and_reports_no_match(tmp_path
 
 @pytest.mark.timeout(20)
 def test_a_pipe_given_by_name_is_refused_not_opened(tmp_path):
-    from genorigin.images import ImageError, load_rgb8, read_images
     from helpers import tiny_generator
+
+    from genorigin.images import ImageError, load_rgb8, read_images
 
     os.mkfifo(tmp_path / "fifo.png")
     assert scan_inputs([str(tmp_path / "fifo.png")]).errors == [f"{tmp_path / 'fifo.png'}: not a regular file "

@@ -65,5 +65,3 @@ def prepare_geometry(
     box = centre_crop_box(w, h)
     side = box[2] - box[0]
     return box, (target_w / side, target_h / side)
-
-

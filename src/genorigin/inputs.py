@@ -24,6 +24,7 @@ from pathlib import Path
 from genorigin.decode import one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+Walked = dict[tuple[str, tuple[str, ...]], str]  # (real folder, parts still to match) → first spelling
 OTHER_IMAGE_SUFFIXES = (".gif", ".bmp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".psd")
 
 
@@ -143,13 +144,12 @@ def _walk_pattern(pattern: str, scan: InputScan) -> Iterator[str]:
     literal = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
     base = os.path.join(root, *parts[:literal]) if literal else root
     start = os.path.realpath(base or os.curdir)
-    yield from _match(base, parts[literal:], frozenset({start}), set(), scan)
+    yield from _match(base, parts[literal:], frozenset({start}), {}, scan)
 
 
-def _match(
-    base: str, parts: tuple[str, ...], inside: frozenset[str], walked: set[tuple[str, tuple[str, ...]]], scan: InputScan
-) -> Iterator[str]:
-    """Match ``parts`` below ``base``; ``inside``: real folders on the way here; ``walked``: (folder, parts) done."""
+def _match(base: str, parts: tuple[str, ...], inside: frozenset[str], walked: Walked, scan: InputScan) -> Iterator[str]:
+    """Match ``parts`` below ``base``. ``inside``: real folders on the way here (a link to one is a loop);
+    ``walked``: (real folder, parts still to match) → the spelling it was first searched under."""
     if not parts:
         if base:
             yield base
@@ -172,9 +172,7 @@ def _match(
             yield from _match(sub, rest, inside, walked, scan)
 
 
-def _below(
-    base: str, rest: tuple[str, ...], inside: frozenset[str], walked: set[tuple[str, tuple[str, ...]]], scan: InputScan
-) -> Iterator[str]:
+def _below(base: str, rest: tuple[str, ...], inside: frozenset[str], walked: Walked, scan: InputScan) -> Iterator[str]:
     """What ``**`` then ``rest`` match strictly below ``base``: every real folder walked once, loops noted."""
     for name in _listdir(base, "**"):
         sub = os.path.join(base, name)
@@ -186,9 +184,11 @@ def _below(
         if real in inside:
             scan.note(sub, "symlink loop (a link back to a folder it is in), not followed")
             continue
-        if (real, rest) in walked:
+        first = walked.setdefault((real, rest), sub)
+        if first is not sub:
+            if first != sub:
+                scan.note(sub, f"same folder as {_name(first)}, searched once")
             continue
-        walked.add((real, rest))
         if rest:
             yield from _match(sub, rest, inside | {real}, walked, scan)
         else:

@@ -147,8 +147,8 @@ CASES: tuple[CorpusCase, ...] = (
     _case("lossy.webp", encode(_rgb(), "WEBP", quality=80), None, 200),
     # unreadable: 400
     _case("empty.png", b"", "empty file", 400),
-    _case("text.png", b"this is not an image at all\n" * 10, "not an image", 400),
-    _case("page.png", b"<!DOCTYPE html>\n<html><body><h1>404 Not Found</h1></body></html>\n", "not an image", 400),
+    _case("text.png", b"this is not an image at all\n" * 10, "the content is text", 400),
+    _case("page.png", b"<!DOCTYPE html>\n<html><body><h1>404</h1></body></html>\n", "the content is text", 400),
     _case("noise.jpg", np.random.default_rng(2).integers(0, 256, 600, dtype=np.uint8).tobytes(), "not an image", 400),
     _case("truncated.png", _truncated(encode(_rgb(64), "PNG")), "truncated", 400),
     _case("truncated.jpg", _truncated(encode(_rgb(64), "JPEG")), "truncated", 400),
@@ -164,7 +164,7 @@ CASES: tuple[CorpusCase, ...] = (
     _case("grey16.png", encode(Image.fromarray(np.full((8, 8), 40000, np.uint16)), "PNG"), "16-bit greyscale", 415),
     _case("animated.png", _frames("PNG"), "animated PNG with 3 frames", 415),
     _case("animated.webp", _frames("WEBP"), "animated WEBP with 3 frames", 415),
-    _case("cmyk.jpg", encode(_rgb().convert("CMYK"), "JPEG"), "CMYK", 415),
+    _case("cmyk.jpg", encode(_rgb().convert("CMYK"), "JPEG"), "CMYK image: converting print colours", 415),
     # unsupported as stored, read with convert="white"/"black": 415 without
     _case("grey.png", encode(_GREY, "PNG"), "greyscale", 415, convert_ok=True),
     _case("grey.jpg", encode(_GREY, "JPEG"), "greyscale", 415, convert_ok=True),
