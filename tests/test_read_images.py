@@ -191,6 +191,10 @@ def test_convert_palette_and_greyscale_to_rgb(tmp_path):
     assert facts.conversion == "P+transparency→RGB, alpha on black" and image.max() == 0
     with pytest.raises(ValueError, match="'white' or 'black'"):
         decode_upload(encode(palette, "PNG"), "p.png", gen, convert="grey")
+    with pytest.raises(ValueError, match="'white' or 'black'"):
+        read_images([str(tmp_path / "nothing here")], gen, convert="grey")
+    with pytest.raises(ValueError, match="1- or 3-channel"):
+        read_images([str(tmp_path / "nothing here")], _generator(channels=2))
 
 
 def test_one_channel_models_take_greyscale_as_stored_and_rgb_only_converted():

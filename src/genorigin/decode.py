@@ -91,6 +91,12 @@ def pixel_limit(image_size: tuple[int, int]) -> int:
     return min(MAX_PIXELS, max(MIN_PIXEL_LIMIT, PIXELS_PER_MODEL_PIXEL * int(h) * int(w)))
 
 
+def check_convert(convert: object) -> None:
+    """Refuse a conversion mode other than None, 'white' or 'black' (a caller's mistake, not an image's)."""
+    if convert is not None and convert not in BACKGROUNDS:
+        raise ValueError(f"convert must be None, 'white' or 'black', got {convert!r}")
+
+
 def decode_image(
     fp: BinaryIO,
     source: str,
@@ -105,8 +111,7 @@ def decode_image(
     ``target_size`` (H, W), the model's size, lets a large JPEG decode at 1/2, 1/4 or 1/8 scale. Callers hold
     a ``genorigin.images.DECODE_GATE`` slot around this and whatever keeps the full-size pixels.
     """
-    if convert is not None and convert not in BACKGROUNDS:
-        raise ValueError(f"convert must be None, 'white' or 'black', got {convert!r}")
+    check_convert(convert)
     head = fp.read(32)
     fp.seek(0)
     fmt = _sniff(head, source)

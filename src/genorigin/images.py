@@ -33,6 +33,7 @@ from genorigin.decode import (
     ImageTooLarge,
     UnreadableImage,
     UnsupportedImage,
+    check_convert,
     decode_image,
     pixel_limit,
 )
@@ -137,6 +138,8 @@ def read_images(
 ) -> ReadResult:
     """Expand ``specs``, read every image for ``generator``, in order; decodes run in up to ``max_workers``
     threads (default: the decode gate's limit). ``max_pixels`` overrides ``pixel_limit(generator.image_size)``."""
+    _model_mode(generator)
+    check_convert(convert)  # both refused before any file is touched
     scan = scan_inputs(specs)
     limit = max_pixels or pixel_limit(generator.image_size)
 
@@ -192,10 +195,9 @@ def _decode_prepared(
         pixels, facts = decode_image(fp, source, mode=mode, convert=convert, max_pixels=max_pixels,
                                      target_size=generator.image_size)  # fmt: skip
         try:
-            image = generator.prepare_image(pixels)
+            return generator.prepare_image(pixels), facts.prepared(generator.image_size)
         except ValueError as exc:
             raise ImageError(source, str(exc)) from exc
-    return image, facts.prepared(generator.image_size)
 
 
 def _model_mode(generator: Preparer) -> str:
