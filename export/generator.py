@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from genorigin.facts import centre_crop_box
+
 
 @dataclass(frozen=True)
 class LatentSpec:
@@ -135,9 +137,8 @@ class Generator:
         h, w = image.shape[:2]
         target_h, target_w = self.image_size
         if (h, w) != (target_h, target_w):
-            side = min(h, w)
-            top, left = (h - side) // 2, (w - side) // 2
-            crop = image[top : top + side, left : left + side]
+            left, top, right, bottom = centre_crop_box(w, h)  # the crop ImageFacts.prepared reports
+            crop = image[top:bottom, left:right]
             pil = Image.fromarray(crop.squeeze(-1) if self.channels == 1 else crop)
             image = np.asarray(pil.resize((target_w, target_h), Image.Resampling.LANCZOS))
             if image.ndim == 2:

@@ -1,121 +1,237 @@
-"""Reading images from disk safely: every bad file gets one clear error, and nothing is half-read.
+"""Reading images for attribution: one entry point for the CLI, the Python API and the HTTP service.
 
-Accepted: 8-bit RGB PNG/JPEG/WebP (what generators' outputs are saved as). Rejected with the reason: unreadable,
-truncated, zero-size, too many pixels (decompression bombs), 16-bit, palette, RGBA, greyscale.
+``read_images(specs, generator)`` takes files, folders and patterns (genorigin.inputs), ``decode_upload(data,
+name, generator)`` a request body. Both check and decode each image (genorigin.decode: what is accepted and
+refused, and why), bring it to the model's input with ``Generator.prepare_image``, and say what was read and
+done in an ``ImageFacts``. A bad input costs one one-line error naming it, never the run.
+
+Memory is bounded twice: an image may have at most ``pixel_limit(model size)`` pixels (checked from the header),
+and at most ``DECODE_GATE.limit`` images are decoded at once in the process (``set_max_concurrent_decodes``;
+``$GENORIGIN_MAX_DECODES``; default min(4, CPUs)), however many threads call in.
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import io
 import os
-import warnings
-from collections.abc import Iterable
+import stat
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-MAX_PIXELS = 40_000_000  # refuse before decoding: a 100-megapixel upload is an attack or a mistake
-ACCEPTED_FORMATS = {"PNG", "JPEG", "WEBP"}
+from genorigin.decode import (
+    MAX_PIXELS,
+    Background,
+    ImageError,
+    ImageTooLarge,
+    UnreadableImage,
+    UnsupportedImage,
+    check_convert,
+    decode_image,
+    pixel_limit,
+)
+from genorigin.facts import ImageFacts
+from genorigin.inputs import IMAGE_SUFFIXES, InputScan, expand_inputs, scan_inputs
+
+__all__ = [
+    "DECODE_GATE",
+    "IMAGE_SUFFIXES",
+    "MAX_PIXELS",
+    "DecodeGate",
+    "ImageError",
+    "ImageFacts",
+    "ImageTooLarge",
+    "InputScan",
+    "ReadResult",
+    "UnreadableImage",
+    "UnsupportedImage",
+    "decode_rgb8",
+    "decode_upload",
+    "expand_inputs",
+    "load_rgb8",
+    "pixel_limit",
+    "read_images",
+    "save_png",
+    "scan_inputs",
+    "set_max_concurrent_decodes",
+]
 
 
-class ImageError(ValueError):
-    """A file that cannot be attributed; the message names the file and the reason."""
+class DecodeGate:
+    """At most ``limit`` decodes at once in this process, so a service decoding uploads in many threads holds
+    at most ``limit`` decoded images (each up to the pixel limit) however many requests arrive."""
+
+    def __init__(self, limit: int) -> None:
+        self._cond = threading.Condition()
+        self.limit = self._check(limit)
+        self.in_flight = 0
+        self.peak = 0  # most decodes seen at once since the last reset_peak(): for tests and monitoring
+
+    @staticmethod
+    def _check(limit: int) -> int:
+        if int(limit) < 1:
+            raise ValueError(f"the number of concurrent decodes must be ≥ 1, got {limit}")
+        return int(limit)
+
+    def set_limit(self, limit: int) -> None:
+        with self._cond:
+            self.limit = self._check(limit)
+            self._cond.notify_all()
+
+    def reset_peak(self) -> None:
+        with self._cond:
+            self.peak = self.in_flight
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Wait for a free slot, hold it for the body."""
+        with self._cond:
+            while self.in_flight >= self.limit:
+                self._cond.wait()
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_flight -= 1
+                self._cond.notify()
 
 
-def _reject(path: Path, reason: str) -> ImageError:
-    return ImageError(f"{path}: {reason}")
+DECODE_GATE = DecodeGate(int(os.environ.get("GENORIGIN_MAX_DECODES") or min(4, os.cpu_count() or 1)))
+
+
+class Preparer(Protocol):
+    """What reading needs of a model: its channels and size, and its own ``prepare_image``."""
+
+    channels: int
+    image_size: tuple[int, int]
+
+    def prepare_image(self, image: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class ReadResult:
+    """Images ready for ``Attributor.attribute(images, sources)``, their facts, and what could not be read."""
+
+    sources: list[str]
+    images: np.ndarray  # N×C×H×W float32 in [0, 1]
+    facts: list[ImageFacts]  # one per source
+    errors: list[str]  # one line per input that gave no image, naming it: the CLI's exit 1
+    skipped: list[str]  # notes on what the expansion passed over (links, loops, folders named *.png …)
+
+
+def read_images(
+    specs: Iterable[str],
+    generator: Preparer,
+    *,
+    convert: Background | None = None,
+    max_pixels: int | None = None,
+    max_workers: int | None = None,
+) -> ReadResult:
+    """Expand ``specs``, read every image for ``generator``, in order; decodes run in up to ``max_workers``
+    threads (default: the decode gate's limit). ``max_pixels`` overrides ``pixel_limit(generator.image_size)``."""
+    _model_mode(generator)
+    check_convert(convert)  # both refused before any file is touched
+    scan = scan_inputs(specs)
+    limit = max_pixels or pixel_limit(generator.image_size)
+
+    def read(path: Path) -> tuple[np.ndarray, ImageFacts] | ImageError:
+        try:
+            with _open_file(path) as f:
+                return _decode_prepared(f, str(path), generator, convert, limit)
+        except ImageError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers or DECODE_GATE.limit) as pool:
+        outcomes = list(pool.map(read, scan.paths))
+    return _collect(scan, outcomes, generator)
+
+
+def decode_upload(
+    data: bytes, name: str, generator: Preparer, *, convert: Background | None = None, max_pixels: int | None = None
+) -> tuple[np.ndarray, ImageFacts]:
+    """An HTTP body → (C×H×W float32 model input, facts), or an ImageError whose ``http_status`` to answer."""
+    limit = max_pixels or pixel_limit(generator.image_size)
+    return _decode_prepared(io.BytesIO(data), name, generator, convert, limit)
+
+
+def set_max_concurrent_decodes(n: int) -> None:
+    """How many images this process decodes at once (each holds up to the pixel limit in memory)."""
+    DECODE_GATE.set_limit(n)
 
 
 def load_rgb8(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """H×W×3 uint8 RGB pixels of an 8-bit RGB PNG/JPEG/WebP file, or ImageError."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _reject(path, f"cannot read file ({exc.strerror or exc})") from exc
-    return decode_rgb8(data, str(path), max_pixels)
+    """H×W×3 uint8 pixels of an 8-bit RGB PNG/JPEG/WebP file as stored (no conversion, no resize), or ImageError."""
+    with _open_file(Path(path)) as f, DECODE_GATE.slot():
+        return decode_image(f, str(path), max_pixels=max_pixels)[0]
 
 
 def decode_rgb8(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Like load_rgb8, for encoded bytes (HTTP uploads); ``name`` labels the error messages."""
-    path = Path(name)
-    if len(data) == 0:
-        raise _reject(path, "empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-        with im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise _reject(
-                    path,
-                    f"{w}×{h} = {w * h / 1e6:.0f} megapixels exceeds the limit of {max_pixels / 1e6:.0f}",
-                )
-            if im.format not in ACCEPTED_FORMATS:
-                raise _reject(path, f"unsupported format {im.format} (PNG, JPEG or WebP)")
-            mode = im.mode
-            if mode in ("I;16", "I;16B", "I;16L", "I", "F") or im.info.get("bitdepth", 8) > 8:
-                raise _reject(path, f"16-bit or float image (mode {mode}); expected 8-bit RGB")
-            if mode == "P":
-                raise _reject(path, "palette image (mode P); convert it to 8-bit RGB first")
-            if mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
-                raise _reject(path, f"image has an alpha channel (mode {mode}); expected RGB without alpha")
-            if mode in ("L", "1"):
-                raise _reject(path, f"greyscale image (mode {mode}); the model makes RGB images")
-            if mode != "RGB":
-                raise _reject(path, f"unsupported pixel mode {mode}; expected 8-bit RGB")
-            im.load()
-            pixels = np.asarray(im, dtype=np.uint8)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise _reject(path, f"too many pixels ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        raise _reject(path, "not a readable image (unknown or corrupt format)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise _reject(path, f"corrupt or truncated image ({exc})") from exc
-    if pixels.ndim != 3 or pixels.shape[2] != 3:
-        raise _reject(path, f"decoded to shape {pixels.shape}; expected H×W×3")
-    return pixels
-
-
-def expand_inputs(specs: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their image files, sorted) and globs → image paths, plus errors for specs that match nothing."""
-    paths: list[Path] = []
-    errors: list[str] = []
-    seen: set[Path] = set()
-
-    def add(p: Path) -> None:
-        if p not in seen:
-            seen.add(p)
-            paths.append(p)
-
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-            if not found:
-                errors.append(f"{spec}: folder holds no .png/.jpg/.jpeg/.webp files")
-            for q in found:
-                add(q)
-        elif p.exists():
-            add(p)
-        elif glob.has_magic(spec):
-            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(spec), recursive=True) if Path(q).is_file())
-            if not found:
-                errors.append(f"{spec}: pattern matches no files")
-            for q in found:
-                add(q)
-        else:
-            errors.append(f"{spec}: no such file or folder")
-    return paths, errors
+    """Like load_rgb8, for encoded bytes; ``name`` labels the error messages."""
+    with DECODE_GATE.slot():
+        return decode_image(io.BytesIO(data), name, max_pixels=max_pixels)[0]
 
 
 def save_png(image_chw: np.ndarray, path: str | Path) -> None:
     """C×H×W float in [0, 1] → 8-bit PNG."""
     arr = np.clip(np.round(np.asarray(image_chw) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     Image.fromarray(arr.squeeze(-1) if arr.shape[2] == 1 else arr).save(path)
+
+
+def _decode_prepared(
+    fp: BinaryIO, source: str, generator: Preparer, convert: Background | None, max_pixels: int
+) -> tuple[np.ndarray, ImageFacts]:
+    """Decode and prepare inside one gate slot: the full-size pixels never outlive it."""
+    mode = _model_mode(generator)
+    with DECODE_GATE.slot():
+        pixels, facts = decode_image(fp, source, mode=mode, convert=convert, max_pixels=max_pixels,
+                                     target_size=generator.image_size)  # fmt: skip
+        try:
+            return generator.prepare_image(pixels), facts.prepared(generator.image_size)
+        except ValueError as exc:
+            raise ImageError(source, str(exc)) from exc
+
+
+def _model_mode(generator: Preparer) -> str:
+    if generator.channels not in (1, 3):
+        raise ValueError(f"images are read for 1- or 3-channel models, not {generator.channels} channels")
+    return "RGB" if generator.channels == 3 else "L"
+
+
+def _open_file(path: Path) -> BinaryIO:
+    """The file, opened for reading only if it is a regular file: a pipe or device named x.png never blocks."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise UnreadableImage(str(path), f"cannot read file ({exc.strerror or exc})") from exc
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise UnreadableImage(str(path), "not a regular file (a folder, device, pipe or socket)")
+    return f
+
+
+def _collect(
+    scan: InputScan, outcomes: list[tuple[np.ndarray, ImageFacts] | ImageError], generator: Preparer
+) -> ReadResult:
+    result = ReadResult([], np.zeros((0, generator.channels, *generator.image_size), np.float32), [],
+                        list(scan.errors), list(scan.skipped))  # fmt: skip
+    arrays = []
+    for path, outcome in zip(scan.paths, outcomes):
+        if isinstance(outcome, ImageError):
+            result.errors.append(str(outcome))
+            continue
+        arrays.append(outcome[0])
+        result.facts.append(outcome[1])
+        result.sources.append(str(path))
+    if arrays:
+        result.images = np.stack(arrays).astype(np.float32, copy=False)
+    return result
