@@ -193,7 +193,6 @@ def make_attributor(model: LatentDiffusionModel, method: Method = "inversion-ran
     """An object with calibrate(n, alpha=…) and attribute(images) for one of the three methods."""
     if method == "inversion-random":
         from genorigin.runtime.attribution import Attributor
-
         from genorigin.runtime.inversion import PAPER_SCHEDULE, PAPER_SETTINGS
 
         kwargs = {"settings": PAPER_SETTINGS, "schedule": PAPER_SCHEDULE, **kwargs}  # random starts: the paper's loop

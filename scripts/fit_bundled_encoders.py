@@ -32,9 +32,8 @@ def main() -> None:
         t0 = time.perf_counter()
         fitted = fit_generator_encoder(gen, FitSettings(steps=args.steps))
         path = fitted.save(args.out / f"{name}.encoder.pt")
-        last = fitted.history[-1]
-        print(f"{name}: {fitted.steps_done} steps in {time.perf_counter() - t0:.0f} s, latent MSE {last['latent_mse']:.3f}"
-              f" → {path}")
+        mse = fitted.history[-1]["latent_mse"]
+        print(f"{name}: {fitted.steps_done} steps, {time.perf_counter() - t0:.0f} s, latent MSE {mse:.3f} → {path}")
 
 
 if __name__ == "__main__":
