@@ -17,11 +17,13 @@ from genorigin.runtime.encoder import EncoderStarts, FitSettings, FittedEncoder,
 from genorigin.runtime.inversion import (
     FAST_SETTINGS,
     Initializer,
+    InversionLoop,
     InversionOutcome,
     InversionSettings,
     Schedule,
+    WorkItem,
+    WorkSource,
     default_schedule,
-    invert,
 )
 
 DecisionRule = Literal["grubbs", "quantile"]
@@ -239,18 +241,18 @@ class Attributor:
         stop_rule: TrajectoryStopRule | None,
         on_done: Callable[[int], None] | None,
     ) -> list[InversionOutcome]:
+        return self._loop(schedule, stop_rule).invert(images, comp, on_done)
+
+    def _loop(self, schedule: Schedule, stop_rule: TrajectoryStopRule | None) -> InversionLoop:
         if self.needs_encoder:
             raise RuntimeError("encoder starts need an encoder: fit_encoder() or pass encoder=… (CLI: genorigin "
                                "calibrate fits one)")  # fmt: skip
-        return invert(
+        return InversionLoop(
             self.backend,
-            images,
             self.generator.latent,
             self.settings,
             schedule,
-            complexity=comp,
             stop_rule=stop_rule,
-            on_done=on_done,
             initializer=self.initializer,
             stall_floor=quantization_floor(self.settings.loss),
         )
@@ -264,6 +266,16 @@ class Attributor:
         cal = self._require_calibration()
         return cal.grubbs_threshold if self.rule == "grubbs" else cal.quantile_threshold
 
+    def stop_rule(self) -> TrajectoryStopRule:
+        """The early-exit rule for this calibration, decision rule and schedule."""
+        return TrajectoryStopRule(
+            self._require_calibration(),
+            self.accept_threshold(),
+            margin=self.schedule.exit_margin,
+            min_step=self.schedule.exit_min_step,
+            envelope_rank=self.schedule.exit_envelope_rank,
+        )
+
     def attribute(
         self,
         images: np.ndarray,
@@ -273,51 +285,64 @@ class Attributor:
         on_done: Callable[[int], None] | None = None,
     ) -> list[AttributionResult]:
         """Decide for N prepared images (N×C×H×W float32 in [0, 1]); results in input order."""
-        cal = self._require_calibration()
+        self._require_calibration()
         images = self._validate(images)
         sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
         comp = complexity(images)
-        rule = TrajectoryStopRule(
-            cal,
-            self.accept_threshold(),
-            margin=self.schedule.exit_margin,
-            min_step=self.schedule.exit_min_step,
-            envelope_rank=self.schedule.exit_envelope_rank,
-        )
-        outcomes = self._invert(images, comp, self.schedule, rule, on_done)
+        outcomes = self._invert(images, comp, self.schedule, self.stop_rule(), on_done)
         recon = None
         if keep_reconstructions:
             recon = self.backend.render(np.stack([o.best_z for o in outcomes]))
-        results = []
-        scores = np.asarray(cal.scores)
-        for i, o in enumerate(outcomes):
-            score = float(calibrated_score(o.best_loss, comp[i]))
-            g = grubbs_test(score, cal.mean, cal.std, cal.n, cal.alpha)
-            q = quantile_test(score, cal.quantile_threshold, scores)
-            primary = g if self.rule == "grubbs" else q
-            results.append(
-                AttributionResult(
-                    source=sources[i],
-                    verdict="belonging" if primary.belonging else "non-belonging",
-                    rule=self.rule,
-                    loss=o.best_loss,
-                    complexity=float(comp[i]),
-                    calibrated_loss=score,
-                    statistic=primary.statistic,
-                    critical_value=primary.critical_value,
-                    p_value=primary.p_value,
-                    grubbs=outcome_dict(g),
-                    quantile=outcome_dict(q),
-                    steps=o.steps,
-                    stop_reason=o.stop_reason,
-                    evaluations=o.evaluations,
-                    fresh_starts=o.fresh_starts,
-                    seconds=o.seconds,
-                    trajectory=o.trajectory,
-                    reconstruction=None if recon is None else recon[i],
-                )
-            )
-        return results
+        return [
+            self.result(o, sources[i], float(comp[i]), None if recon is None else recon[i])
+            for i, o in enumerate(outcomes)
+        ]
+
+    def work_item(self, key: Any, image: np.ndarray, cancelled: Callable[[], bool] | None = None) -> WorkItem:
+        """One prepared image (C×H×W float32 in [0, 1]) as the loop takes it from a live queue (``stream``)."""
+        image = self._validate(np.asarray(image)[None])[0]
+        return WorkItem(key, image, float(complexity(image[None])[0]), cancelled)
+
+    def stream(self, source: WorkSource, on_result: Callable[[WorkItem, AttributionResult], None]) -> None:
+        """Attribute items from a live source (``work_item``), each result delivered the moment it is known.
+
+        Items join the running batch at the next checkpoint and leave at their own early exit, and each
+        result equals what ``attribute`` gives for that image (the loop's batch-independence). The service
+        and the Ray workers run this; it returns when the source is finished and every item is answered.
+        """
+        self._require_calibration()
+        loop = self._loop(self.schedule, self.stop_rule())
+        loop.run(source, lambda item, o: on_result(item, self.result(o, str(item.key), item.complexity)))
+
+    def result(
+        self, o: InversionOutcome, source: str, comp: float, reconstruction: np.ndarray | None = None
+    ) -> AttributionResult:
+        """The decision for one inversion outcome: Grubbs and quantile tests on its calibrated score."""
+        cal = self._require_calibration()
+        score = float(calibrated_score(o.best_loss, comp))
+        g = grubbs_test(score, cal.mean, cal.std, cal.n, cal.alpha)
+        q = quantile_test(score, cal.quantile_threshold, np.asarray(cal.scores))
+        primary = g if self.rule == "grubbs" else q
+        return AttributionResult(
+            source=source,
+            verdict="belonging" if primary.belonging else "non-belonging",
+            rule=self.rule,
+            loss=o.best_loss,
+            complexity=comp,
+            calibrated_loss=score,
+            statistic=primary.statistic,
+            critical_value=primary.critical_value,
+            p_value=primary.p_value,
+            grubbs=outcome_dict(g),
+            quantile=outcome_dict(q),
+            steps=o.steps,
+            stop_reason=o.stop_reason,
+            evaluations=o.evaluations,
+            fresh_starts=o.fresh_starts,
+            seconds=o.seconds,
+            trajectory=o.trajectory,
+            reconstruction=reconstruction,
+        )
 
     def _validate(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)

@@ -352,6 +352,22 @@ class InversionLoop:
                 fresh = self._admit(source, fresh, keep_count=int(keep.sum()))  # every image sees the same grid
             self.pool.rebuild(np.flatnonzero(keep), FreshSlots.concat(fresh))
 
+    def invert(
+        self, targets: np.ndarray, complexity: np.ndarray | None = None, on_done: Callable[[int], None] | None = None
+    ) -> list[InversionOutcome]:
+        """``run`` over a fixed array of images; outcomes in input order, ``on_done(index)`` as each finishes."""
+        n = len(targets)
+        comp = np.ones(n) if complexity is None else np.asarray(complexity, dtype=np.float64)
+        outcomes: list[InversionOutcome | None] = [None] * n
+
+        def done(item: WorkItem, outcome: InversionOutcome) -> None:
+            outcomes[item.key] = outcome
+            if on_done is not None:
+                on_done(item.key)
+
+        self.run(ListSource([WorkItem(i, targets[i], float(comp[i])) for i in range(n)]), done)
+        return [o for o in outcomes if o is not None]
+
     # ------------------------------------------------------------------------------------------------ phases
     def _budget_due(self) -> int:
         """The loop step at which the first image in flight spends its budget (cached between rebuilds)."""
@@ -497,16 +513,6 @@ def invert(
     ``initializer`` replaces the random starts from the prior (an encoder's latent, LatentTracer); it must
     match ``settings.init``, which the calibration records.
     """
-    n = len(targets)
-    comp = np.ones(n) if complexity is None else np.asarray(complexity, dtype=np.float64)
-    outcomes: list[InversionOutcome | None] = [None] * n
-
-    def done(item: WorkItem, outcome: InversionOutcome) -> None:
-        outcomes[item.key] = outcome
-        if on_done is not None:
-            on_done(item.key)
-
     loop = InversionLoop(backend, latent, settings, schedule, stop_rule=stop_rule, initializer=initializer,
                          stall_floor=stall_floor)  # fmt: skip
-    loop.run(ListSource([WorkItem(i, targets[i], float(comp[i])) for i in range(n)]), done)
-    return [o for o in outcomes if o is not None]
+    return loop.invert(targets, complexity, on_done)
