@@ -75,7 +75,7 @@ class AttributionResult:
     stop_reason: str
     seconds: float
     evaluations: int = 0  # loss-and-gradient evaluations over all starts (the cost of the decision)
-    fresh_starts: int = 0
+    restart_steps: list[int] = field(default_factory=list)  # steps at which a stalled image got fresh starts
     trajectory: list[tuple[int, float]] = field(default_factory=list)
     reconstruction: np.ndarray | None = None
 
@@ -338,7 +338,7 @@ class Attributor:
             steps=o.steps,
             stop_reason=o.stop_reason,
             evaluations=o.evaluations,
-            fresh_starts=o.fresh_starts,
+            restart_steps=o.restart_steps,
             seconds=o.seconds,
             trajectory=o.trajectory,
             reconstruction=reconstruction,

@@ -180,7 +180,12 @@ class InversionOutcome:
     seconds: float
     trajectory: list[tuple[int, float]] = field(default_factory=list)
     evaluations: int = 0  # loss-and-gradient evaluations summed over the image's starts
-    fresh_starts: int = 0  # adaptive restarts the image received
+    restart_steps: list[int] = field(default_factory=list)  # image steps at which fresh starts began
+
+    @property
+    def fresh_starts(self) -> int:
+        """Adaptive restarts the image received."""
+        return len(self.restart_steps)
 
 
 @dataclass
@@ -262,6 +267,27 @@ class StallDetector:
         return bool(then) and then[-1] < self.factor * loss
 
 
+def may_restart(
+    trajectory: Sequence[tuple[int, float]], restart_steps: Sequence[int], settings: InversionSettings,
+    stall: StallDetector,
+) -> bool:  # fmt: skip
+    """An image gets its fresh starts before it may be called non-belonging, if its trajectory stalled."""
+    since = restart_steps[-1] if restart_steps else 0
+    return len(restart_steps) < settings.fresh_starts and stall.stalled(trajectory, since)
+
+
+def stop_reason(decision: Decision, steps: int, settings: InversionSettings, restartable: bool) -> str | None:
+    """Why an image stops at a checkpoint, or None: the rule's verdict (a stalled image with fresh starts
+    left is restarted instead of called non-belonging), else the spent budget."""
+    if decision == BELONGING:
+        return "belonging"
+    if decision == NON_BELONGING and not restartable:
+        return "non-belonging"
+    if steps >= settings.steps:
+        return "budget"
+    return None
+
+
 @dataclass
 class _Image:
     item: WorkItem
@@ -272,8 +298,7 @@ class _Image:
     steps: int = 0
     evaluations: int = 0
     counted_to: int = 0  # loop step up to which evaluations are counted
-    starts_since: int = 0  # image step at which its current starts began
-    fresh_used: int = 0
+    restart_steps: list[int] = field(default_factory=list)  # image steps at which fresh starts began
     started: float = 0.0
     trajectory: list[tuple[int, float]] = field(default_factory=list)
 
@@ -420,19 +445,15 @@ class InversionLoop:
         finished = []
         for i, decision in zip(active, decisions):
             img = self.images[int(i)]
-            if decision == BELONGING:
-                finished.append((int(i), "belonging"))
-            elif decision == NON_BELONGING and not self._may_restart(img):
-                finished.append((int(i), "non-belonging"))
-            elif img.steps >= self.settings.steps:
-                finished.append((int(i), "budget"))
-            elif img.item.cancelled is not None and img.item.cancelled():
-                finished.append((int(i), "cancelled"))
+            reason = stop_reason(Decision(int(decision)), img.steps, self.settings, self._may_restart(img))
+            if reason is None and img.item.cancelled is not None and img.item.cancelled():
+                reason = "cancelled"
+            if reason is not None:
+                finished.append((int(i), reason))
         return finished
 
     def _may_restart(self, img: _Image) -> bool:
-        """An image gets its fresh starts before it may be called non-belonging, if its trajectory stalled."""
-        return img.fresh_used < self.settings.fresh_starts and self.stall.stalled(img.trajectory, img.starts_since)
+        return may_restart(img.trajectory, img.restart_steps, self.settings, self.stall)
 
     def _restart_stalled(self, active: list[int], keep: np.ndarray) -> list[FreshSlots]:
         """Replace the starts of stalled images (with fresh starts left) by new starts from their generator."""
@@ -443,8 +464,7 @@ class InversionLoop:
                 continue
             rows = self.pool.rows(i)
             keep[rows] = False
-            img.fresh_used += 1
-            img.starts_since = img.steps
+            img.restart_steps.append(img.steps)
             starts = self.latent.sample(self.settings.restarts, img.rng)
             fresh.append(self._slots(i, starts))
         return fresh
@@ -491,7 +511,7 @@ class InversionLoop:
             seconds=time.perf_counter() - img.started,
             trajectory=img.trajectory,
             evaluations=img.evaluations,
-            fresh_starts=img.fresh_used,
+            restart_steps=img.restart_steps,
         )
 
 
