@@ -91,7 +91,7 @@ def main() -> None:
                 rng = np.random.default_rng(b)
                 z = gen.latent.sample(b, rng)
                 x = rng.random((b, gen.channels, *gen.image_size), dtype=np.float32)
-                sec = median_seconds(lambda z=z, x=x: backend.loss_and_grad(z, x), args.repeat)
+                sec = median_seconds(lambda z=z, x=x, be=backend: be.loss_and_grad(z, x), args.repeat)
                 gflops = flops_per_sample * b / sec / 1e9
                 rows.append({"threads": t, "batch": b, "seconds_per_step": sec, "ms_per_sample_step": sec / b * 1e3,
                              "gflops": gflops, "of_peak": gflops / report["peak_gflops"][t]})  # fmt: skip
