@@ -2,7 +2,7 @@
 
 PyTorch cannot export its own backward pass cleanly, so the gradient graph is derived from the exported
 forward instead: walk the forward nodes in reverse, emit each node's vector-Jacobian product with standard
-ops (rules in :mod:`genorigin.export.vjp_rules`) and accumulate contributions with ``Sum``. The result keeps
+ops (rules in :mod:`genorigin.export.vjp`) and accumulate contributions with ``Sum``. The result keeps
 the forward's weights and opset, so ONNX Runtime (CPU/CUDA) and TensorRT run it like any other model.
 
 Only differentiable data edges are followed: a tensor that depends on z only through ``Shape``, a
@@ -11,6 +11,7 @@ comparison or an integer op (diffusers timestep paths) is treated as a constant,
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,27 +21,14 @@ import onnx
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
 from .onnx_forward import infer_static_shapes
-from .vjp_rules import (
-    DYN,
-    FLOAT_TYPES,
-    NONDIFF_OPS,
-    RULES,
-    Dim,
-    Emitter,
-    UnsupportedOpError,
-    node_label,
-    op_label,
-)
+from .vjp import DYN, FLOAT_TYPES, NONDIFF_OPS, RULES, Dim, Emitter, UnsupportedOpError, supported_ops
+from .vjp.errors import NO_RULE_FIX, node_label, op_label, unsupported
+from .vjp.registry import nearest_supported
 
 __all__ = ["UnsupportedOpError", "build_loss_graph", "build_vjp_graph", "supported_ops"]
 
 LossKind = Literal["mse", "l1"]
 AUTODIFF_KEY = "genorigin.autodiff"
-
-
-def supported_ops() -> list[str]:
-    """Op types with a VJP rule (ops in the default ONNX domain)."""
-    return sorted(RULES)
 
 
 def build_vjp_graph(
@@ -57,6 +45,8 @@ def build_vjp_graph(
     """
     prep = _Prepared.from_model(forward, wrt, output)
     seed_name = prep.claim(f"g_{prep.output}")
+    if prep.output in prep.types:  # the seed has the output's type: constants built from it must match
+        prep.types[seed_name] = prep.types[prep.output]
     grad_name = prep.claim(f"g_{wrt}")
     emitter = prep.emitter()
     grad = _backprop(prep, emitter, prep.output, seed_name)
@@ -441,7 +431,11 @@ def _backprop(prep: _Prepared, emitter: Emitter, output: str, seed: str) -> str:
         if not any(o in pending for o in node.output):
             continue
         gys = [_accumulate(emitter, pending.pop(o)) if o in pending else None for o in node.output]
-        for name, g in zip(node.input, _apply_rule(emitter, node, gys, needed), strict=True):
+        try:
+            node_grads = _apply_rule(emitter, node, gys, needed)
+        except UnsupportedOpError as err:
+            raise err.with_path(_path_from_latent(prep, node)) from None
+        for name, g in zip(node.input, node_grads, strict=True):
             if g is not None and name in needed:
                 pending.setdefault(name, []).append(g)
     contributions = pending.pop(prep.wrt, [])
@@ -453,16 +447,46 @@ def _backprop(prep: _Prepared, emitter: Emitter, output: str, seed: str) -> str:
 def _apply_rule(emitter: Emitter, node: NodeProto, gys: list[str | None], needed: set[str]) -> list[str | None]:
     rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
-        raise UnsupportedOpError(op_label(node), node_label(node), "it lies on the differentiable path")
+        detail = "it lies on the differentiable path"
+        raise UnsupportedOpError(
+            op_label(node), node_label(node), detail, fix=NO_RULE_FIX, supported=nearest_supported(node.op_type)
+        )
     for i, name in enumerate(node.input):
         if i in rule.inert_inputs:
             continue
         if name in needed and rule.diff_inputs is not None and i not in rule.diff_inputs:
-            raise UnsupportedOpError(
-                op_label(node), node_label(node), f"gradient w.r.t. input {i} ({name!r}) is not supported"
-            )
+            raise unsupported(node, f"gradient w.r.t. input {i} ({name!r}) is not supported")
     grads = list(rule.fn(emitter, node, gys)) + [None] * len(node.input)
     return [None if i in rule.inert_inputs else g for i, g in enumerate(grads[: len(node.input)])]
+
+
+def _path_from_latent(prep: _Prepared, target: NodeProto, keep: int = 4) -> list[str]:
+    """The shortest chain of nodes from ``wrt`` to ``target`` along data edges, for error messages.
+
+    Long chains keep their first and last ``keep`` links: enough to find the node in the user's model.
+    """
+    consumers: dict[str, list[NodeProto]] = {}
+    for node in prep.nodes:
+        for name in set(node.input):
+            consumers.setdefault(name, []).append(node)
+    parent: dict[int, NodeProto | None] = {id(n): None for n in consumers.get(prep.wrt, [])}
+    queue = deque(consumers.get(prep.wrt, []))
+    while queue and id(target) not in parent:
+        node = queue.popleft()
+        for out in node.output:
+            for nxt in consumers.get(out, []):
+                if id(nxt) not in parent:
+                    parent[id(nxt)] = node
+                    queue.append(nxt)
+    chain: list[NodeProto] = []
+    current: NodeProto | None = target if id(target) in parent else None
+    while current is not None:
+        chain.append(current)
+        current = parent[id(current)]
+    labels = [prep.wrt] + [f"{n.op_type} {node_label(n)!r}" for n in reversed(chain)]
+    if len(labels) > 2 * keep + 1:
+        labels = [*labels[: keep + 1], f"… {len(labels) - 2 * keep - 1} more …", *labels[-keep:]]
+    return labels
 
 
 def _accumulate(emitter: Emitter, contributions: list[str]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import onnx
 import torch
 from genorigin.export.adapters import from_module
 from genorigin.export.generator import Generator
@@ -23,3 +24,14 @@ class TinyDecoder(nn.Module):
 def tiny_generator(seed: int = 0, name: str = "tiny") -> Generator:
     torch.manual_seed(seed)
     return from_module(TinyDecoder(), (8,), output_range=(0.0, 1.0), name=name)
+
+
+def assert_static_gradient_graph(model: onnx.ModelProto) -> None:
+    """No data-dependent shapes: no NonZero, and every reduction's axes are constants (TensorRT, CUDA graphs)."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    ops = {n.op_type for n in model.graph.node}
+    assert "NonZero" not in ops
+    for n in model.graph.node:
+        if n.op_type.startswith("Reduce") and len(n.input) > 1 and n.input[1]:
+            assert n.input[1] in constants, f"{n.name} reduces over run-time axes {n.input[1]!r}"
