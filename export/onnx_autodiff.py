@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import NodeProto, TensorProto, helper, numpy_helper
 
-from .onnx_forward import infer_static_shapes
+from .static_shapes import infer_static_shapes
 from .vjp import DYN, FLOAT_TYPES, NONDIFF_OPS, RULES, Dim, Emitter, UnsupportedOpError, supported_ops
 from .vjp.errors import NO_RULE_FIX, node_label, op_label, unsupported
 from .vjp.registry import nearest_supported
@@ -502,18 +502,18 @@ def _loss_nodes(prep: _Prepared, e: Emitter, target: str, kind: LossKind, work_t
     """Per-sample loss (N,) and its gradient w.r.t. the image, as in kernels/reference.py."""
     y = prep.output
     dims = prep.dims.get(y)
-    if dims is None:
-        raise ValueError(f"the rank of the output {y!r} is unknown")
     y_type = prep.types.get(y, TensorProto.FLOAT)
     y_work = y if y_type == work_type else e.op("Cast", [y], to=work_type)
     diff = e.op("Sub", [y_work, target])
     per_element = e.op("Mul", [diff, diff]) if kind == "mse" else e.op("Abs", [diff])
-    axes = list(range(1, len(dims)))
-    loss = e.reduce("ReduceMean", per_element, axes, keepdims=False)
+    if dims is None:  # rank unknown (a third-party graph inference cannot follow): mean over the flattened sample
+        loss = e.reduce("ReduceMean", e.op("Reshape", [per_element, e.ints([0, -1])]), [1], keepdims=False)
+    else:
+        loss = e.reduce("ReduceMean", per_element, list(range(1, len(dims))), keepdims=False)
     slope = diff if kind == "mse" else e.op("Sign", [diff])
     scale = 2.0 if kind == "mse" else 1.0
-    static = [d for d in dims[1:] if d is not None and d >= 0]
-    if len(static) == len(dims) - 1:
+    static = [d for d in dims[1:] if d is not None and d >= 0] if dims is not None else []
+    if dims is not None and len(static) == len(dims) - 1:
         gy = e.op("Mul", [slope, e.const(scale / float(np.prod(static, dtype=np.int64)), work_type)])
     else:
         count = e.op("Div", [e.op("Size", [y]), e.op("Gather", [e.shape_of(y), e.ints([0])], axis=0)])

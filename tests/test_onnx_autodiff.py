@@ -931,20 +931,51 @@ def test_bad_arguments() -> None:
         build_loss_graph(model, kind="huber")  # type: ignore[arg-type]
 
 
+def opaque_batch_shape(tail: Sequence[int], out: str = "di") -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Nodes computing the shape (batch of z, *tail) whose values neither shape inference nor constant folding can
+    see (Ceil stops ONNX data propagation; the batch comes from z, so nothing is constant)."""
+    nodes = [
+        node("Shape", ["z"], "zs"),
+        node("Gather", ["zs", "zero"], "zn", axis=0),
+        node("Concat", ["zn", "tail"], "full", axis=0),
+        node("Cast", ["full"], "df", to=TensorProto.FLOAT),
+        node("Ceil", ["df"], "dc"),
+        node("Cast", ["dc"], out, to=TensorProto.INT64),
+    ]
+    return nodes, {"zero": np.array([0], np.int64), "tail": np.array(list(tail), np.int64)}
+
+
 def test_unbroadcast_with_unknown_static_shape() -> None:
     """When shape inference cannot size an operand, its size-1 axes are found at runtime, yet the gradient
     graph keeps static shapes: no NonZero, no reduction over run-time axes (TensorRT, CUDA graphs)."""
     c = randn(2, 3, 4, seed=9)
-    nodes = [
-        node("Cast", ["dims"], "df", to=TensorProto.FLOAT),
-        node("Ceil", ["df"], "dc"),  # opaque to ONNX data propagation: the Reshape's dims stay unknown
-        node("Cast", ["dc"], "di", to=TensorProto.INT64),
-        node("Reshape", ["z", "di"], "r"),
-        node("Mul", ["r", "c"]),
-    ]
-    model = make_model(nodes, (2, 4), inits={"dims": np.array([2, 1, 4], np.int64), "c": c})
+    shape_nodes, inits = opaque_batch_shape([1, 4])
+    nodes = [*shape_nodes, node("Reshape", ["z", "di"], "r"), node("Mul", ["r", "c"])]
+    model = make_model(nodes, (2, 4), inits={**inits, "c": c})
     assert_static_gradient_graph(build_vjp_graph(model))
     check_twin(model, randn(2, 4), lambda t: t.reshape(2, 1, 4) * t64(c), TOL64)
+
+
+def test_scalar_scaling_of_an_output_of_unknown_rank() -> None:
+    """genorigin appends (y − low)/span to third-party graphs: with scalar operands no rank is needed, and the
+    loss head averages the flattened sample, so graphs whose output rank inference cannot find still work."""
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [None])  # its length is unknown: so is the rank
+    nodes = [node("Reshape", ["z", "shape"], "r"), node("Tanh", ["r"], "t"), node("Sub", ["t", "low"], "s"),
+             node("Div", ["s", "span"], "y")]  # fmt: skip
+    model = make_model(nodes, ("N", 8), dtype=f32, inits={"low": np.array(-1.0), "span": np.array(2.0)})
+    model.graph.input.append(shape)
+    z, gy = randn(2, 8, dtype=f32), randn(2, 2, 2, 2, seed=1, dtype=f32)
+    feeds = {"z": z, "shape": np.array([2, 2, 2, 2], np.int64)}
+    zt = torch.tensor(z, requires_grad=True)
+    image = (torch.tanh(zt.reshape(2, 2, 2, 2)) + 1) / 2
+    (_, gz) = session(build_vjp_graph(model)).run(None, {**feeds, "g_y": gy})
+    (ref,) = torch.autograd.grad(image, zt, torch.tensor(gy), retain_graph=True)
+    assert rel(gz, ref) <= TOL32
+    target = randn(2, 2, 2, 2, seed=2, dtype=f32)
+    loss, grad_z = session(build_loss_graph(model)).run(None, {**feeds, "target": target})
+    ref_loss, g_image = loss_and_grad(image.detach(), torch.tensor(target))
+    (ref_grad,) = torch.autograd.grad(image, zt, g_image)
+    assert rel(loss, ref_loss) <= TOL32 and rel(grad_z, ref_grad) <= TOL32
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1010,14 +1041,13 @@ def test_unsupported_op_error_gives_path_fix_and_nearest_ops() -> None:
 
 def test_unknown_shape_error_names_the_users_node_and_the_fix() -> None:
     """A shape that inference cannot follow: the message says which node needs it and how to re-export."""
+    shape_nodes, inits = opaque_batch_shape([2, 2, 2])
     nodes = [
-        node("Cast", ["dims"], "df", to=TensorProto.FLOAT),
-        node("Ceil", ["df"], "dc"),
-        node("Cast", ["dc"], "di", to=TensorProto.INT64),
+        *shape_nodes,
         helper.make_node("Reshape", ["z", "di"], ["r"], name="user_reshape"),
         helper.make_node("Conv", ["r", "w"], ["y"], name="user_conv"),
     ]
-    inits = {"dims": np.array([1, 2, 2, 2], np.int64), "w": randn(1, 2, 1, 1)}
+    inits["w"] = randn(1, 2, 1, 1)
     with pytest.raises(UnsupportedOpError, match=r"node 'user_conv'.*z → Reshape 'user_reshape' → Conv 'user_conv'.*"
                        r"fix: re-export the model with static non-batch shapes"):  # fmt: skip
         build_vjp_graph(make_model(nodes, (1, 8), dtype=f32, inits=inits))
