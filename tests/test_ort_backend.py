@@ -68,8 +68,7 @@ def test_ort_loop_and_torch_loop_agree(exported):
     sched = Schedule(batch_size=4, check_every=25, early_exit=False)
     torch_att = Attributor(gen, settings=SETTINGS, schedule=sched)
     cal = torch_att.calibrate(n=10)
-    ort_att = Attributor(package_generator(pkg), backend=OrtBackend(pkg), settings=SETTINGS, schedule=sched,
-                         calibration=cal)  # fmt: skip
+    ort_att = Attributor(gen, backend=OrtBackend(pkg), settings=SETTINGS, schedule=sched, calibration=cal)
     a, b = torch_att.attribute(images), ort_att.attribute(images)
     assert [r.verdict for r in a] == [r.verdict for r in b]
     assert [r.verdict for r in a[4:]] == ["non-belonging"] * 4
