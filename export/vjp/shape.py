@@ -14,6 +14,12 @@ from .errors import unsupported
 from .registry import first_grad, grads, rule
 
 
+def _output_grad_input_rank(e: Emitter, node: NodeProto, gys: list[str | None]) -> tuple[str, str, int]:
+    """(gradient of output 0, input 0, its rank): what every selection rule starts from."""
+    x = node.input[0]
+    return first_grad(gys, node), x, e.rank(x, node)
+
+
 @rule("Identity", "Dropout", inert_inputs=(1, 2))
 def _identity(e: Emitter, node: NodeProto, gys: list[str | None]) -> list[str | None]:
     """Dropout is inference-mode identity in an exported generator (its mask output is boolean)."""
@@ -87,9 +93,7 @@ def _split(e: Emitter, node: NodeProto, gys: list[str | None]) -> list[str | Non
 @rule("Slice")
 def _slice(e: Emitter, node: NodeProto, gys: list[str | None]) -> list[str | None]:
     """Unit steps scatter back with one Pad; other steps use a per-axis selection matrix."""
-    g = first_grad(gys, node)
-    x = node.input[0]
-    rank = e.rank(x, node)
+    g, x, rank = _output_grad_input_rank(e, node, gys)
     starts = e.require_const(node, 1, "starts")
     ends = e.require_const(node, 2, "ends")
     if starts is None or ends is None:
@@ -121,9 +125,7 @@ def _slice(e: Emitter, node: NodeProto, gys: list[str | None]) -> list[str | Non
 
 @rule("Pad")
 def _pad(e: Emitter, node: NodeProto, gys: list[str | None]) -> list[str | None]:
-    g = first_grad(gys, node)
-    x = node.input[0]
-    rank = e.rank(x, node)
+    g, x, rank = _output_grad_input_rank(e, node, gys)
     raw = e.require_const(node, 1, "pads")
     pads_attr = attr(node, "pads")
     pads = [int(p) for p in (raw if raw is not None else pads_attr or [])]
@@ -181,9 +183,7 @@ def _pad_matrix(size: int, before: int, after: int, mode: str) -> np.ndarray:
 @rule("Gather")
 def _gather(e: Emitter, node: NodeProto, gys: list[str | None]) -> list[str | None]:
     """Constant indices: scatter-add through a one-hot matrix (duplicated indices accumulate)."""
-    g = first_grad(gys, node)
-    x = node.input[0]
-    rank = e.rank(x, node)
+    g, x, rank = _output_grad_input_rank(e, node, gys)
     axis = norm_axis(int(attr(node, "axis", 0)), rank)
     indices = e.require_const(node, 1, "indices")
     if indices is None:
