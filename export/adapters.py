@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from genorigin.export.architectures import DCGANConfig, DCGANGenerator, VAEConfig, VAEDecoder
@@ -12,6 +13,17 @@ from genorigin.export.generator import Generator, LatentSpec, UnitRangeOutput
 from torch import nn
 
 BUNDLED_FORMAT = "genorigin-bundled-v1"
+Config = TypeVar("Config")
+
+
+def _config(cls: type[Config], config: Mapping[str, Any] | None, where: str) -> Config:
+    """``cls(**config)``, with an unknown key reported as one ValueError naming it, not a TypeError traceback."""
+    known = sorted(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    unknown = sorted(set(config or {}) - set(known))
+    if unknown:
+        keys = ", ".join(map(repr, unknown))
+        raise ValueError(f"{where}: unknown config key {keys} for {cls.__name__} (known: {', '.join(known)})")
+    return cls(**(config or {}))
 
 
 def _load_state(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what: str) -> None:
@@ -23,10 +35,14 @@ def _load_state(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what:
 
 
 def dcgan_from_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None, name: str = "dcgan"
+    state_dict: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None = None,
+    name: str = "dcgan",
+    *,
+    source: str | None = None,
 ) -> Generator:
-    """DCGAN generator (tanh output in [-1, 1]) from its state dict."""
-    cfg = DCGANConfig(**(config or {}))
+    """DCGAN generator (tanh output in [-1, 1]) from its state dict; ``source`` (a file) prefixes errors."""
+    cfg = _config(DCGANConfig, config, source or f"DCGAN {name!r}")
     net = DCGANGenerator(cfg)
     _load_state(net, state_dict, f"DCGAN {name!r}")
     return Generator(
@@ -41,10 +57,14 @@ def dcgan_from_state_dict(
 
 
 def vae_decoder_from_state_dict(
-    state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any] | None = None, name: str = "vae"
+    state_dict: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any] | None = None,
+    name: str = "vae",
+    *,
+    source: str | None = None,
 ) -> Generator:
     """VAE decoder (sigmoid output in [0, 1]) from its state dict; the latent is the VAE's Gaussian latent."""
-    cfg = VAEConfig(**(config or {}))
+    cfg = _config(VAEConfig, config, source or f"VAE decoder {name!r}")
     net = VAEDecoder(cfg)
     _load_state(net, state_dict, f"VAE decoder {name!r}")
     return Generator(
@@ -105,7 +125,7 @@ def load_generator_file(path: str | Path) -> Generator:
     kind = payload.get("kind")
     name = str(payload.get("name", path.stem))
     if kind == "dcgan":
-        return dcgan_from_state_dict(payload["state_dict"], payload.get("config"), name=name)
+        return dcgan_from_state_dict(payload["state_dict"], payload.get("config"), name=name, source=str(path))
     if kind == "vae":
-        return vae_decoder_from_state_dict(payload["state_dict"], payload.get("config"), name=name)
+        return vae_decoder_from_state_dict(payload["state_dict"], payload.get("config"), name=name, source=str(path))
     raise ValueError(f"{path}: unknown model kind {kind!r} (expected 'dcgan' or 'vae')")

@@ -270,8 +270,32 @@ def _jsonable(config: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(public, default=list))
 
 
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safetensors(folder: Path) -> None:
+    """Refuse a model folder without safetensors weights: diffusers would unpickle ``*.bin`` files, and
+    unpickling runs whatever code the file holds. Loaders then pass ``use_safetensors=True``."""
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.glob("*") if p.suffix in PICKLED_WEIGHTS)
+    if pickled:
+        raise ValueError(
+            f"{folder}: holds only pickled weights ({', '.join(pickled)}), which genorigin does not load (unpickling "
+            "can run code); convert them once with save_pretrained(..., safe_serialization=True)"
+        )
+    raise ValueError(f"{folder}: no *.safetensors weights")
+
+
+def from_local_folder(model_cls: Any, folder: Path) -> Any:
+    """``model_cls.from_pretrained`` on a local folder: offline and safetensors only."""
+    require_safetensors(folder)
+    options = {"local_files_only": True, "low_cpu_mem_usage": False, "use_safetensors": True}
+    return model_cls.from_pretrained(str(folder), **options)
+
+
 def load_unet(folder: Path) -> nn.Module:
-    """UNet2DModel.from_pretrained on a local folder, offline."""
+    """UNet2DModel.from_pretrained on a local folder, offline, safetensors only."""
     from diffusers import UNet2DModel
 
     if not (folder / "config.json").is_file():
@@ -279,7 +303,7 @@ def load_unet(folder: Path) -> nn.Module:
     cls = read_json(folder / "config.json").get("_class_name")
     if cls != "UNet2DModel":
         raise ValueError(f"{folder}: unsupported _class_name {cls!r} for the UNet (expected 'UNet2DModel')")
-    return UNet2DModel.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False).eval()
+    return from_local_folder(UNet2DModel, folder).eval()
 
 
 def read_scheduler_config(folder: Path, allowed: tuple[str, ...] = DDIM_SCHEDULERS) -> dict[str, Any]:

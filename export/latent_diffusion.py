@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from genorigin.export.diffusion import _jsonable, read_json
+from genorigin.export.diffusion import _jsonable, from_local_folder, read_json
 from genorigin.export.generator import Generator, LatentSpec, UnitRangeOutput
 from genorigin.runtime.inversion import InversionSettings, image_key
 from torch import nn
@@ -145,11 +145,12 @@ def autoencoder_folder(path: str | Path) -> Path:
 
 
 def load_latent_diffusion(path: str | Path, *, name: str | None = None) -> LatentDiffusionModel:
-    """AutoencoderKL.from_pretrained on a local folder (a pipeline's vae/ or the autoencoder folder), offline."""
+    """AutoencoderKL.from_pretrained on a local folder (a pipeline's vae/ or the autoencoder folder), offline,
+    safetensors only."""
     from diffusers import AutoencoderKL
 
     folder = autoencoder_folder(path)
-    vae = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
+    vae = from_local_folder(AutoencoderKL, folder)
     return latent_diffusion_from_vae(vae, name=name or Path(path).name)
 
 

@@ -2,7 +2,7 @@
 
 PyTorch cannot export its own backward pass cleanly, so the gradient graph is derived from the exported
 forward instead: walk the forward nodes in reverse, emit each node's vector-Jacobian product with standard
-ops (rules in :mod:`genorigin.export.vjp_rules`) and accumulate contributions with ``Sum``. The result keeps
+ops (rules in :mod:`genorigin.export.vjp`) and accumulate contributions with ``Sum``. The result keeps
 the forward's weights and opset, so ONNX Runtime (CPU/CUDA) and TensorRT run it like any other model.
 
 Only differentiable data edges are followed: a tensor that depends on z only through ``Shape``, a
@@ -11,36 +11,36 @@ comparison or an integer op (diffusers timestep paths) is treated as a constant,
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import onnx
-from onnx import NodeProto, TensorProto, helper, numpy_helper
+from onnx import NodeProto, TensorProto, helper
 
-from .onnx_forward import infer_static_shapes
-from .vjp_rules import (
-    DYN,
-    FLOAT_TYPES,
-    NONDIFF_OPS,
-    RULES,
-    Dim,
-    Emitter,
-    UnsupportedOpError,
-    node_label,
-    op_label,
+from .onnx_graph import (
+    ConstTable,
+    all_names,
+    ancestors,
+    default_opset,
+    dim_proto,
+    fresh_name,
+    rename_in_node,
+    renamed,
+    renamed_tensor,
+    subgraph_inputs,
+    topological,
 )
+from .static_shapes import infer_static_shapes
+from .vjp import DYN, FLOAT_TYPES, NONDIFF_OPS, RULES, Dim, Emitter, UnsupportedOpError, supported_ops
+from .vjp.errors import NO_RULE_FIX, node_label, op_label, unsupported
+from .vjp.registry import nearest_supported
 
 __all__ = ["UnsupportedOpError", "build_loss_graph", "build_vjp_graph", "supported_ops"]
 
 LossKind = Literal["mse", "l1"]
 AUTODIFF_KEY = "genorigin.autodiff"
-
-
-def supported_ops() -> list[str]:
-    """Op types with a VJP rule (ops in the default ONNX domain)."""
-    return sorted(RULES)
 
 
 def build_vjp_graph(
@@ -57,13 +57,15 @@ def build_vjp_graph(
     """
     prep = _Prepared.from_model(forward, wrt, output)
     seed_name = prep.claim(f"g_{prep.output}")
+    if prep.output in prep.types:  # the seed has the output's type: constants built from it must match
+        prep.types[seed_name] = prep.types[prep.output]
     grad_name = prep.claim(f"g_{wrt}")
     emitter = prep.emitter()
     grad = _backprop(prep, emitter, prep.output, seed_name)
     emitter.nodes.append(helper.make_node("Identity", [grad], [grad_name], name=emitter.fresh("grad_out")))
     y_info = prep.value_info(prep.output)
-    inputs = [*prep.inputs(), _renamed(y_info, seed_name)]
-    outputs = [_renamed(prep.value_info(wrt), grad_name)]
+    inputs = [*prep.inputs(), renamed(y_info, seed_name)]
+    outputs = [renamed(prep.value_info(wrt), grad_name)]
     if include_forward_output:
         outputs.insert(0, y_info)
     return prep.assemble(emitter, inputs, outputs, {"kind": "vjp", "wrt": wrt, "output": prep.output})
@@ -95,14 +97,14 @@ def build_loss_graph(
     emitter.nodes.append(helper.make_node("Identity", [loss], [names["loss"]], name=emitter.fresh("loss_out")))
     emitter.nodes.append(helper.make_node("Identity", [grad], [names["grad_z"]], name=emitter.fresh("grad_out")))
     y_info = prep.value_info(prep.output)
-    target_info = _renamed(y_info, names["target"], elem_type=work_type)
-    batch = _dim_proto(y_info, 0)
+    target_info = renamed(y_info, names["target"], elem_type=work_type)
+    batch = dim_proto(y_info, 0)
     loss_info = helper.make_tensor_value_info(names["loss"], work_type, [batch])
-    outputs = [loss_info, _renamed(prep.value_info(wrt), names["grad_z"])]
+    outputs = [loss_info, renamed(prep.value_info(wrt), names["grad_z"])]
     if include_image:
         if image != prep.output:  # expose the forward output under the conventional name
             emitter.nodes.append(helper.make_node("Identity", [prep.output], [image], name=emitter.fresh("image")))
-        outputs.append(_renamed(y_info, image))
+        outputs.append(renamed(y_info, image))
     meta = {"kind": f"loss-{kind}", "wrt": wrt, "output": prep.output}
     return prep.assemble(emitter, [*prep.inputs(), target_info], outputs, meta)
 
@@ -123,7 +125,7 @@ class _Prepared:
     opset: int
     types: dict[str, int]
     dims: dict[str, tuple[Dim, ...] | None]
-    consts: _ConstTable
+    consts: ConstTable
     taken: set[str]
     renames: dict[str, str] = field(default_factory=dict)
 
@@ -138,13 +140,13 @@ class _Prepared:
         output = output or outputs[0]
         if output not in outputs:
             raise ValueError(f"{output!r} is not an output of the graph (outputs: {outputs})")
-        opset = _default_opset(model)
+        opset = default_opset(model)
         if opset < 13:
             raise ValueError(f"opset {opset} < 13 is not supported (re-export with a newer opset)")
         types, dims = _static_info(model)
-        nodes = _ancestors(_topological(graph), output)
-        taken = _all_names(graph)
-        return cls(model, wrt, output, nodes, opset, types, dims, _ConstTable(graph), taken)
+        nodes = ancestors(topological(graph), output)
+        taken = all_names(graph)
+        return cls(model, wrt, output, nodes, opset, types, dims, ConstTable(graph), taken)
 
     def emitter(self) -> Emitter:
         return Emitter(self.opset, self.types, self.dims, self.consts, self.taken, prefix="vjp")
@@ -155,8 +157,8 @@ class _Prepared:
         if name in {v.name for v in graph.input} or name == self.output:
             raise ValueError(f"the forward graph already has an input/output named {name!r}")
         if name in self.taken:
-            new = self.renames[name] = _fresh_name(f"{name}__fwd", self.taken)
-            self.nodes = [_rename_in_node(n, self.renames) for n in self.nodes]
+            new = self.renames[name] = fresh_name(f"{name}__fwd", self.taken)
+            self.nodes = [rename_in_node(n, self.renames) for n in self.nodes]
             for table in (self.types, self.dims):
                 if name in table:
                     table[new] = table.pop(name)  # type: ignore[attr-defined]
@@ -192,7 +194,7 @@ class _Prepared:
         used = {name for node in emitter.nodes for name in node.input}
         emitter.initializers = [t for t in emitter.initializers if t.name in used]
         initializers = [t for t in graph.initializer if t.name not in self.renames]
-        initializers += [_renamed_tensor(t, self.renames[t.name]) for t in graph.initializer if t.name in self.renames]
+        initializers += [renamed_tensor(t, self.renames[t.name]) for t in graph.initializer if t.name in self.renames]
         new_graph = helper.make_graph(
             [*self.nodes, *emitter.nodes],
             f"{graph.name or 'forward'}_{meta['kind']}",
@@ -229,61 +231,6 @@ def _check(model: onnx.ModelProto, forward: onnx.ModelProto) -> None:
         raise
 
 
-class _ConstTable(Mapping[str, np.ndarray]):
-    """Values of initializers and Constant outputs, converted lazily (weights are never copied)."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self._tensors = {t.name: t for t in graph.initializer}
-        self._nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.output}
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._cache:
-            if name in self._tensors:
-                self._cache[name] = numpy_helper.to_array(self._tensors[name])
-            elif name in self._nodes:
-                self._cache[name] = _constant_node_value(self._nodes[name])
-            else:
-                raise KeyError(name)
-        return self._cache[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._tensors or name in self._nodes
-
-    def alias(self, new: str, old: str) -> None:
-        """Follow a rename of a forward tensor."""
-        if old in self._tensors:
-            self._tensors[new] = self._tensors[old]
-        if old in self._nodes:
-            self._nodes[new] = self._nodes[old]
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._tensors
-        yield from self._nodes
-
-    def __len__(self) -> int:
-        return len(self._tensors) + len(self._nodes)
-
-
-def _constant_node_value(node: NodeProto) -> np.ndarray:
-    for a in node.attribute:
-        value = helper.get_attribute_value(a)
-        if a.name == "value":
-            return numpy_helper.to_array(value)
-        if a.name in ("value_float", "value_int"):
-            return np.asarray(value, dtype=np.float32 if a.name == "value_float" else np.int64)
-        if a.name in ("value_floats", "value_ints"):
-            return np.asarray(value, dtype=np.float32 if a.name == "value_floats" else np.int64)
-    raise KeyError(node.output[0])
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ("", "ai.onnx"):
-            return int(entry.version)
-    raise ValueError("the model imports no default-domain opset")
-
-
 def _static_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tuple[Dim, ...] | None]]:
     """Element types and dims; a dim that differs between batch 2 and 3 is marked DYN (batch-dependent)."""
     at2, at3 = infer_static_shapes(model, 2), infer_static_shapes(model, 3)
@@ -298,108 +245,6 @@ def _static_info(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, tupl
             a if a == b else (DYN if a is not None and b is not None else None) for a, b in zip(d2, d3, strict=True)
         )
     return types, dims
-
-
-def _topological(graph: onnx.GraphProto) -> list[NodeProto]:
-    """Nodes in dependency order (ONNX requires it, but not every producer honours it)."""
-    produced_by = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    order: list[NodeProto] = []
-    state = [0] * len(graph.node)  # 0 new, 1 in progress, 2 done
-    for start in range(len(graph.node)):
-        stack = [(start, False)]
-        while stack:
-            i, expanded = stack.pop()
-            if state[i] == 2 or (state[i] == 1 and not expanded):
-                continue
-            if expanded:
-                state[i] = 2
-                order.append(graph.node[i])
-                continue
-            state[i] = 1
-            stack.append((i, True))
-            for name in graph.node[i].input:
-                j = produced_by.get(name)
-                if j is not None and state[j] == 0:
-                    stack.append((j, False))
-    return order
-
-
-def _ancestors(nodes: list[NodeProto], output: str) -> list[NodeProto]:
-    """Forward nodes the output depends on (others are dropped from the gradient graph)."""
-    needed = {output}
-    kept: list[NodeProto] = []
-    for node in reversed(nodes):
-        if any(o in needed for o in node.output):
-            kept.append(node)
-            needed.update(node.input)
-            needed.update(_subgraph_inputs(node))
-    kept.reverse()
-    return kept
-
-
-def _subgraph_inputs(node: NodeProto) -> set[str]:
-    """Outer-scope names used inside If/Loop/Scan bodies."""
-    names: set[str] = set()
-    for a in node.attribute:
-        for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
-            for inner in sub.node:
-                names.update(inner.input)
-                names.update(_subgraph_inputs(inner))
-    return names
-
-
-def _all_names(graph: onnx.GraphProto) -> set[str]:
-    names = {v.name for v in [*graph.input, *graph.output, *graph.value_info]}
-    names.update(t.name for t in graph.initializer)
-    for node in graph.node:
-        names.update(node.input)
-        names.update(node.output)
-        names.add(node.name)
-    return names
-
-
-def _fresh_name(base: str, taken: set[str]) -> str:
-    name, k = base, 0
-    while name in taken:
-        k += 1
-        name = f"{base}{k}"
-    taken.add(name)
-    return name
-
-
-def _rename_in_node(node: NodeProto, renames: dict[str, str]) -> NodeProto:
-    if not any(n in renames for n in [*node.input, *node.output]):
-        return node
-    copy = NodeProto()
-    copy.CopyFrom(node)
-    copy.input[:] = [renames.get(n, n) for n in node.input]
-    copy.output[:] = [renames.get(n, n) for n in node.output]
-    return copy
-
-
-def _renamed_tensor(tensor: TensorProto, name: str) -> TensorProto:
-    copy = TensorProto()
-    copy.CopyFrom(tensor)
-    copy.name = name
-    return copy
-
-
-def _renamed(info: onnx.ValueInfoProto, name: str, elem_type: int | None = None) -> onnx.ValueInfoProto:
-    copy = onnx.ValueInfoProto()
-    copy.CopyFrom(info)
-    copy.name = name
-    del copy.metadata_props[:]
-    if elem_type is not None and copy.type.HasField("tensor_type"):
-        copy.type.tensor_type.elem_type = elem_type
-    return copy
-
-
-def _dim_proto(info: onnx.ValueInfoProto, axis: int) -> str | int | None:
-    dims = info.type.tensor_type.shape.dim
-    if axis >= len(dims):
-        return None
-    d = dims[axis]
-    return d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -417,7 +262,7 @@ def _active(prep: _Prepared) -> set[str]:
     for node in prep.nodes:
         if node.op_type in NONDIFF_OPS and node.domain in ("", "ai.onnx"):
             continue
-        if any(name in active for name in node.input if name) or _subgraph_inputs(node) & active:
+        if any(name in active for name in node.input if name) or subgraph_inputs(node) & active:
             active.update(o for o in node.output if o and _is_float(prep, o))
     return active
 
@@ -441,7 +286,11 @@ def _backprop(prep: _Prepared, emitter: Emitter, output: str, seed: str) -> str:
         if not any(o in pending for o in node.output):
             continue
         gys = [_accumulate(emitter, pending.pop(o)) if o in pending else None for o in node.output]
-        for name, g in zip(node.input, _apply_rule(emitter, node, gys, needed), strict=True):
+        try:
+            node_grads = _apply_rule(emitter, node, gys, needed)
+        except UnsupportedOpError as err:
+            raise err.with_path(_path_from_latent(prep, node)) from None
+        for name, g in zip(node.input, node_grads, strict=True):
             if g is not None and name in needed:
                 pending.setdefault(name, []).append(g)
     contributions = pending.pop(prep.wrt, [])
@@ -453,16 +302,46 @@ def _backprop(prep: _Prepared, emitter: Emitter, output: str, seed: str) -> str:
 def _apply_rule(emitter: Emitter, node: NodeProto, gys: list[str | None], needed: set[str]) -> list[str | None]:
     rule = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
     if rule is None:
-        raise UnsupportedOpError(op_label(node), node_label(node), "it lies on the differentiable path")
+        detail = "it lies on the differentiable path"
+        raise UnsupportedOpError(
+            op_label(node), node_label(node), detail, fix=NO_RULE_FIX, supported=nearest_supported(node.op_type)
+        )
     for i, name in enumerate(node.input):
         if i in rule.inert_inputs:
             continue
         if name in needed and rule.diff_inputs is not None and i not in rule.diff_inputs:
-            raise UnsupportedOpError(
-                op_label(node), node_label(node), f"gradient w.r.t. input {i} ({name!r}) is not supported"
-            )
+            raise unsupported(node, f"gradient w.r.t. input {i} ({name!r}) is not supported")
     grads = list(rule.fn(emitter, node, gys)) + [None] * len(node.input)
     return [None if i in rule.inert_inputs else g for i, g in enumerate(grads[: len(node.input)])]
+
+
+def _path_from_latent(prep: _Prepared, target: NodeProto, keep: int = 4) -> list[str]:
+    """The shortest chain of nodes from ``wrt`` to ``target`` along data edges, for error messages.
+
+    Long chains keep their first and last ``keep`` links: enough to find the node in the user's model.
+    """
+    consumers: dict[str, list[NodeProto]] = {}
+    for node in prep.nodes:
+        for name in set(node.input):
+            consumers.setdefault(name, []).append(node)
+    parent: dict[int, NodeProto | None] = {id(n): None for n in consumers.get(prep.wrt, [])}
+    queue = deque(consumers.get(prep.wrt, []))
+    while queue and id(target) not in parent:
+        node = queue.popleft()
+        for out in node.output:
+            for nxt in consumers.get(out, []):
+                if id(nxt) not in parent:
+                    parent[id(nxt)] = node
+                    queue.append(nxt)
+    chain: list[NodeProto] = []
+    current: NodeProto | None = target if id(target) in parent else None
+    while current is not None:
+        chain.append(current)
+        current = parent[id(current)]
+    labels = [prep.wrt] + [f"{n.op_type} {node_label(n)!r}" for n in reversed(chain)]
+    if len(labels) > 2 * keep + 1:
+        labels = [*labels[: keep + 1], f"… {len(labels) - 2 * keep - 1} more …", *labels[-keep:]]
+    return labels
 
 
 def _accumulate(emitter: Emitter, contributions: list[str]) -> str:
@@ -478,18 +357,18 @@ def _loss_nodes(prep: _Prepared, e: Emitter, target: str, kind: LossKind, work_t
     """Per-sample loss (N,) and its gradient w.r.t. the image, as in kernels/reference.py."""
     y = prep.output
     dims = prep.dims.get(y)
-    if dims is None:
-        raise ValueError(f"the rank of the output {y!r} is unknown")
     y_type = prep.types.get(y, TensorProto.FLOAT)
     y_work = y if y_type == work_type else e.op("Cast", [y], to=work_type)
     diff = e.op("Sub", [y_work, target])
     per_element = e.op("Mul", [diff, diff]) if kind == "mse" else e.op("Abs", [diff])
-    axes = list(range(1, len(dims)))
-    loss = e.reduce("ReduceMean", per_element, axes, keepdims=False)
+    if dims is None:  # rank unknown (a third-party graph inference cannot follow): mean over the flattened sample
+        loss = e.reduce("ReduceMean", e.op("Reshape", [per_element, e.ints([0, -1])]), [1], keepdims=False)
+    else:
+        loss = e.reduce("ReduceMean", per_element, list(range(1, len(dims))), keepdims=False)
     slope = diff if kind == "mse" else e.op("Sign", [diff])
     scale = 2.0 if kind == "mse" else 1.0
-    static = [d for d in dims[1:] if d is not None and d >= 0]
-    if len(static) == len(dims) - 1:
+    static = [d for d in dims[1:] if d is not None and d >= 0] if dims is not None else []
+    if dims is not None and len(static) == len(dims) - 1:
         gy = e.op("Mul", [slope, e.const(scale / float(np.prod(static, dtype=np.int64)), work_type)])
     else:
         count = e.op("Div", [e.op("Size", [y]), e.op("Gather", [e.shape_of(y), e.ints([0])], axis=0)])

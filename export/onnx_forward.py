@@ -1,14 +1,13 @@
-"""Export a generator's forward pass z → image to ONNX, and infer the static shapes the autodiff rules need.
+"""Export a generator's forward pass z → image to ONNX.
 
 The exported file is what every ONNX backend (ONNX Runtime CPU/CUDA, TensorRT) loads; the gradient graph is
 derived from it by :mod:`genorigin.export.onnx_autodiff`, so this module only has to produce a clean forward.
-``torch`` is imported lazily: shape inference must work where only ``onnx`` is installed.
+``torch`` is imported lazily.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import warnings
 from collections.abc import Iterator
@@ -26,13 +25,6 @@ log = logging.getLogger(__name__)
 
 TWO_GB = 2**31
 EXPORTER_KEY = "genorigin.exporter"
-# Initializers above this many elements are dropped before shape inference: only their shapes matter there.
-_SMALL_INITIALIZER = 4096
-
-Dim = int | None
-# Default-domain ops whose output 0 has the input's shape but that onnx.shape_inference leaves unshaped.
-_SAME_SHAPE_NO_INFERENCE = frozenset({"GroupNormalization", "MeanVarianceNormalization"})
-ShapeMap = dict[str, tuple[int, tuple[Dim, ...] | None]]
 
 
 def export_forward(
@@ -173,79 +165,3 @@ def _set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
             prop.value = value
             return
     model.metadata_props.add(key=key, value=value)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Static shapes
-# ---------------------------------------------------------------------------------------------------------
-
-
-def infer_static_shapes(model: onnx.ModelProto, batch: int) -> ShapeMap:
-    """Element type and shape of every tensor with the batch dimension of the graph inputs fixed to ``batch``.
-
-    Returns ``{name: (elem_type, dims)}``; ``dims`` is ``None`` when even the rank is unknown and a dim is
-    ``None`` when ONNX shape inference could not determine it. Large initializers are replaced by typed graph
-    inputs first, so this is cheap even for big models and never touches external data.
-    """
-    light = _shape_skeleton(model, batch)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
-    except onnx.shape_inference.InferenceError:  # data propagation is the fragile part; shapes still help
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
-    out: ShapeMap = {}
-    graph = inferred.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        parsed = _parse_value_info(info)
-        if parsed is not None:
-            out[info.name] = parsed
-    for tensor in model.graph.initializer:
-        out[tensor.name] = (tensor.data_type, tuple(int(d) for d in tensor.dims))
-    return out
-
-
-def _shape_skeleton(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    """A copy of ``model`` without big weights and with the leading dim of each real input set to ``batch``."""
-    graph = model.graph
-    init_names = {t.name for t in graph.initializer}
-    light = onnx.GraphProto(name=graph.name)
-    light.node.extend(_shape_stand_in(node) for node in graph.node)
-    for value in graph.output:  # declared output shapes may be symbolic: let inference recompute them
-        light.output.append(onnx.helper.make_tensor_value_info(value.name, value.type.tensor_type.elem_type, None))
-    for value in graph.input:
-        if value.name in init_names:
-            continue
-        fixed = copy.deepcopy(value)
-        dims = fixed.type.tensor_type.shape.dim
-        if fixed.type.HasField("tensor_type") and len(dims) > 0 and not dims[0].HasField("dim_value"):
-            dims[0].Clear()
-            dims[0].dim_value = batch
-        light.input.append(fixed)
-    for tensor in graph.initializer:
-        count = int(np.prod(tensor.dims)) if tensor.dims else 1
-        if count <= _SMALL_INITIALIZER and tensor.data_location != TensorProto.EXTERNAL:
-            light.initializer.append(tensor)
-        else:
-            light.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
-    skeleton = onnx.ModelProto()
-    skeleton.ir_version = model.ir_version
-    skeleton.opset_import.extend(model.opset_import)
-    skeleton.functions.extend(model.functions)
-    skeleton.graph.CopyFrom(light)
-    return skeleton
-
-
-def _shape_stand_in(node: onnx.NodeProto) -> onnx.NodeProto:
-    """ONNX has no shape inference for some shape-preserving ops; an Identity has the same output shape."""
-    if node.op_type in _SAME_SHAPE_NO_INFERENCE and node.domain in ("", "ai.onnx") and node.input:
-        return onnx.helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name)
-    return node
-
-
-def _parse_value_info(info: onnx.ValueInfoProto) -> tuple[int, tuple[Dim, ...] | None] | None:
-    if not info.type.HasField("tensor_type"):
-        return None
-    tensor_type = info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return tensor_type.elem_type, None
-    dims: list[Dim] = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-    return tensor_type.elem_type, tuple(dims)

@@ -3,14 +3,18 @@
 A package is a folder:
 
     manifest.json      latent spec, image size/range, opset, graph files + SHA-256 + I/O names,
-                       source model fingerprint, genorigin version
+                       source model fingerprint (provenance), export validation errors, genorigin version
     forward.onnx       z → image in [0, 1]
     vjp.onnx           (z, g_image) → (image, g_z)      for GPU loops with a custom loss kernel
     loss_mse.onnx      (z, target) → (loss, grad_z)      for the CPU loop
     calibration.json   written by `genorigin calibrate` once the package is calibrated
 
-Loading validates the manifest schema, every hash and every graph (onnx.checker) and fails with one clear
-message on a tampered, incomplete or mismatched package.
+Export validates the gradient graphs numerically before anything is written (:mod:`.validate`). Loading
+validates the manifest schema, every hash and every graph (onnx.checker), refuses graph files that are
+symlinks or lie outside the folder, checks the latent and image shapes against the forward graph, and fails
+with one clear message on a tampered, incomplete or mismatched package. The package's identity (what a
+calibration is bound to) is a fingerprint of the graph files' bytes computed at load time, never a value
+read from the manifest, so a rewritten graph with rewritten hashes cannot pass for the genuine model.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +34,12 @@ import torch
 from genorigin.export.generator import Generator, LatentSpec
 from genorigin.export.onnx_autodiff import build_loss_graph, build_vjp_graph
 from genorigin.export.onnx_forward import export_forward
+from genorigin.export.static_shapes import infer_static_shapes
+from genorigin.export.validate import Validator, validate_against_module, validate_by_finite_differences
 from onnx import helper
 
 from genorigin import __version__
+from genorigin.files import atomic_write_text, chmod_as_created, sha256_file
 
 PACKAGE_FORMAT = "genorigin-package-v1"
 MANIFEST = "manifest.json"
@@ -42,14 +49,6 @@ GRAPH_FILES = {"forward": "forward.onnx", "vjp": "vjp.onnx", "loss_mse": "loss_m
 
 class PackageError(ValueError):
     """The folder is not a valid, untampered attribution package."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _io_names(model: onnx.ModelProto) -> dict[str, list[str]]:
@@ -76,8 +75,12 @@ def write_package(
     source: dict[str, Any],
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    validate: Validator | None = None,
 ) -> Path:
-    """Derive the gradient graphs from ``forward`` and write the package folder atomically."""
+    """Derive the gradient graphs from ``forward`` and write the package folder atomically.
+
+    ``validate`` checks the staged graphs numerically; past its tolerance it raises and nothing is written.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (use --force to replace it)")
@@ -86,30 +89,44 @@ def write_package(
     graphs = {"forward": forward, "vjp": build_vjp_graph(forward, wrt="z", include_forward_output=True)}
     say("building the loss graph")
     graphs["loss_mse"] = build_loss_graph(forward, wrt="z", kind="mse")
-    staging = Path(tempfile.mkdtemp(prefix=".genorigin-pkg-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # staging beside the target: the final rename stays atomic
+    staging = Path(tempfile.mkdtemp(prefix=".genorigin-pkg-", dir=out.parent))
+    try:
+        manifest = {
+            "format": PACKAGE_FORMAT,
+            "genorigin_version": __version__,
+            "name": name,
+            "latent": latent.to_dict(),
+            "image": {"channels": channels, "height": image_size[0], "width": image_size[1], "range": [0.0, 1.0]},
+            "opset": _opset(forward),
+            "graphs": _write_graphs(graphs, staging, say),
+            "source": {"fingerprint": source_fingerprint, **source},
+        }
+        if validate is not None:
+            say("validating the gradient graphs")
+            report = validate({key: staging / GRAPH_FILES[key] for key in graphs})
+            manifest["validation"] = report.check(name).to_dict()
+        atomic_write_text(staging / MANIFEST, json.dumps(manifest, indent=1))
+        chmod_as_created(staging, directory=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out
+
+
+def _write_graphs(graphs: Mapping[str, onnx.ModelProto], folder: Path, say: Callable[[str], None]) -> dict:
+    """Save and check each graph; returns the manifest's ``graphs`` entries."""
     entries = {}
     for key, model in graphs.items():
         say(f"writing {GRAPH_FILES[key]}")
-        path = staging / GRAPH_FILES[key]
+        path = folder / GRAPH_FILES[key]
         onnx.save_model(model, path)
         onnx.checker.check_model(str(path))
         entries[key] = {"file": GRAPH_FILES[key], "sha256": sha256_file(path), **_io_names(model)}
-    manifest = {
-        "format": PACKAGE_FORMAT,
-        "genorigin_version": __version__,
-        "name": name,
-        "latent": latent.to_dict(),
-        "image": {"channels": channels, "height": image_size[0], "width": image_size[1], "range": [0.0, 1.0]},
-        "opset": _opset(forward),
-        "graphs": entries,
-        "source": {"fingerprint": source_fingerprint, **source},
-    }
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
-    return out
+    return entries
 
 
 def export_generator(
@@ -118,11 +135,18 @@ def export_generator(
     *,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    validation_tolerance: float | None = None,
 ) -> Path:
-    """A PyTorch generator → attribution package (forward exported with a dynamic batch)."""
+    """A PyTorch generator → attribution package (forward exported with a dynamic batch).
+
+    The gradient graphs are checked against the module and torch.autograd before anything is written
+    (tolerance :data:`genorigin.export.validate.MODULE_TOLERANCE` unless ``validation_tolerance`` is given).
+    """
     if generator.module is None:
         raise ValueError(f"generator {generator.name!r} has no PyTorch module to export")
     say = progress or (lambda _msg: None)
+    module = generator.module
+    image_shape = (generator.channels, *generator.image_size)
     with tempfile.TemporaryDirectory() as tmp:
         say("exporting the forward graph")
         example = torch.zeros((2, *generator.latent.shape))
@@ -138,6 +162,9 @@ def export_generator(
         source={"kind": "torch", "family": generator.family, "config": generator.config},
         overwrite=overwrite,
         progress=progress,
+        validate=lambda graphs: validate_against_module(
+            graphs, module, generator.latent, image_shape, tolerance=validation_tolerance
+        ),
     )
 
 
@@ -149,11 +176,14 @@ def export_onnx_file(
     name: str | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
+    validation_tolerance: float | None = None,
 ) -> Path:
     """A third-party ONNX generator (one latent input, one image output) → attribution package.
 
     The output is rescaled to [0, 1] inside the graph; the latent shape comes from the graph's input
-    (its batch dimension may be symbolic; other dimensions must be static).
+    (its batch dimension may be symbolic; other dimensions must be static). With no module to compare with,
+    grad_z is checked against finite differences of the forward graph before anything is written
+    (tolerance :data:`genorigin.export.validate.FINITE_DIFFERENCE_TOLERANCE` unless given).
     """
     path = Path(path)
     try:
@@ -172,17 +202,22 @@ def export_onnx_file(
     if len(image_dims) != 3:
         raise ValueError(f"{path}: image output must be N×C×H×W, got a batch of shape {image_dims}")
     forward = _normalised_forward(model, io["inputs"][0], io["outputs"][0], output_range)
+    latent = LatentSpec(tuple(latent_dims))
+    image_shape = (image_dims[0], image_dims[1], image_dims[2])
     return write_package(
         forward,
         out,
         name=name or path.stem,
-        latent=LatentSpec(tuple(latent_dims)),
+        latent=latent,
         channels=image_dims[0],
         image_size=(image_dims[1], image_dims[2]),
         source_fingerprint=sha256_file(path),
         source={"kind": "onnx", "file": path.name, "output_range": list(output_range)},
         overwrite=overwrite,
         progress=progress,
+        validate=lambda graphs: validate_by_finite_differences(
+            graphs, latent, image_shape, tolerance=validation_tolerance
+        ),
     )
 
 
@@ -229,12 +264,13 @@ def _normalised_forward(
     return model
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttributionPackage:
-    """A validated package folder."""
+    """A validated package folder; ``fingerprint`` identifies the model by the graph files' bytes."""
 
     root: Path
     manifest: dict[str, Any]
+    fingerprint: str
 
     def graph_path(self, key: str) -> Path:
         return self.root / self.manifest["graphs"][key]["file"]
@@ -244,7 +280,9 @@ class AttributionPackage:
         return self.root / CALIBRATION
 
     @property
-    def fingerprint(self) -> str:
+    def source_fingerprint(self) -> str:
+        """The exported model's fingerprint as recorded at export: provenance, not identity (the manifest is
+        not authenticated)."""
         return str(self.manifest["source"]["fingerprint"])
 
     @property
@@ -262,21 +300,60 @@ class AttributionPackage:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PackageError(f"{manifest_path}: not valid JSON ({exc})") from exc
         _check_schema(manifest, manifest_path)
-        for key, entry in manifest["graphs"].items():
-            path = root / entry["file"]
-            if not path.is_file():
-                raise PackageError(f"{root}: graph {key!r} file {entry['file']} is missing")
-            if sha256_file(path) != entry["sha256"]:
-                raise PackageError(f"{path}: SHA-256 does not match the manifest (file changed after export)")
-            try:
-                onnx.checker.check_model(str(path))
-                model = onnx.load(str(path), load_external_data=False)
-            except Exception as exc:
-                raise PackageError(f"{path}: invalid ONNX graph ({type(exc).__name__}: {exc})") from exc
-            names = _io_names(model)
-            if names["inputs"] != entry["inputs"] or names["outputs"] != entry["outputs"]:
-                raise PackageError(f"{path}: inputs/outputs {names} differ from the manifest")
-        return cls(root, manifest)
+        digests = {key: _check_graph(root, key, entry) for key, entry in manifest["graphs"].items()}
+        package = cls(root, manifest, content_fingerprint(digests))
+        _check_shapes(package)
+        return package
+
+
+def content_fingerprint(digests: Mapping[str, str]) -> str:
+    """The model identity of a package: SHA-256 over its graph files' own SHA-256 digests, by role."""
+    h = hashlib.sha256(PACKAGE_FORMAT.encode())
+    for key in sorted(digests):
+        h.update(f"\n{key}={digests[key]}".encode())
+    return h.hexdigest()
+
+
+def _check_graph(root: Path, key: str, entry: Mapping[str, Any]) -> str:
+    """One graph file: inside the folder, not a symlink, hash and I/O names as recorded, valid ONNX.
+
+    Returns the SHA-256 of its bytes (computed here, not read from the manifest).
+    """
+    path = root / entry["file"]
+    if path.is_symlink() or path.resolve().parent != root.resolve():
+        raise PackageError(f"{path}: graph {key!r} is a symlink or lies outside the package (refused)")
+    if not path.is_file():
+        raise PackageError(f"{root}: graph {key!r} file {entry['file']} is missing")
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise PackageError(f"{path}: SHA-256 does not match the manifest (file changed after export)")
+    try:
+        onnx.checker.check_model(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise PackageError(f"{path}: invalid ONNX graph ({type(exc).__name__}: {exc})") from exc
+    names = _io_names(model)
+    if names["inputs"] != entry["inputs"] or names["outputs"] != entry["outputs"]:
+        raise PackageError(f"{path}: inputs/outputs {names} differ from the manifest")
+    return digest
+
+
+def _check_shapes(package: AttributionPackage) -> None:
+    """The manifest's latent and image shapes must be the forward graph's (a wrong manifest would make every
+    image fail preparation, or silently compare images at the wrong size)."""
+    path = package.graph_path("forward")
+    forward = onnx.load(str(path), load_external_data=False)
+    z_info = next(v for v in forward.graph.input if v.name == "z")
+    declared = [d.dim_value if d.HasField("dim_value") else None for d in z_info.type.tensor_type.shape.dim][1:]
+    latent = list(package.latent.shape)
+    if len(declared) != len(latent) or any(d is not None and d != s for d, s in zip(declared, latent)):
+        raise PackageError(f"{path}: the graph's latent is {declared}, the manifest says {latent}")
+    image = package.manifest["image"]
+    expected = [image["channels"], image["height"], image["width"]]
+    dims = infer_static_shapes(forward, 1).get("image", (0, None))[1]
+    made = list(dims[1:]) if dims is not None and None not in dims else _probe_output_shape(path, "z", latent)
+    if made != expected:
+        raise PackageError(f"{path}: the graph makes {made} (C, H, W) images, the manifest says {expected}")
 
 
 _SCHEMA: dict[str, type | tuple[type, ...]] = {

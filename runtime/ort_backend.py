@@ -94,7 +94,8 @@ class OrtBackend(Backend):
 
 
 def package_generator(package: AttributionPackage, threads: int | None = None) -> Generator:
-    """The Generator view of a package: latent, image size and fingerprint from the manifest, render via ORT."""
+    """The Generator view of a package: latent and image size from the manifest, render via ORT, and as its
+    identity the fingerprint of the graph files' bytes (so a calibration follows the graphs, not the manifest)."""
     session = make_session(str(package.graph_path("forward")), "cpu", threads)
     image = package.manifest["image"]
 

@@ -168,3 +168,12 @@ def test_unsupported_folders_name_what_is_missing(folders: dict[str, Path], tmp_
         load_model_path(folders["bare_unet"])
     with pytest.raises(ValueError, match="not a folder"):
         load_model_path(tmp_path / "missing")
+
+
+def test_pickled_only_unet_is_refused(tmp_path: Path) -> None:
+    """diffusers would unpickle a .bin file (running its code); genorigin loads safetensors only."""
+    pipe = diffusers.DDIMPipeline(unet=tiny_unet(4), scheduler=diffusers.DDIMScheduler(prediction_type="sample"))
+    pipe.save_pretrained(tmp_path / "ddim", safe_serialization=False)
+    with pytest.raises(ValueError, match=r"unet: holds only pickled weights \(diffusion_pytorch_model\.bin\)") as info:
+        load_model_path(tmp_path / "ddim", num_steps=2)
+    assert len(str(info.value).splitlines()) == 1

@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
 
+from genorigin.export.bundled import load_bundled  # noqa: E402
 from genorigin.export.generator import Generator  # noqa: E402
 from genorigin.export.model_folders import load_model_path  # noqa: E402
-from genorigin.export.package import AttributionPackage, export_generator  # noqa: E402
+from genorigin.export.package import AttributionPackage, export_generator, export_onnx_file  # noqa: E402
 from genorigin.export.stylegan import StyleGANConfig, random_stylegan  # noqa: E402
+from genorigin.export.tensorrt_ops import TENSORRT_VERSION, ops_outside_tensorrt  # noqa: E402
 from genorigin.runtime.backend import TorchBackend  # noqa: E402
 from genorigin.runtime.ort_backend import OrtBackend  # noqa: E402
+from helpers import UnflattenDecoder, assert_static_gradient_graph, export_legacy_onnx  # noqa: E402
 
 
 def _unet(seed: int) -> torch.nn.Module:
@@ -68,3 +72,27 @@ def test_gradient_graph_matches_autograd(packages, family):
     assert np.abs(lo - lt.numpy()).max() <= 1e-5 * np.abs(lt.numpy()).max()
     assert np.linalg.norm(go - gt.numpy()) <= 1e-5 * np.linalg.norm(gt.numpy())
     assert json.loads((pkg.root / "manifest.json").read_text())["source"]["fingerprint"] == gen.fingerprint()
+
+
+@pytest.fixture(scope="module")
+def every_package(packages, tmp_path_factory):
+    """The four families above plus the bundled DCGAN and VAE and a legacy-exporter third-party ONNX file."""
+    root = tmp_path_factory.mktemp("more-families")
+    out = {name: pkg for name, (_, pkg) in packages.items()}
+    for name in ("dcgan_a", "vae"):
+        out[name] = AttributionPackage.load(export_generator(load_bundled(name), root / f"{name}.pkg"))
+    torch.manual_seed(4)
+    legacy = export_legacy_onnx(UnflattenDecoder(), root / "legacy.onnx")
+    out["legacy-onnx"] = AttributionPackage.load(export_onnx_file(legacy, root / "legacy.pkg"))
+    return out
+
+
+@pytest.mark.parametrize("graph", ["vjp", "loss_mse"])
+@pytest.mark.parametrize(
+    "family", ["dcgan_a", "vae", "ddim-k2", "consistency", "autoencoder-kl", "stylegan-z", "legacy-onnx"]
+)
+def test_gradient_graphs_only_use_tensorrt_ops(every_package, family, graph):
+    """TensorRT parses every op and no shape depends on data (no NonZero, constant reduction axes)."""
+    model = onnx.load(every_package[family].graph_path(graph))
+    assert not ops_outside_tensorrt(model), f"not in TensorRT {TENSORRT_VERSION}'s ONNX operator list"
+    assert_static_gradient_graph(model)

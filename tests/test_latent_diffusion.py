@@ -185,3 +185,12 @@ def test_cli_on_a_diffusers_folder_with_each_method(folders: dict[str, Path], tm
     # a folder that is no model gets a message naming what is missing
     assert main(["calibrate", "--model", str(tmp_path / "images"), "--samples", "4"]) == 2
     assert "no model_index.json or config.json" in capsys.readouterr().err
+
+
+def test_pickled_only_autoencoder_is_refused(tmp_path: Path) -> None:
+    """diffusers would unpickle a .bin file (running its code); genorigin loads safetensors only."""
+    tiny_vae(2).save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert not list((tmp_path / "pickled").glob("*.safetensors"))
+    with pytest.raises(ValueError, match=r"pickled.*only pickled weights \(diffusion_pytorch_model\.bin\)") as info:
+        load_latent_diffusion(tmp_path / "pickled")
+    assert len(str(info.value).splitlines()) == 1

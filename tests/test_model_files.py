@@ -44,3 +44,14 @@ def test_cli_reports_bad_model_in_one_line(tmp_path, capsys):
     assert err.startswith("error:") and "garbage.pt" in err and len(err.splitlines()) == 1
     assert main(["calibrate", "--model", "no_such_model", "--samples", "4"]) == 2
     assert "neither a bundled model" in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_one_line_naming_file_and_key(tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({"format": "genorigin-bundled-v1", "kind": "dcgan", "config": {**DCGANConfig().to_dict(), "depth": 7},
+                "state_dict": DCGANGenerator().state_dict()}, path)  # fmt: skip
+    with pytest.raises(ValueError) as info:
+        load_generator_file(path)
+    message = str(info.value)
+    assert type(info.value) is ValueError and str(path) in message and "'depth'" in message
+    assert "unknown config key" in message and len(message.splitlines()) == 1

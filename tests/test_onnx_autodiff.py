@@ -13,6 +13,7 @@ reductions over at most a few hundred terms stays well below 1e-6, and 1e-5 leav
 
 from __future__ import annotations
 
+import ast
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,9 +27,11 @@ import torch
 import torch.nn.functional as F
 from genorigin.export import onnx_forward
 from genorigin.export.architectures import DCGANGenerator, VAEConfig, VAEDecoder
-from genorigin.export.onnx_autodiff import UnsupportedOpError, build_loss_graph, build_vjp_graph
+from genorigin.export.onnx_autodiff import UnsupportedOpError, build_loss_graph, build_vjp_graph, supported_ops
 from genorigin.export.onnx_forward import export_forward
+from genorigin.export.vjp import RULES, DuplicateRuleError, rule
 from genorigin.kernels.reference import loss_and_grad
+from helpers import assert_static_gradient_graph
 from onnx import TensorProto, helper, numpy_helper
 
 TOL64 = 1e-9
@@ -928,16 +931,123 @@ def test_bad_arguments() -> None:
         build_loss_graph(model, kind="huber")  # type: ignore[arg-type]
 
 
-def test_unbroadcast_with_unknown_static_shape() -> None:
-    """When shape inference cannot size an operand, broadcast axes are found at runtime."""
-    c = randn(2, 3, 4, seed=9)
+def opaque_batch_shape(tail: Sequence[int], out: str = "di") -> tuple[list[onnx.NodeProto], dict[str, np.ndarray]]:
+    """Nodes computing the shape (batch of z, *tail) whose values neither shape inference nor constant folding can
+    see (Ceil stops ONNX data propagation; the batch comes from z, so nothing is constant)."""
     nodes = [
-        node("Cast", ["dims"], "df", to=TensorProto.FLOAT),
-        node("Ceil", ["df"], "dc"),  # opaque to ONNX data propagation: the Reshape's dims stay unknown
-        node("Cast", ["dc"], "di", to=TensorProto.INT64),
-        node("Reshape", ["z", "di"], "r"),
-        node("Mul", ["r", "c"]),
+        node("Shape", ["z"], "zs"),
+        node("Gather", ["zs", "zero"], "zn", axis=0),
+        node("Concat", ["zn", "tail"], "full", axis=0),
+        node("Cast", ["full"], "df", to=TensorProto.FLOAT),
+        node("Ceil", ["df"], "dc"),
+        node("Cast", ["dc"], out, to=TensorProto.INT64),
     ]
-    model = make_model(nodes, (2, 4), inits={"dims": np.array([2, 1, 4], np.int64), "c": c})
-    assert "NonZero" in {n.op_type for n in build_vjp_graph(model).graph.node}
+    return nodes, {"zero": np.array([0], np.int64), "tail": np.array(list(tail), np.int64)}
+
+
+def test_unbroadcast_with_unknown_static_shape() -> None:
+    """When shape inference cannot size an operand, its size-1 axes are found at runtime, yet the gradient
+    graph keeps static shapes: no NonZero, no reduction over run-time axes (TensorRT, CUDA graphs)."""
+    c = randn(2, 3, 4, seed=9)
+    shape_nodes, inits = opaque_batch_shape([1, 4])
+    nodes = [*shape_nodes, node("Reshape", ["z", "di"], "r"), node("Mul", ["r", "c"])]
+    model = make_model(nodes, (2, 4), inits={**inits, "c": c})
+    assert_static_gradient_graph(build_vjp_graph(model))
     check_twin(model, randn(2, 4), lambda t: t.reshape(2, 1, 4) * t64(c), TOL64)
+
+
+def test_scalar_scaling_of_an_output_of_unknown_rank() -> None:
+    """genorigin appends (y − low)/span to third-party graphs: with scalar operands no rank is needed, and the
+    loss head averages the flattened sample, so graphs whose output rank inference cannot find still work."""
+    shape = helper.make_tensor_value_info("shape", TensorProto.INT64, [None])  # its length is unknown: so is the rank
+    nodes = [node("Reshape", ["z", "shape"], "r"), node("Tanh", ["r"], "t"), node("Sub", ["t", "low"], "s"),
+             node("Div", ["s", "span"], "y")]  # fmt: skip
+    model = make_model(nodes, ("N", 8), dtype=f32, inits={"low": np.array(-1.0), "span": np.array(2.0)})
+    model.graph.input.append(shape)
+    z, gy = randn(2, 8, dtype=f32), randn(2, 2, 2, 2, seed=1, dtype=f32)
+    feeds = {"z": z, "shape": np.array([2, 2, 2, 2], np.int64)}
+    zt = torch.tensor(z, requires_grad=True)
+    image = (torch.tanh(zt.reshape(2, 2, 2, 2)) + 1) / 2
+    (_, gz) = session(build_vjp_graph(model)).run(None, {**feeds, "g_y": gy})
+    (ref,) = torch.autograd.grad(image, zt, torch.tensor(gy), retain_graph=True)
+    assert rel(gz, ref) <= TOL32
+    target = randn(2, 2, 2, 2, seed=2, dtype=f32)
+    loss, grad_z = session(build_loss_graph(model)).run(None, {**feeds, "target": target})
+    ref_loss, g_image = loss_and_grad(image.detach(), torch.tensor(target))
+    (ref_grad,) = torch.autograd.grad(image, zt, g_image)
+    assert rel(loss, ref_loss) <= TOL32 and rel(grad_z, ref_grad) <= TOL32
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (e) The rule table: coverage, duplicates, what an unsupported graph is told
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _ops_with_cases() -> set[str]:
+    """Op types of the nodes this module's tests differentiate: literal ``node("Op", …)`` calls and the values
+    of parametrized ``op`` arguments, read from this file."""
+    ops: set[str] = set()
+    for call in ast.walk(ast.parse(Path(__file__).read_text())):
+        if not isinstance(call, ast.Call):
+            continue
+        callee = getattr(call.func, "id", getattr(call.func, "attr", ""))
+        if callee in ("node", "make_node") and call.args and isinstance(call.args[0], ast.Constant):
+            ops.add(call.args[0].value)
+        if callee == "parametrize" and isinstance(call.args[0], ast.Constant):
+            names = [name.strip() for name in call.args[0].value.split(",")]
+            if "op" in names:
+                values = eval(compile(ast.Expression(call.args[1]), __file__, "eval"), globals())
+                ops.update(v if len(names) == 1 else v[names.index("op")] for v in values)
+    return ops
+
+
+def test_every_supported_op_has_a_gradient_case() -> None:
+    missing = sorted(set(supported_ops()) - _ops_with_cases())
+    assert not missing, f"VJP rules without a gradient test case in this file: {missing}"
+
+
+def test_registering_an_op_twice_raises() -> None:
+    before = dict(RULES)
+
+    def fn(e: Any, n: Any, gys: list) -> list:
+        return gys
+
+    with pytest.raises(DuplicateRuleError, match="'Tanh' already has a VJP rule"):
+        rule("Tanh")(fn)
+    with pytest.raises(DuplicateRuleError, match="'Shape' is listed as never carrying a gradient"):
+        rule("Shape")(fn)
+    with pytest.raises(DuplicateRuleError):
+        rule("NotAnOnnxOp", "Sigmoid")(fn)  # all or nothing: the new op is not registered either
+    assert dict(RULES) == before
+
+
+def test_unsupported_op_error_gives_path_fix_and_nearest_ops() -> None:
+    nodes = [
+        helper.make_node("Tanh", ["z"], ["t"], name="tanh1"),
+        helper.make_node("Sin", ["z"], ["s"], name="sin1"),
+        helper.make_node("Mul", ["t", "s"], ["m"], name="mul1"),
+        helper.make_node("LpNormalization", ["m"], ["c"], name="my_lpnorm"),
+        node("Sin", ["c"]),
+    ]
+    with pytest.raises(UnsupportedOpError) as info:
+        build_vjp_graph(make_model(nodes, (2, 3)))
+    err = info.value
+    assert err.path == ["z", "Tanh 'tanh1'", "Mul 'mul1'", "LpNormalization 'my_lpnorm'"]
+    assert sorted(err.supported) == supported_ops() and err.supported[0].endswith("Normalization")
+    message = str(err)
+    assert "z → Tanh 'tanh1' → Mul 'mul1' → LpNormalization 'my_lpnorm'" in message
+    assert "fix: rewrite that part of the model with supported ops" in message and "\n" not in message
+
+
+def test_unknown_shape_error_names_the_users_node_and_the_fix() -> None:
+    """A shape that inference cannot follow: the message says which node needs it and how to re-export."""
+    shape_nodes, inits = opaque_batch_shape([2, 2, 2])
+    nodes = [
+        *shape_nodes,
+        helper.make_node("Reshape", ["z", "di"], ["r"], name="user_reshape"),
+        helper.make_node("Conv", ["r", "w"], ["y"], name="user_conv"),
+    ]
+    inits["w"] = randn(1, 2, 1, 1)
+    with pytest.raises(UnsupportedOpError, match=r"node 'user_conv'.*z → Reshape 'user_reshape' → Conv 'user_conv'.*"
+                       r"fix: re-export the model with static non-batch shapes"):  # fmt: skip
+        build_vjp_graph(make_model(nodes, (1, 8), dtype=f32, inits=inits))

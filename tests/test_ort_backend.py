@@ -8,11 +8,12 @@ import onnx
 import pytest
 import torch
 from genorigin.export.package import AttributionPackage, PackageError, export_generator, export_onnx_file
+from genorigin.kernels.reference import loss_and_grad
 from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.backend import TorchBackend
 from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.runtime.ort_backend import OrtBackend, make_session, package_generator
-from helpers import TinyDecoder, tiny_generator
+from helpers import TinyDecoder, UnflattenDecoder, assert_static_gradient_graph, export_legacy_onnx, tiny_generator
 
 SETTINGS = InversionSettings(steps=200, lr=0.05, restarts=2)
 
@@ -67,8 +68,7 @@ def test_ort_loop_and_torch_loop_agree(exported):
     sched = Schedule(batch_size=4, check_every=25, early_exit=False)
     torch_att = Attributor(gen, settings=SETTINGS, schedule=sched)
     cal = torch_att.calibrate(n=10)
-    ort_att = Attributor(package_generator(pkg), backend=OrtBackend(pkg), settings=SETTINGS, schedule=sched,
-                         calibration=cal)  # fmt: skip
+    ort_att = Attributor(gen, backend=OrtBackend(pkg), settings=SETTINGS, schedule=sched, calibration=cal)
     a, b = torch_att.attribute(images), ort_att.attribute(images)
     assert [r.verdict for r in a] == [r.verdict for r in b]
     assert [r.verdict for r in a[4:]] == ["non-belonging"] * 4
@@ -117,6 +117,27 @@ def test_third_party_onnx_generator(tmp_path):
     noise = np.random.default_rng(4).random((2, 3, 8, 8)).astype(np.float32)
     res = att.attribute(np.concatenate([own, noise]))
     assert max(r.loss for r in res[:2]) * 20 < min(r.loss for r in res[2:])
+
+
+def test_legacy_export_with_unflatten_differentiates(tmp_path):
+    """The legacy exporter writes nn.Unflatten as constant shape arithmetic ONNX inference cannot follow; the
+    package still exports (genorigin's own output scaling included) and its gradient matches autograd."""
+    torch.manual_seed(5)
+    module = UnflattenDecoder().eval()
+    path = export_legacy_onnx(module, tmp_path / "unflatten.onnx")
+    pkg = AttributionPackage.load(export_onnx_file(path, tmp_path / "unflatten.pkg", output_range=(-1.0, 1.0)))
+    for key in ("vjp", "loss_mse"):
+        assert_static_gradient_graph(onnx.load(pkg.graph_path(key)))
+    rng = np.random.default_rng(6)
+    z = rng.standard_normal((3, 8)).astype(np.float32)
+    x = rng.random((3, 3, 8, 8)).astype(np.float32)
+    loss, grad = OrtBackend(pkg).loss_and_grad(z, x)
+    zt = torch.from_numpy(z).requires_grad_(True)
+    image = (module(zt) + 1.0) / 2.0
+    ref_loss, g_image = loss_and_grad(image.detach(), torch.from_numpy(x))
+    (ref_grad,) = torch.autograd.grad(image, zt, g_image)
+    assert np.abs(loss - ref_loss.numpy()).max() <= 1e-5 * np.abs(ref_loss.numpy()).max()
+    assert np.linalg.norm(grad - ref_grad.numpy()) <= 1e-5 * np.linalg.norm(ref_grad.numpy())
 
 
 def test_bad_onnx_file_and_cuda_fallback_raise(tmp_path):

@@ -48,7 +48,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        chmod_as_created(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -59,6 +59,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def chmod_as_created(path: str | Path, *, directory: bool = False) -> None:
+    """Give ``path`` the mode a plain ``open``/``mkdir`` would have given it: 0o666/0o777 minus the umask.
+
+    ``mkstemp``/``mkdtemp`` (used to stage outputs atomically) create 0600/0700, which would silently hide a
+    package or calibration from the other users the umask grants access to.
+    """
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
 def _umask() -> int:

@@ -49,7 +49,7 @@ class ResolvedModel:
             if not (path / "manifest.json").exists():
                 export_generator(self.generator, path, overwrite=True)
             self._package = AttributionPackage.load(path)
-            if self._package.fingerprint != self.generator.fingerprint():
+            if self._package.source_fingerprint != self.generator.fingerprint():
                 raise ValueError(f"{path}: package was exported from another model")
         return self._package
 
