@@ -39,7 +39,7 @@ from genorigin.export.validate import Validator, validate_against_module, valida
 from onnx import helper
 
 from genorigin import __version__
-from genorigin.files import atomic_write_text, chmod_as_created, sha256_file
+from genorigin.files import atomic_write_bytes, atomic_write_text, chmod_as_created, sha256_file
 
 PACKAGE_FORMAT = "genorigin-package-v1"
 MANIFEST = "manifest.json"
@@ -289,6 +289,11 @@ class AttributionPackage:
     def latent(self) -> LatentSpec:
         return LatentSpec.from_dict(self.manifest["latent"])
 
+    def attachment(self, role: str) -> Path | None:
+        """A checked file that travels with the package but is not the model (the encoder), or None."""
+        entry = self.manifest.get("attachments", {}).get(role)
+        return None if entry is None else self.root / entry["file"]
+
     @classmethod
     def load(cls, root: str | Path) -> AttributionPackage:
         root = Path(root)
@@ -301,9 +306,31 @@ class AttributionPackage:
             raise PackageError(f"{manifest_path}: not valid JSON ({exc})") from exc
         _check_schema(manifest, manifest_path)
         digests = {key: _check_graph(root, key, entry) for key, entry in manifest["graphs"].items()}
+        for role, entry in manifest.get("attachments", {}).items():
+            _check_file(root, role, entry)
         package = cls(root, manifest, content_fingerprint(digests))
         _check_shapes(package)
         return package
+
+
+def attach_file(root: str | Path, role: str, data: bytes, file_name: str) -> AttributionPackage:
+    """Write ``data`` into the package as ``file_name`` and record it (role, SHA-256) in the manifest.
+
+    Attachments (an encoder graph) are not part of the model's identity: a package fingerprint, and so the
+    calibrations bound to it, survive adding or replacing one.
+    """
+    package = AttributionPackage.load(root)
+    if Path(file_name).name != file_name or file_name in {MANIFEST, CALIBRATION, *GRAPH_FILES.values()}:
+        raise PackageError(f"{file_name!r}: an attachment needs a plain file name of its own")
+    path = package.root / file_name
+    atomic_write_bytes(path, data)
+    manifest = dict(package.manifest)
+    manifest["attachments"] = {
+        **manifest.get("attachments", {}),
+        role: {"file": file_name, "sha256": sha256_file(path)},
+    }
+    atomic_write_text(package.root / MANIFEST, json.dumps(manifest, indent=1))
+    return AttributionPackage.load(package.root)
 
 
 def content_fingerprint(digests: Mapping[str, str]) -> str:
@@ -314,19 +341,29 @@ def content_fingerprint(digests: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
-def _check_graph(root: Path, key: str, entry: Mapping[str, Any]) -> str:
-    """One graph file: inside the folder, not a symlink, hash and I/O names as recorded, valid ONNX.
-
-    Returns the SHA-256 of its bytes (computed here, not read from the manifest).
-    """
+def _check_file(root: Path, key: str, entry: Mapping[str, Any], kind: str = "attachment") -> str:
+    """A package file: a plain name inside the folder, not a symlink, its SHA-256 as recorded (returned)."""
+    if not isinstance(entry, Mapping) or not {"file", "sha256"} <= set(entry) or Path(entry["file"]).name != entry[
+            "file"]:  # fmt: skip
+        raise PackageError(f"{root}: manifest entry {key!r} needs a plain file name and its sha256")
     path = root / entry["file"]
     if path.is_symlink() or path.resolve().parent != root.resolve():
-        raise PackageError(f"{path}: graph {key!r} is a symlink or lies outside the package (refused)")
+        raise PackageError(f"{path}: {kind} {key!r} is a symlink or lies outside the package (refused)")
     if not path.is_file():
-        raise PackageError(f"{root}: graph {key!r} file {entry['file']} is missing")
+        raise PackageError(f"{root}: {kind} {key!r} file {entry['file']} is missing")
     digest = sha256_file(path)
     if digest != entry["sha256"]:
         raise PackageError(f"{path}: SHA-256 does not match the manifest (file changed after export)")
+    return digest
+
+
+def _check_graph(root: Path, key: str, entry: Mapping[str, Any]) -> str:
+    """One graph file: checked as a package file, then its I/O names as recorded and valid ONNX.
+
+    Returns the SHA-256 of its bytes (computed here, not read from the manifest).
+    """
+    digest = _check_file(root, key, entry, "graph")
+    path = root / entry["file"]
     try:
         onnx.checker.check_model(str(path))
         model = onnx.load(str(path), load_external_data=False)

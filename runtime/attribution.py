@@ -13,7 +13,7 @@ from genorigin.runtime.calibration import Calibration, calibrated_score
 from genorigin.runtime.complexity import complexity
 from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.encoder import EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.encoder import Encoder, EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
 from genorigin.runtime.inversion import (
     FAST_SETTINGS,
     Initializer,
@@ -124,7 +124,7 @@ class Attributor:
         calibration: Calibration | None = None,
         rule: DecisionRule = "grubbs",
         initializer: Initializer | None = None,
-        encoder: FittedEncoder | None = None,
+        encoder: Encoder | None = None,
         method: str = "inversion-random",
     ) -> None:
         if rule not in ("grubbs", "quantile"):
@@ -136,7 +136,7 @@ class Attributor:
         self.schedule = schedule or default_schedule(settings)
         self.rule: DecisionRule = rule
         self.initializer = initializer
-        self.encoder: FittedEncoder | None = None
+        self.encoder: Encoder | None = None
         self.method = method
         self.backend = make_backend(generator, backend, settings.loss)
         if encoder is not None:
@@ -150,7 +150,7 @@ class Attributor:
         """Encoder starts asked for (settings.init='encoder') and no initializer supplied yet."""
         return self.settings.init == "encoder" and self.initializer is None
 
-    def use_encoder(self, encoder: FittedEncoder) -> None:
+    def use_encoder(self, encoder: Encoder) -> None:
         """Start every inversion from this encoder's latent (settings.init must be 'encoder')."""
         if self.settings.init != "encoder":
             raise ValueError(f"an encoder needs settings.init='encoder', not {self.settings.init!r}")

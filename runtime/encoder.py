@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,9 +29,10 @@ from genorigin.export.generator import Generator, LatentSpec
 from genorigin.runtime.backend import Backend, to_numpy
 from torch import nn
 
-from genorigin.files import atomic_write_bytes
+from genorigin.files import atomic_write_bytes, sha256_file
 
 ENCODER_FORMAT = "genorigin-encoder-v1"
+ENCODER_GRAPH = "encoder.onnx"  # the encoder's file name inside an attribution package
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,17 @@ class FitSettings:
             raise ValueError(f"bad encoder fit settings {self}")
 
 
+class Encoder(Protocol):
+    """What the inversion needs of an encoder: latents for images, their shape, and an identity to pin."""
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]: ...
+
+    def encode(self, images: np.ndarray) -> np.ndarray: ...
+
+    def digest(self) -> str: ...
+
+
 @dataclass
 class FittedEncoder:
     """A fitted encoder with the record of how it was fitted."""
@@ -100,6 +112,10 @@ class FittedEncoder:
     @property
     def shape(self) -> EncoderShape:
         return self.module.shape
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.shape.latent_shape
 
     def digest(self) -> str:
         """SHA-256 of the architecture, the fit record and the weights: what a calibration pins."""
@@ -134,6 +150,17 @@ class FittedEncoder:
         buf = io.BytesIO()
         torch.save(payload, buf)
         return atomic_write_bytes(path, buf.getvalue())
+
+    def onnx_bytes(self) -> bytes:
+        """The encoder as an ONNX graph (images → latent, dynamic batch), for ONNX Runtime and packages."""
+        import io
+
+        buf = io.BytesIO()
+        shape = self.shape
+        example = torch.zeros((1, shape.channels, shape.height, shape.width))
+        torch.onnx.export(self.module.eval(), (example,), buf, input_names=["image"], output_names=["latent"],
+                          dynamic_axes={"image": {0: "n"}, "latent": {0: "n"}}, dynamo=False)  # fmt: skip
+        return buf.getvalue()
 
     @classmethod
     def load(cls, path: str | Path) -> FittedEncoder:
@@ -265,13 +292,51 @@ class EncoderStarts:
         self.digest = digest
 
     @classmethod
-    def from_fitted(cls, fitted: FittedEncoder, latent: LatentSpec) -> EncoderStarts:
-        if tuple(fitted.shape.latent_shape) != tuple(latent.shape):
-            raise ValueError(
-                f"encoder latent shape {fitted.shape.latent_shape} does not match the model's {latent.shape}"
-            )
-        return cls(fitted.encode, latent, fitted.digest())
+    def from_fitted(cls, encoder: Encoder, latent: LatentSpec) -> EncoderStarts:
+        """Starts from a torch encoder or its ONNX graph (digest: the weights', or the graph file's)."""
+        if tuple(encoder.latent_shape) != tuple(latent.shape):
+            raise ValueError(f"encoder latent shape {encoder.latent_shape} does not match the model's {latent.shape}")
+        return cls(encoder.encode, latent, encoder.digest())
 
     def __call__(self, image: np.ndarray, restarts: int, rng: np.random.Generator) -> np.ndarray:
         first = np.asarray(self.encode(image[None]), dtype=np.float32).reshape(1, *self.latent.shape)
         return np.concatenate([first, self.latent.sample(restarts - 1, rng)])
+
+
+class OnnxEncoder:
+    """An encoder graph run by ONNX Runtime: how a package's backends (ORT, TensorRT) get their starts.
+
+    ``digest`` is the SHA-256 of the graph's bytes: a calibration made with these starts pins this file.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        from genorigin.runtime.ort_backend import make_session
+
+        self.path = Path(path)
+        self._digest = sha256_file(self.path)
+        self.session = make_session(str(self.path), "cpu", threads)
+        shape = self.session.get_outputs()[0].shape
+        self.latent_shape = tuple(int(d) for d in shape[1:])
+
+    def digest(self) -> str:
+        return self._digest
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        (z,) = self.session.run(["latent"], {"image": np.ascontiguousarray(images, dtype=np.float32)})
+        return z
+
+
+def attach_encoder(package_root: str | Path, fitted: FittedEncoder) -> Path:
+    """Put the encoder into an attribution package as ``encoder.onnx`` (checked against the torch encoder)."""
+    from genorigin.export.package import attach_file
+
+    data = fitted.onnx_bytes()
+    package = attach_file(package_root, "encoder", data, ENCODER_GRAPH)
+    path = package.attachment("encoder")
+    assert path is not None
+    probe = np.random.default_rng(0).random((2, fitted.shape.channels, fitted.shape.height, fitted.shape.width),
+                                            dtype=np.float32)  # fmt: skip
+    got, want = OnnxEncoder(path).encode(probe), fitted.encode(probe)
+    if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+        raise ValueError(f"{path}: the exported encoder differs from the fitted one ({np.abs(got - want).max():.2e})")
+    return path

@@ -234,3 +234,26 @@ def test_evaluations_count_every_start_step():
     out = invert(TorchBackend(gen), x, gen.latent, InversionSettings(steps=30, lr=0.05, restarts=4,
                  halve_starts_at=(10, 20)), Schedule(check_every=10))  # fmt: skip
     assert all(o.evaluations == 4 * 10 + 2 * 10 + 1 * 10 for o in out)
+
+
+def test_encoder_travels_in_a_package_and_ort_runs_it(fitted, tmp_path):
+    """encoder.onnx in the package gives the torch encoder's starts; the package identity does not change."""
+    from genorigin.export.package import AttributionPackage, PackageError
+    from genorigin.runtime.encoder import OnnxEncoder, attach_encoder
+    from genorigin.runtime.ort_backend import OrtBackend, package_generator
+
+    gen, enc = fitted
+    root = export_generator(gen, tmp_path / "p")
+    before = AttributionPackage.load(root).fingerprint
+    path = attach_encoder(root, enc)
+    pkg = AttributionPackage.load(root)
+    assert pkg.fingerprint == before and pkg.attachment("encoder") == path
+    onnx_enc = OnnxEncoder(path)
+    x = quantize_8bit(gen.sample(3, seed=8))
+    np.testing.assert_allclose(onnx_enc.encode(x), enc.encode(x), rtol=1e-4, atol=1e-5)
+    att = Attributor(package_generator(pkg), backend=OrtBackend(pkg), settings=FAST, encoder=onnx_enc)
+    cal = att.calibrate(4)
+    assert cal.encoder == onnx_enc.digest()
+    path.write_bytes(path.read_bytes() + b"\0")  # a changed encoder graph is refused at load
+    with pytest.raises(PackageError, match="does not match the manifest"):
+        AttributionPackage.load(root)
