@@ -231,7 +231,7 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=48)
     p.add_argument("--fit-steps", type=int, default=FitSettings.steps)
     p.add_argument("--refit", action="store_true", help="fit the encoder here instead of loading the shipped one")
-    p.add_argument("--paper-results", default="benchmarks/results/validation/accuracy_{model}.json")
+    p.add_argument("--paper-results", default=str(Path(__file__).parent / "results/validation/accuracy_{model}.json"))
     p.add_argument("--paper-near-copies", action="store_true")
     p.add_argument("--paper-near-n", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
