@@ -193,6 +193,18 @@ def test_cuda_graph_padding_does_not_change_real_slots() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
+def test_cuda_graph_backend_runs_on_its_own_stream_and_closes() -> None:
+    z, x = _problem(3)
+    caller = torch.cuda.current_stream()
+    with CudaGraphTorchBackend(tiny_generator(), device="cuda") as backend:
+        drive(backend, z, x, 5)
+        assert backend.stream is not None and backend.stream.cuda_stream not in (0, caller.cuda_stream)
+        assert torch.cuda.current_stream() == caller  # the caller's stream is back after every step
+    assert backend.closed and backend.stream is None and not backend._buckets
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_cuda_graph_backend_through_the_loop() -> None:
     gen = tiny_generator()
     targets = np.concatenate([gen.sample(3, seed=3), _problem(3, seed=4)[1]])
