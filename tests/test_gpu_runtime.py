@@ -153,6 +153,15 @@ def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
     compare_backends(backends, targets, settings, 1e-4, latent=gen.latent, schedule=schedule, atol=1e-9).check()
 
 
+def test_backends_report_the_names_they_are_chosen_by() -> None:
+    """``--backend torch-cuda-graph`` must say torch-cuda-graph (it said torch-cudagraph)."""
+    from genorigin.models import BACKENDS
+    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+
+    assert CudaGraphTorchBackend.name == "torch-cuda-graph" and TensorRTBackend.name in BACKENDS
+    assert CudaGraphTorchBackend(tiny_generator(), device="cpu").describe()["backend"] in BACKENDS
+
+
 def test_capture_refused_on_cpu() -> None:
     with pytest.raises(ValueError, match="needs a CUDA device"):
         CudaGraphTorchBackend(tiny_generator(), device="cpu", capture=True)
