@@ -142,21 +142,27 @@ def test_padded_slots_do_not_change_real_slots_cpu() -> None:
         np.testing.assert_array_equal(clean[f], dirty[f], err_msg=f)
 
 
-def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
-    """End to end through the shared loop, whichever of step() or loss_and_grad() it drives."""
+def check_loop_matches_reference(backend: Backend, *, own: int, steps: int, rtol: float, atol: float) -> None:
+    """End to end through the shared loop: ``backend`` against the eager TorchBackend on ``own`` of the
+    generator's samples and 3 other images, with refills (batch ``own`` of 2 restarts)."""
     gen = tiny_generator()
-    targets = np.concatenate([gen.sample(2, seed=3), _problem(3, seed=4)[1]])
-    settings = InversionSettings(steps=60, lr=0.05, restarts=2)
-    schedule = Schedule(batch_size=2, check_every=20, early_exit=False)
-    static = CudaGraphTorchBackend(tiny_generator(), device="cpu")
-    backends = {"torch": TorchBackend(tiny_generator()), "static": static}
-    compare_backends(backends, targets, settings, 1e-4, latent=gen.latent, schedule=schedule, atol=1e-9).check()
+    targets = np.concatenate([gen.sample(own, seed=3), _problem(3, seed=4)[1]])
+    settings = InversionSettings(steps=steps, lr=0.05, restarts=2)
+    schedule = Schedule(batch_size=own, check_every=20, early_exit=False)
+    backends = {"torch": TorchBackend(tiny_generator()), backend.name: backend}
+    compare_backends(backends, targets, settings, rtol, latent=gen.latent, schedule=schedule, atol=atol).check()
+
+
+def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
+    check_loop_matches_reference(CudaGraphTorchBackend(tiny_generator(), device="cpu"), own=2, steps=60,
+                                 rtol=1e-4, atol=1e-9)  # fmt: skip
 
 
 def test_backends_report_the_names_they_are_chosen_by() -> None:
     """``--backend torch-cuda-graph`` must say torch-cuda-graph (it said torch-cudagraph)."""
-    from genorigin.models import BACKENDS
     from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+
+    from genorigin.models import BACKENDS
 
     assert CudaGraphTorchBackend.name == "torch-cuda-graph" and TensorRTBackend.name in BACKENDS
     assert CudaGraphTorchBackend(tiny_generator(), device="cpu").describe()["backend"] in BACKENDS
@@ -215,13 +221,8 @@ def test_cuda_graph_backend_runs_on_its_own_stream_and_closes() -> None:
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_graph_backend_through_the_loop() -> None:
-    gen = tiny_generator()
-    targets = np.concatenate([gen.sample(3, seed=3), _problem(3, seed=4)[1]])
-    settings = InversionSettings(steps=80, lr=0.05, restarts=2)
-    schedule = Schedule(batch_size=3, check_every=20, early_exit=False)
     graphed = CudaGraphTorchBackend(tiny_generator(), device="cuda")
-    backends = {"torch": TorchBackend(tiny_generator()), "cuda-graph": graphed}
-    compare_backends(backends, targets, settings, 2e-3, latent=gen.latent, schedule=schedule, atol=1e-7).check()
+    check_loop_matches_reference(graphed, own=3, steps=80, rtol=2e-3, atol=1e-7)
     assert graphed.describe()["cuda_graph"] is True and graphed.describe()["kernels"] == "cuda"
 
 
