@@ -26,6 +26,11 @@ from genorigin.runtime.gpu.ops import KernelFallbackWarning, resolve_kernels
 from packaging.requirements import Requirement
 from packaging.version import Version
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
+
 ROOT = Path(__file__).resolve().parents[1]
 GPU_EXTRAS = {"gpu-cu12": 12, "gpu-cu13": 13}
 CUDA_VERSIONED = {"cuda-python", "cuda-bindings", "nvidia-cuda-nvrtc", "nvidia-cuda-runtime"}  # version = CUDA's

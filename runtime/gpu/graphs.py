@@ -85,14 +85,13 @@ def _from_files(paths: Sequence[str | Path]) -> dict[str, Path]:
 
 def resolve_graphs(source: GraphSource, roles: Sequence[str] | None = None) -> dict[str, Path]:
     """{role: onnx path} from a package or export folder, a list of ONNX files or an explicit mapping."""
-    names = folder_names()
     if isinstance(source, Mapping):
         found = {str(r): Path(p) for r, p in source.items()}
     elif isinstance(source, (str, Path)) and (Path(source) / "manifest.json").is_file():
         found = package_graphs(source)
     elif isinstance(source, (str, Path)) and Path(source).is_dir():
         hits = {role: next((Path(source) / n for n in ns if (Path(source) / n).is_file()), None)
-                for role, ns in names.items()}  # fmt: skip
+                for role, ns in folder_names().items()}  # fmt: skip
         found = {role: p for role, p in hits.items() if p is not None}
     else:
         found = _from_files([source] if isinstance(source, (str, Path)) else list(source))
@@ -105,7 +104,8 @@ def resolve_graphs(source: GraphSource, roles: Sequence[str] | None = None) -> d
             raise ValueError(f"no ONNX graph for role(s) {missing} in {source}")
         found = {r: found[r] for r in roles}
     if not found:
-        raise ValueError(f"no ONNX graphs found in {source} (expected {', '.join(sum(names.values(), ()))})")
+        expected = ", ".join(sum(folder_names().values(), ()))
+        raise ValueError(f"no ONNX graphs found in {source} (expected {expected})")
     for p in found.values():
         if not p.is_file():
             raise FileNotFoundError(f"ONNX graph not found: {p}")
