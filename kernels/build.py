@@ -161,7 +161,11 @@ def compile_nvrtc(source: str, arch: int, target: Target = "cubin") -> bytes:
 
 
 def _program_log(nvrtc: Any, prog: Any) -> str:
+    """NVRTC's log ('' when empty). NVRTC writes into the bytes object it is given, and CPython shares every
+    1-byte bytes object, so an empty log (just its NUL) must not be fetched into ``b" " * 1``."""
     _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    if size <= 1:
+        return ""
     log = b" " * size
     nvrtc.nvrtcGetProgramLog(prog, log)
     return log.rstrip(b"\0").decode(errors="replace")

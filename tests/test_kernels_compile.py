@@ -62,6 +62,16 @@ def test_nvrtc_compiles_ptx(source: str, arch: int) -> None:
 
 
 @needs_nvrtc
+def test_compiling_leaves_python_shared_bytes_alone() -> None:
+    """NVRTC writes into the bytes objects cuda-python hands it, and CPython shares every 1-byte bytes object:
+    fetching an empty log (just its NUL) into ``b" " * 1`` once turned every b" " in the process into b"\0"."""
+    build.compile_nvrtc("adam.cu", 90, "ptx")
+    build.ptxas_info("adam.cu", 90)
+    shared = bytes([32])  # built at run time: CPython hands out its cached 1-byte object (no constant folding)
+    assert shared[0] == 32 and repr(shared) == "b' '", repr(shared)
+
+
+@needs_nvrtc
 def test_nvrtc_cubin_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """First call compiles and stores; the second reads the cache; another arch is another file."""
     monkeypatch.setenv("GENORIGIN_KERNEL_CACHE", str(tmp_path))
