@@ -1,5 +1,7 @@
 """Eager PyTorch vs ONNX Runtime on the CPU: time per image-step and per decision.
 
+First both backends invert the same few bundled images (``runtime.compare.compare_backends``): the report
+records how far ONNX Runtime's best losses are from PyTorch's, so a speed-up never hides a wrong answer.
 Round-robin in one process (backends alternate inside every round), medians over rounds, so machine noise
 hits both alike. Per decision = the fixed 1500-step budget at that batch size (step time × steps / batch),
 and, separately, measured end-to-end with early exit on a bundled mix.
@@ -19,6 +21,7 @@ import torch
 from common import evaluation_sets, machine, write
 from genorigin.runtime.attribution import Attributor
 from genorigin.runtime.backend import SlotState
+from genorigin.runtime.compare import compare_backends
 from genorigin.runtime.inversion import InversionSettings, Schedule
 
 from genorigin.models import resolve_model
@@ -53,6 +56,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--decision-images", type=int, default=16, help="per class, for the end-to-end timing")
+    p.add_argument("--rtol", type=float, default=1e-3, help="best-loss agreement reported against PyTorch")
     p.add_argument("--out", default="benchmarks/results/backends.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -62,6 +66,14 @@ def main() -> None:
         "torch": model.backend("torch", threads=args.threads),
         "onnxruntime": model.backend("onnxruntime", threads=args.threads),
     }
+    sets = evaluation_sets(args.model, args.decision_images)
+    images = np.concatenate(list(sets.values()))
+    check = compare_backends(
+        backends, images[:: max(1, len(images) // 8)][:8], InversionSettings(steps=200), args.rtol,
+        latent=model.generator.latent, schedule=Schedule(batch_size=8, early_exit=False),
+    )  # fmt: skip
+    agreement = {"rtol": args.rtol, "max_rel_error": check.max_rel_error(), "failures": check.failures()}
+    print(f"agreement (200 steps, 8 images): {agreement}")
     shape = model.generator.latent.shape
     per_step: dict[str, dict[int, list[float]]] = {k: {b: [] for b in args.batches} for k in backends}
     for _ in range(args.rounds):
@@ -87,8 +99,6 @@ def main() -> None:
         settings=settings,
         schedule=Schedule(batch_size=64, early_exit=False),
     ).calibrate(64)
-    sets = evaluation_sets(args.model, args.decision_images)
-    images = np.concatenate(list(sets.values()))
     decisions = {}
     for name, backend in backends.items():
         att = Attributor(
@@ -100,7 +110,8 @@ def main() -> None:
             "s_per_decision": (time.perf_counter() - t0) / len(images),
             "mean_steps": float(np.mean([r.steps for r in res])),
         }
-    report = {"machine": machine(), "args": vars(args), "per_step": rows, "early_exit_decisions": decisions}
+    report = {"machine": machine(), "args": vars(args), "agreement": agreement, "per_step": rows,
+              "early_exit_decisions": decisions}  # fmt: skip
     write(args.out, json.dumps(report, indent=1))
     print(
         "| batch | torch ms/step | ORT ms/step | torch µs/image-step | ORT µs/image-step | ORT speed-up | "

@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": ks.arch,
         "target": ks.target,
         "sm_count": ks.sm_count,
+        "resident_blocks_per_sm": dict(ks.resident),  # the driver's occupancy figure the grids are sized from
         "torch": torch.__version__,
         "python": platform.python_version(),
         "peak_bandwidth": peak,

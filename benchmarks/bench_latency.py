@@ -1,18 +1,20 @@
 """Latency of one attribution decision and batched throughput of the inversion backends on one GPU.
 
 Backends: ``eager`` (the RONAN-faithful setting: eager PyTorch TorchBackend, batch 1, 1 restart, every
-step of the budget, no early exit), ``cudagraph`` (CudaGraphTorchBackend), ``ort-cuda`` (the package's
-OrtBackend on ONNX Runtime's CUDA provider, host arrays as shipped), ``ort-iobinding`` (the same loss
-graph with its I/O bound to torch CUDA tensors: no host copies) — both where onnxruntime-gpu is
-installed — and ``tensorrt`` (TensorRTBackend, where TensorRT ≥ 10 is installed). Model: the bundled
-32×32 DCGAN ``dcgan_a`` (random DCGAN weights of the same architecture when the bundled file is absent:
-timing does not depend on the weights).
+step of the budget, no early exit), ``cudagraph`` (CudaGraphTorchBackend with ``--kernels``, by default the
+custom CUDA loss/Adam kernels), ``cudagraph-torchops`` (the same with torch ops for loss and Adam),
+``ort-cuda`` (the package's OrtBackend on ONNX Runtime's CUDA provider, host arrays as shipped),
+``ort-iobinding`` (the same loss graph with its I/O bound to torch CUDA tensors: no host copies) — both where
+onnxruntime-gpu is installed — and ``tensorrt`` (TensorRTBackend, where TensorRT ≥ 10 is installed). Model:
+the bundled 32×32 DCGAN ``dcgan_a`` (random DCGAN weights of the same architecture when the bundled file is
+absent: timing does not depend on the weights).
 
 Two measurements per backend: through the shared loop (``invert``: what a user gets, including checkpoint
 syncs every 50 steps) and through ``Backend.step`` driven directly (what the loop costs once it calls
-``step``; the JSON records whether it did). Per-decision latency: p50/p95 over ``--decisions`` single-image
-inversions. Throughput: images/s for batches of 8-256 images, ``--steps`` steps each. Goals on an H100:
-p50 ≤ 20 ms per decision, ≥ 2,000 images/s batched.
+``step``; the JSON records whether it did, and each backend's ``describe()``: which kernels really ran).
+Per-decision latency: p50/p95 over ``--decisions`` single-image inversions. Throughput: images/s for batches
+of 8-256 images, ``--steps`` steps each. Goals on an H100: p50 ≤ 20 ms per decision, ≥ 2,000 images/s
+batched.
 
     python benchmarks/bench_latency.py --out bench_latency.json      # also writes bench_latency.png
 
@@ -34,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from genorigin.runtime.gpu.trt_env import PRECISIONS
 
-BACKENDS = ("eager", "cudagraph", "ort-cuda", "ort-iobinding", "tensorrt")
+BACKENDS = ("eager", "cudagraph", "cudagraph-torchops", "ort-cuda", "ort-iobinding", "tensorrt")
 GOAL_P50_MS = 20.0
 GOAL_IMAGES_PER_S = 2000.0
 
@@ -126,10 +129,11 @@ def make_backend(name: str, generator: Any, args: argparse.Namespace, work: Path
         from genorigin.runtime.backend import TorchBackend
 
         return TorchBackend(generator, device="cuda")
-    if name == "cudagraph":
-        from genorigin.runtime.cuda_graph import CudaGraphTorchBackend
+    if name.startswith("cudagraph"):
+        from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
 
-        return CudaGraphTorchBackend(generator, device="cuda", kernels=args.kernels, tf32=args.tf32)
+        kernels = "torch" if name == "cudagraph-torchops" else args.kernels
+        return CudaGraphTorchBackend(generator, device="cuda", kernels=kernels, tf32=args.tf32)
     if name == "ort-iobinding":
         loss_graph = export_package(generator, work / "package") / "loss_mse.onnx"
         return make_ort_backend(loss_graph, torch.cuda.current_device(), args.tf32)
@@ -142,9 +146,9 @@ def make_backend(name: str, generator: Any, args: argparse.Namespace, work: Path
         except RuntimeError as e:  # no CUDAExecutionProvider, or ONNX Runtime fell back to the CPU
             raise Skip(str(e)) from e
     if name == "tensorrt":
-        from genorigin.runtime.engine_cache import BatchProfile
-        from genorigin.runtime.engines import tensorrt_available
-        from genorigin.runtime.tensorrt_backend import TensorRTBackend
+        from genorigin.runtime.gpu.profiles import BatchProfile
+        from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+        from genorigin.runtime.gpu.trt_env import tensorrt_available
 
         ok, why = tensorrt_available()
         if not ok:
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
     p.add_argument("--kernels", choices=["auto", "cuda", "torch"], default="auto", help="loss/Adam kernels")
     p.add_argument("--tf32", action="store_true", help="let the CUDA-graph backend use TF32 convolutions")
-    p.add_argument("--precision", choices=["fp32", "tf32", "fp16", "bf16"], default="fp32", help="TensorRT")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="TensorRT engine precision; fp16/bf16 need TensorRT 10 (TensorRT 11 has no flag for them)")
     p.add_argument("--trt-plan", choices=["auto", "loss", "vjp"], default="auto")
     p.add_argument("--cache-dir", type=Path, default=None, help="TensorRT engine cache (default: user cache)")
     p.add_argument("--quick", action="store_true", help="smoke run: 100 steps, 3 decisions, batches 8,32")
@@ -322,13 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_latency: {note}")
     n_targets = max(args.decisions, max(args.batches))
     targets = generator.sample(n_targets, seed=1)  # the model's own images: every run goes the full budget
-    from genorigin.runtime.cuda_graph import fp32_math
+    from genorigin.runtime.gpu.numerics import fp32_math
 
     with tempfile.TemporaryDirectory() as tmp, fp32_math(args.tf32):
         for name in args.backends:
             try:
-                backend = make_backend(name, generator, args, Path(tmp))
-                report["results"][name] = measure(name, backend, generator, targets, args)
+                with make_backend(name, generator, args, Path(tmp)) as backend:  # close() frees its GPU memory
+                    report["results"][name] = measure(name, backend, generator, targets, args)
             except Skip as e:
                 report["skipped"][name] = str(e)
                 print(f"  {name:10s} skipped: {e}")

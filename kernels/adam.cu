@@ -15,9 +15,14 @@
 // block updates best_loss[n] itself after a barrier (every thread has read the old value by then);
 // otherwise best_loss is left alone and genorigin_adam_best_loss, launched next on the same stream,
 // updates it -- a block must never see another block's new best_loss.
+// Occupancy: the fp64 bias terms (two pow calls) are computed once per block by thread 0 and shared, so the
+// element loop alone sets the register count; __launch_bounds__(ADAM_BLOCK, ADAM_MIN_BLOCKS) then fits
+// ADAM_MIN_BLOCKS blocks per SM (48 registers on sm_80/sm_90, no spills), as plan.py's ADAM_BLOCKS_PER_SM
+// assumes (checked against ptxas by tests/test_kernel_occupancy.py).
 #include "common.cuh"
 
 #define ADAM_BLOCK 256
+#define ADAM_MIN_BLOCKS 5
 
 namespace genorigin {
 
@@ -33,7 +38,7 @@ __device__ __forceinline__ double read_step(const void* t, int t_kind, long long
 
 }  // namespace genorigin
 
-extern "C" __global__ void __launch_bounds__(ADAM_BLOCK)
+extern "C" __global__ void __launch_bounds__(ADAM_BLOCK, ADAM_MIN_BLOCKS)
     genorigin_adam(float* __restrict__ z, float* __restrict__ m, float* __restrict__ v,
                    const float* __restrict__ grad, const void* __restrict__ t,
                    const float* __restrict__ loss, float* best_loss, float* __restrict__ best_z,
@@ -43,9 +48,15 @@ extern "C" __global__ void __launch_bounds__(ADAM_BLOCK)
   const int b = static_cast<int>(blockIdx.x - n * blocks_per_sample);
   const float loss_n = loss[n];
   const bool improved = loss_n < best_loss[n];
-  const double tn = genorigin::read_step(t, t_kind, n);
-  const float step_size = static_cast<float>(lr / (1.0 - pow(beta1, tn)));
-  const float bias2_sqrt = static_cast<float>(sqrt(1.0 - pow(beta2, tn)));
+  __shared__ float bias[2];  // fp32(lr / (1 - b1^t)), fp32(sqrt(1 - b2^t)): one fp64 evaluation per block
+  if (threadIdx.x == 0) {
+    const double tn = genorigin::read_step(t, t_kind, n);
+    bias[0] = static_cast<float>(lr / (1.0 - pow(beta1, tn)));
+    bias[1] = static_cast<float>(sqrt(1.0 - pow(beta2, tn)));
+  }
+  __syncthreads();
+  const float step_size = bias[0];
+  const float bias2_sqrt = bias[1];
   const float b1 = static_cast<float>(beta1);
   const float b2 = static_cast<float>(beta2);
   const float one_minus_b1 = static_cast<float>(1.0 - beta1);

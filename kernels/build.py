@@ -6,23 +6,27 @@ it compiles without a GPU, so CI can prove the sources build. The kernels includ
 which is handed to NVRTC as an in-memory header. cuda-python is imported lazily: this module imports on
 machines without it.
 
-Cache: ``$GENORIGIN_KERNEL_CACHE`` or ``$XDG_CACHE_HOME/genorigin/kernels`` (default ``~/.cache/...``), one
-folder per SHA-256 of (source, headers, options, NVRTC version), one file per target: ``sm_90.cubin`` or
-``compute_90.ptx``.
+Cache: ``$GENORIGIN_KERNEL_CACHE`` if set, else genorigin's cache (``genorigin.files.cache_dir("kernels")``:
+``$GENORIGIN_CACHE/kernels``, ``$XDG_CACHE_HOME/genorigin/kernels`` or ``~/.cache/genorigin/kernels``), one
+folder per SHA-256 of (source, headers, options, NVRTC version), one file per target: ``sm_90.cubin`` or, only
+for a GPU whose SM major NVRTC does not know, ``compute_90.ptx``. Cubins need no driver JIT, so a driver older
+than NVRTC's CUDA version can still load them; PTX needs a driver that supports NVRTC's CUDA version.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+
+from genorigin import files
 
 KERNEL_DIR = Path(__file__).resolve().parent
 HEADERS: tuple[str, ...] = ("common.cuh",)
@@ -71,19 +75,47 @@ def header_texts() -> dict[str, str]:
 # ---------------------------------------------------------------- NVRTC
 
 
+CUDA_PYTHON_MIN = (12, 6, 1)  # the first cuda-python with the cuda.bindings modules this package imports
+
+
+def _dist_version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for p in version.split(".")[:3]:
+        digits = "".join(c for c in p if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def cuda_python_problem(error: ImportError) -> str:
+    """Why ``cuda.bindings`` did not import, naming the installed cuda-python when it is too old for it."""
+    found = {d: v for d in ("cuda-python", "cuda-bindings") if (v := _dist_version(d))}
+    fix = "pip install 'genorigin[gpu-cu12]' or 'genorigin[gpu-cu13]' (the CUDA major of your driver)"
+    floor = ".".join(map(str, CUDA_PYTHON_MIN))
+    if found and all(_release(v) < CUDA_PYTHON_MIN for v in found.values()):
+        have = ", ".join(f"{d} {v}" for d, v in found.items())
+        return f"{have} predates cuda.bindings (cuda-python >= {floor} has it); {fix}"
+    return f"cuda-python (>= {floor}) is not installed or broken ({error}); {fix}"
+
+
 def _nvrtc() -> Any:
     """Import cuda.bindings.nvrtc and load libnvrtc, or say what is missing (lazy: optional dependency)."""
     try:
         from cuda.bindings import nvrtc
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise NvrtcUnavailableError(
-            f"cuda-python is not installed ({e}); pip install 'cuda-python>=12' nvidia-cuda-nvrtc"
-        ) from e
+        raise NvrtcUnavailableError(cuda_python_problem(e)) from e
     try:
         err, _major, _minor = nvrtc.nvrtcVersion()
     except Exception as e:  # cuda-pathfinder raises when libnvrtc.so is nowhere to be found
         raise NvrtcUnavailableError(
-            f"the NVRTC library could not be loaded ({type(e).__name__}: {e}); pip install nvidia-cuda-nvrtc"
+            f"the NVRTC library could not be loaded ({type(e).__name__}: {e}); install nvidia-cuda-nvrtc "
+            "(CUDA 13) or nvidia-cuda-nvrtc-cu12 (CUDA 12): the [gpu-cu13] / [gpu-cu12] extras do"
         ) from e
     _check_nvrtc(nvrtc, err, "nvrtcVersion")
     return nvrtc
@@ -125,6 +157,22 @@ def nvrtc_options(arch: int, target: Target) -> tuple[str, ...]:
 
 def compile_nvrtc(source: str, arch: int, target: Target = "cubin") -> bytes:
     """Compile kernels/<source> for one architecture; returns the cubin, or NUL-terminated PTX."""
+    return _compile_nvrtc(source, arch, target, ())[0]
+
+
+def _program_log(nvrtc: Any, prog: Any) -> str:
+    """NVRTC's log ('' when empty). NVRTC writes into the bytes object it is given, and CPython shares every
+    1-byte bytes object, so an empty log (just its NUL) must not be fetched into ``b" " * 1``."""
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    if size <= 1:
+        return ""
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    return log.rstrip(b"\0").decode(errors="replace")
+
+
+def _compile_nvrtc(source: str, arch: int, target: Target, extra: Sequence[str]) -> tuple[bytes, str]:
+    """(image, compiler log) for one source, architecture and target, with ``extra`` NVRTC options."""
     nvrtc = _nvrtc()
     headers = header_texts()
     err, prog = nvrtc.nvrtcCreateProgram(
@@ -136,16 +184,11 @@ def compile_nvrtc(source: str, arch: int, target: Target = "cubin") -> bytes:
     )
     _check_nvrtc(nvrtc, err, "nvrtcCreateProgram")
     try:
-        options = [o.encode() for o in nvrtc_options(arch, target)]
+        options = [o.encode() for o in (*nvrtc_options(arch, target), *extra)]
         (err,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
+        log = _program_log(nvrtc, prog)
         if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            _, size = nvrtc.nvrtcGetProgramLogSize(prog)
-            log = b" " * size
-            nvrtc.nvrtcGetProgramLog(prog, log)
-            raise CompileError(
-                f"NVRTC failed to compile {source} for {target} arch {arch}:\n"
-                + log.rstrip(b"\0").decode(errors="replace")
-            )
+            raise CompileError(f"NVRTC failed to compile {source} for {target} arch {arch}:\n{log}")
         if target == "cubin":
             err, size = nvrtc.nvrtcGetCUBINSize(prog)
             _check_nvrtc(nvrtc, err, "nvrtcGetCUBINSize")
@@ -162,7 +205,7 @@ def compile_nvrtc(source: str, arch: int, target: Target = "cubin") -> bytes:
                 image += b"\0"
         if not image.strip(b"\0 "):
             raise CompileError(f"NVRTC produced an empty {target} for {source} arch {arch}")
-        return image
+        return image, log
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
 
@@ -171,12 +214,9 @@ def compile_nvrtc(source: str, arch: int, target: Target = "cubin") -> bytes:
 
 
 def cache_dir() -> Path:
-    """Where compiled kernels are kept: $GENORIGIN_KERNEL_CACHE, else $XDG_CACHE_HOME/genorigin/kernels."""
+    """Where compiled kernels are kept: $GENORIGIN_KERNEL_CACHE, else genorigin's cache folder ``kernels``."""
     explicit = os.environ.get("GENORIGIN_KERNEL_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "genorigin" / "kernels"
+    return Path(explicit) if explicit else files.cache_dir("kernels")
 
 
 def cache_key(source: str, options: Sequence[str], compiler: str) -> str:
@@ -210,23 +250,58 @@ def load_or_compile(source: str, arch: int, target: Target = "cubin") -> tuple[b
     image = compile_nvrtc(source, arch, target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(image)
-        os.replace(tmp, path)  # atomic: concurrent processes never read half a file
+        files.atomic_write_bytes(path, image)  # concurrent processes never read half a file
     except OSError:
         pass  # a read-only cache only costs a recompile next time
     return image, False
 
 
 def choose_target(device_arch: int, supported: Sequence[int]) -> tuple[int, Target]:
-    """A cubin for the device's own SM when NVRTC knows it, else PTX for the newest older SM (driver JIT)."""
+    """Prefer a cubin: for the device's SM, else for the newest older SM of the same major (SASS runs on later
+    minors of its major: sm_80 on sm_86/87/89). PTX for the newest older SM only when NVRTC knows no SM of
+    the device's major; then the driver must JIT it (see ptx_driver_problem)."""
     if device_arch in supported:
         return device_arch, "cubin"
+    same_major = [a for a in supported if a // 10 == device_arch // 10 and a < device_arch]
+    if same_major:
+        return max(same_major), "cubin"
     older = [a for a in supported if a <= device_arch]
     if not older:
         raise CompileError(f"this NVRTC supports SM {sorted(supported)}; the GPU is sm_{device_arch}, which is older")
     return max(older), "ptx"
+
+
+def ptx_driver_problem(driver_version: int, nvrtc_version: tuple[int, int]) -> str | None:
+    """Why a driver (``cuDriverGetVersion``: 12040 = CUDA 12.4) cannot JIT PTX from this NVRTC, or None.
+
+    PTX carries its ISA version; a driver JIT-compiles only PTX from CUDA versions it supports, whatever the
+    GPU. (Cubins, which genorigin prefers, need no JIT.)
+    """
+    need = nvrtc_version[0] * 1000 + nvrtc_version[1] * 10
+    if driver_version >= need:
+        return None
+    have = f"{driver_version // 1000}.{driver_version % 1000 // 10}"
+    want = f"{nvrtc_version[0]}.{nvrtc_version[1]}"
+    return (
+        f"the kernels are PTX from NVRTC {want}, and this driver supports CUDA {have}: PTX JIT needs a driver "
+        f"for CUDA >= {want} (CUDA 13.x: driver branch r580 or newer). Upgrade the driver, or install the "
+        f"NVRTC/cuda-python of the driver's CUDA major ('genorigin[gpu-cu{driver_version // 1000}]')"
+    )
+
+
+def ptxas_info(source: str, arch: int, compiler: Literal["nvrtc", "nvcc"] = "nvrtc") -> str:
+    """ptxas's resource report (``-Xptxas -v``: registers, spills, shared memory per kernel) for a sm_<arch>
+    cubin, from NVRTC (what runs) or nvcc (CI); the occupancy gate parses it."""
+    if compiler == "nvrtc":
+        return _compile_nvrtc(source, arch, "cubin", ("-Xptxas", "-v"))[1]
+    exe = find_nvcc()
+    if exe is None:
+        raise CompileError("nvcc not found (PATH, $CUDA_HOME, /usr/local/cuda)")
+    cmd = [*nvcc_command(source, arch, os.devnull, exe), "-Xptxas", "-v"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise CompileError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout + proc.stderr
 
 
 # ---------------------------------------------------------------- nvcc (CI)

@@ -2,34 +2,45 @@
 
 ``CudaKernels`` owns one device: it retains the device's primary context (the one torch and TensorRT use,
 so pointers from either are valid), loads the NVRTC-compiled modules (see build.py) and launches with the
-driver API on the stream it is given. The launch plan (grid, vector path, workspace) is computed by pure
-functions so the host logic is testable without a GPU. cuda-python and torch are imported lazily: this
-module imports on a machine with neither GPU nor cuda-python.
+driver API on the stream it is given. Launch plans come from plan.py (pure, tested on CPU); grids are sized
+from the driver's occupancy figure for each kernel. cuda-python and torch are imported lazily: this module
+imports on a machine with neither GPU nor cuda-python.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from genorigin.kernels import build
+from genorigin.kernels.plan import (
+    ADAM_BLOCK,
+    LOSS_BLOCK,
+    LOSS_KINDS,
+    STEP_KINDS,
+    AdamPlan,
+    LossPlan,
+    PackedParams,
+    adam_params,
+    block_size,
+    dtype_name,
+    loss_kernel_name,
+    loss_params,
+    plan_adam,
+    plan_loss,
+    planned_blocks_per_sm,
+)
 
 if TYPE_CHECKING:
     import torch
 
-LOSS_BLOCK = 256  # must match LOSS_BLOCK in loss.cu (its __launch_bounds__)
-ADAM_BLOCK = 256  # must match ADAM_BLOCK in adam.cu
-BLOCKS_PER_SM = 8  # target resident blocks per SM when splitting one sample over several blocks
-ADAM_MIN_PER_THREAD = 4  # below this many elements per thread, one block per sample (fused best_loss)
-
-DTYPES: dict[str, tuple[str, int]] = {"float32": ("f32", 4), "float16": ("f16", 2), "bfloat16": ("bf16", 2)}
-STEP_KINDS: dict[str, int] = {"int32": 0, "int64": 1, "float32": 2, "float64": 3}
-LOSS_KINDS: dict[str, int] = {"mse": 0, "l1": 1}
+log = logging.getLogger(__name__)
 
 
 class KernelUnavailableError(RuntimeError):
@@ -40,154 +51,11 @@ class CudaError(RuntimeError):
     """A CUDA driver call failed."""
 
 
-# ---------------------------------------------------------------- pure launch planning
-
-
-def loss_kernel_name(y_dtype: str, x_dtype: str, gy_dtype: str) -> str:
-    """Kernel for these dtypes; x and gy are float32 or y's dtype (what loss.cu instantiates)."""
-    for name in (y_dtype, x_dtype, gy_dtype):
-        if name not in DTYPES:
-            raise ValueError(f"unsupported dtype {name!r}; expected one of {sorted(DTYPES)}")
-    for what, dt in (("x", x_dtype), ("gy", gy_dtype)):
-        if dt not in ("float32", y_dtype):
-            raise ValueError(f"{what} dtype must be float32 or y's dtype {y_dtype}, got {dt}")
-    return "genorigin_loss_" + "_".join(DTYPES[d][0] for d in (y_dtype, x_dtype, gy_dtype))
-
-
-@dataclass(frozen=True)
-class LossPlan:
-    """How one loss launch is laid out; equal plans give bit-identical results."""
-
-    kernel: str
-    grid: int
-    block: int
-    blocks_per_sample: int
-    vec: bool
-    workspace_bytes: int  # fp64 partials, N * blocks_per_sample, when blocks_per_sample > 1
-    c0: float  # fp32(2/count) for MSE, fp32(1/count) for L1
-
-
-def plan_loss(
-    n: int,
-    count: int,
-    *,
-    sm_count: int,
-    kind: str = "mse",
-    y_dtype: str = "float32",
-    x_dtype: str = "float32",
-    gy_dtype: str = "float32",
-    ptrs: Sequence[int] = (),
-    blocks_per_sample: int | None = None,
-) -> LossPlan:
-    """Grid for N samples of ``count`` elements: enough blocks to fill the GPU, one sample per block row.
-
-    The 4-wide vector path needs count % 4 == 0 and every pointer aligned to 4 elements; ``ptrs`` are
-    (y, x, gy) addresses.
-    """
-    if kind not in LOSS_KINDS:
-        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
-    if n < 1 or count < 1:
-        raise ValueError(f"need N >= 1 samples of >= 1 element, got N={n}, count={count}")
-    name = loss_kernel_name(y_dtype, x_dtype, gy_dtype)
-    sizes = [DTYPES[d][1] for d in (y_dtype, x_dtype, gy_dtype)]
-    vec = count % 4 == 0 and all(int(p) % (4 * s) == 0 for p, s in zip(ptrs, sizes, strict=False))
-    units = count // 4 if vec else count
-    useful = max(1, math.ceil(units / LOSS_BLOCK))  # beyond this a block would have idle threads only
-    if blocks_per_sample is None:
-        wanted = math.ceil(max(1, sm_count) * BLOCKS_PER_SM / n)
-        blocks_per_sample = max(1, min(wanted, useful))
-    if not 1 <= blocks_per_sample <= 65535:
-        raise ValueError(f"blocks_per_sample must be in [1, 65535], got {blocks_per_sample}")
-    grid = n * blocks_per_sample
-    if grid > 2**31 - 1:
-        raise ValueError(f"grid of {grid} blocks is too large; use fewer blocks per sample")
-    c0 = float(np.float32((2.0 if kind == "mse" else 1.0) / count))
-    workspace = 8 * grid if blocks_per_sample > 1 else 0
-    return LossPlan(name, grid, LOSS_BLOCK, blocks_per_sample, vec, workspace, c0)
-
-
-@dataclass(frozen=True)
-class AdamPlan:
-    grid: int
-    block: int
-    blocks_per_sample: int
-    fused: bool  # one block per sample updates best_loss itself; else a second tiny kernel does
-    best_grid: int
-
-
-def plan_adam(n: int, d: int, *, sm_count: int, blocks_per_sample: int | None = None) -> AdamPlan:
-    """One block per sample for small latents (a single launch); several, plus a best_loss pass, for big."""
-    if n < 1 or d < 1:
-        raise ValueError(f"need N >= 1 samples of >= 1 element, got N={n}, D={d}")
-    if blocks_per_sample is None:
-        useful = max(1, d // (ADAM_BLOCK * ADAM_MIN_PER_THREAD))
-        wanted = math.ceil(max(1, sm_count) * BLOCKS_PER_SM / n)
-        blocks_per_sample = max(1, min(wanted, useful))
-    if not 1 <= blocks_per_sample <= 65535:
-        raise ValueError(f"blocks_per_sample must be in [1, 65535], got {blocks_per_sample}")
-    fused = blocks_per_sample == 1
-    return AdamPlan(
-        grid=n * blocks_per_sample,
-        block=ADAM_BLOCK,
-        blocks_per_sample=blocks_per_sample,
-        fused=fused,
-        best_grid=0 if fused else math.ceil(n / ADAM_BLOCK),
-    )
-
-
-class PackedParams:
-    """The ``void**`` array cuLaunchKernel reads: one pointer per kernel argument, each to its ctypes value.
-
-    Keeps the values alive until the launch has copied them (the driver copies at launch time).
-    """
-
-    def __init__(self, values: Sequence[ctypes._SimpleCData]) -> None:
-        self.values = list(values)
-        self.array = (ctypes.c_void_p * max(1, len(self.values)))(*(ctypes.addressof(v) for v in self.values))
-
-    @property
-    def address(self) -> int:
-        return ctypes.addressof(self.array)
-
-
-def loss_params(
-    plan: LossPlan, y: int, x: int, gy: int, weight: int, loss: int, partial: int, count: int, kind: str,
-    scale: float,
-) -> PackedParams:  # fmt: skip
-    """Arguments in loss.cu's order: (y, x, gy, weight, loss, partial, count, bps, kind, vec, c0, scale)."""
-    vp = ctypes.c_void_p
-    return PackedParams([
-        vp(y), vp(x), vp(gy), vp(weight or None), vp(loss), vp(partial or None),
-        ctypes.c_longlong(count), ctypes.c_int(plan.blocks_per_sample), ctypes.c_int(LOSS_KINDS[kind]),
-        ctypes.c_int(int(plan.vec)), ctypes.c_float(plan.c0), ctypes.c_float(scale),
-    ])  # fmt: skip
-
-
-def adam_params(
-    plan: AdamPlan, ptrs: Sequence[int], d: int, t_kind: int, lr: float, beta1: float, beta2: float,
-    eps: float, clip: float | None,
-) -> PackedParams:  # fmt: skip
-    """Arguments in adam.cu's order: 8 pointers (z, m, v, grad, t, loss, best_loss, best_z), then scalars."""
-    vp = ctypes.c_void_p
-    return PackedParams([
-        *(vp(p) for p in ptrs),
-        ctypes.c_longlong(d), ctypes.c_int(plan.blocks_per_sample), ctypes.c_int(t_kind),
-        ctypes.c_double(lr), ctypes.c_double(beta1), ctypes.c_double(beta2), ctypes.c_float(eps),
-        ctypes.c_float(0.0 if clip is None else clip), ctypes.c_int(clip is not None),
-        ctypes.c_int(int(plan.fused)),
-    ])  # fmt: skip
-
-
-# ---------------------------------------------------------------- driver
-
-
 def _driver() -> Any:
     try:
         from cuda.bindings import driver
     except ImportError as e:
-        raise KernelUnavailableError(
-            f"cuda-python is not installed ({e}); pip install 'genorigin[gpu]' for the CUDA kernels"
-        ) from e
+        raise KernelUnavailableError(build.cuda_python_problem(e)) from e
     return driver
 
 
@@ -217,6 +85,10 @@ def _stream_handle(stream: Any) -> int:
 class CudaKernels:
     """The loss and Adam kernels loaded on one GPU; launches take raw device pointers and a stream."""
 
+    # Blocks of each kernel that fit on one SM at once: the driver's figure after __init__; the compile-time
+    # assumption (plan.py, checked by the occupancy gate) for subclasses that skip __init__ (the CPU harness).
+    resident: ClassVar[Mapping[str, int]] = MappingProxyType({})
+
     def __init__(self, device: int = 0) -> None:
         driver = _driver()
         try:
@@ -237,9 +109,17 @@ class CudaKernels:
         self.sm_count = self.attribute("MULTIPROCESSOR_COUNT")
         try:
             target_arch, target = build.choose_target(self.arch, build.nvrtc_supported_archs())
+            nvrtc = build.nvrtc_version()
         except build.NvrtcUnavailableError as e:
             raise KernelUnavailableError(str(e)) from e
         self.target = f"{'sm' if target == 'cubin' else 'compute'}_{target_arch}"
+        self.driver_version = int(_check(driver.cuDriverGetVersion(), "cuDriverGetVersion"))
+        if target == "ptx":  # only when NVRTC knows no SM of this GPU's major: the driver must JIT the PTX
+            problem = build.ptx_driver_problem(self.driver_version, nvrtc)
+            if problem is not None:
+                raise KernelUnavailableError(f"sm_{self.arch}: {problem}")
+            log.warning("NVRTC %s does not know sm_%d; loading PTX for %s (JIT by the driver)",
+                        ".".join(map(str, nvrtc)), self.arch, self.target)  # fmt: skip
         self._modules: list[Any] = []
         self._functions: dict[str, Any] = {}
         for source, names in build.KERNELS.items():
@@ -256,6 +136,15 @@ class CudaKernels:
             self._modules.append(module)
             for name in names:
                 self._functions[name] = _check(driver.cuModuleGetFunction(module, name.encode()), name)
+        self.resident = MappingProxyType({name: self._occupancy(name) for name in self._functions})
+
+    def _occupancy(self, name: str) -> int:
+        occ = self._driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(self._functions[name], block_size(name), 0)
+        return int(_check(occ, f"occupancy of {name}"))
+
+    def blocks_per_sm(self, kernel: str) -> int:
+        """Resident blocks per SM the grid of ``kernel`` is sized for."""
+        return max(1, int(self.resident.get(kernel) or planned_blocks_per_sm(kernel) or 1))
 
     def attribute(self, name: str) -> int:
         """cuDeviceGetAttribute(CU_DEVICE_ATTRIBUTE_<name>) for this device."""
@@ -285,11 +174,13 @@ class CudaKernels:
         )  # fmt: skip
 
     def loss_plan(self, n: int, count: int, **kw: Any) -> LossPlan:
-        return plan_loss(n, count, sm_count=self.sm_count, **kw)
+        kernel = loss_kernel_name(kw.get("y_dtype", "float32"), kw.get("x_dtype", "float32"),
+                                  kw.get("gy_dtype", "float32"))  # fmt: skip
+        return plan_loss(n, count, sm_count=self.sm_count, blocks_per_sm=self.blocks_per_sm(kernel), **kw)
 
     def loss_workspace_bytes(self, n: int, count: int, **kw: Any) -> int:
         """Bytes of scratch a loss launch needs (0 when each sample fits one block); pass it as workspace."""
-        return plan_loss(n, count, sm_count=self.sm_count, **kw).workspace_bytes if n else 0
+        return self.loss_plan(n, count, **kw).workspace_bytes if n else 0
 
     def loss(
         self,
@@ -317,9 +208,9 @@ class CudaKernels:
         """
         if n == 0:
             return None
-        plan = plan_loss(
-            n, count, sm_count=self.sm_count, kind=kind, y_dtype=y_dtype, x_dtype=x_dtype,
-            gy_dtype=gy_dtype, ptrs=(y_ptr, x_ptr, gy_ptr), blocks_per_sample=blocks_per_sample,
+        plan = self.loss_plan(
+            n, count, kind=kind, y_dtype=y_dtype, x_dtype=x_dtype, gy_dtype=gy_dtype, ptrs=(y_ptr, x_ptr, gy_ptr),
+            blocks_per_sample=blocks_per_sample,
         )  # fmt: skip
         self._activate()
         s = _stream_handle(stream)
@@ -373,7 +264,10 @@ class CudaKernels:
             raise ValueError(f"t dtype must be one of {sorted(STEP_KINDS)}, got {t_dtype!r}")
         if clip is not None and not clip > 0:
             raise ValueError(f"clip must be positive or None, got {clip}")
-        plan = plan_adam(n, d, sm_count=self.sm_count, blocks_per_sample=blocks_per_sample)
+        plan = plan_adam(
+            n, d, sm_count=self.sm_count, blocks_per_sample=blocks_per_sample,
+            blocks_per_sm=self.blocks_per_sm("genorigin_adam"),
+        )  # fmt: skip
         self._activate()
         s = _stream_handle(stream)
         ptrs = (z_ptr, m_ptr, v_ptr, grad_ptr, t_ptr, loss_ptr, best_loss_ptr, best_z_ptr)
@@ -415,10 +309,6 @@ def get_kernels(device: int = 0) -> CudaKernels:
 _TORCH_DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
 def _require(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -454,7 +344,7 @@ def loss_and_grad_cuda(
     _check_cuda_tensor("x", x, y.device)
     _require(y.ndim >= 1 and y.shape == x.shape, f"y {tuple(y.shape)} and x {tuple(x.shape)} differ in shape")
     _require(kind in LOSS_KINDS, f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
-    y_dt, x_dt = _dtype_name(y), _dtype_name(x)
+    y_dt, x_dt = dtype_name(y), dtype_name(x)
     _require(y_dt in _TORCH_DTYPES, f"y dtype must be float32, float16 or bfloat16, got {y.dtype}")
     _require(x_dt in ("float32", y_dt), f"x dtype must be float32 or y's dtype {y.dtype}, got {x.dtype}")
     gy_dt = str(gy_dtype).removeprefix("torch.") if gy_dtype is not None else "float32"
@@ -521,7 +411,7 @@ def adam_step_cuda_(
         _check_cuda_tensor(name, a, z.device)
         _require(a.dtype == torch.float32 and tuple(a.shape) == (n,), f"{name} must be (N,) float32")
     _check_cuda_tensor("t", t, z.device)
-    t_dt = _dtype_name(t)
+    t_dt = dtype_name(t)
     _require(t_dt in STEP_KINDS and tuple(t.shape) == (n,), f"t must be (N,) of {sorted(STEP_KINDS)}")
     if n and d:
         ks = kernels if kernels is not None else get_kernels(z.device.index or 0)

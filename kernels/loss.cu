@@ -11,9 +11,13 @@
 // per block. With blocks_per_sample == 1 the block writes loss[n]; otherwise it writes its fp64 partial to
 // partial[n*blocks_per_sample + b] and genorigin_loss_finalize sums the partials in a fixed order.
 // No atomics anywhere: the same launch configuration gives bit-identical results.
+// Occupancy: __launch_bounds__(LOSS_BLOCK, LOSS_MIN_BLOCKS) caps registers so that LOSS_MIN_BLOCKS blocks fit
+// on one SM (at most 48 registers; none spill on sm_80/sm_90); launch.py sizes grids for that many (plan.py's
+// LOSS_BLOCKS_PER_SM, checked against ptxas by tests/test_kernel_occupancy.py).
 #include "common.cuh"
 
 #define LOSS_BLOCK 256
+#define LOSS_MIN_BLOCKS 5
 
 namespace genorigin {
 
@@ -94,7 +98,7 @@ __device__ __forceinline__ void loss_kernel(const void* y_, const void* x_, void
 
 // Kernel names: genorigin_loss_<y dtype>_<x dtype>_<gy dtype>; x and gy are fp32 or y's dtype.
 #define GENORIGIN_LOSS_KERNEL(YN, XN, GN, TY, TX, TG)                                                  \
-  extern "C" __global__ void __launch_bounds__(LOSS_BLOCK) genorigin_loss_##YN##_##XN##_##GN(         \
+  extern "C" __global__ void __launch_bounds__(LOSS_BLOCK, LOSS_MIN_BLOCKS) genorigin_loss_##YN##_##XN##_##GN( \
       const void* y, const void* x, void* gy, const float* weight, float* loss, double* partial,     \
       long long count, int blocks_per_sample, int kind, int vec, float c0, float scale) {            \
     genorigin::loss_kernel<genorigin::TY, genorigin::TX, genorigin::TG>(                             \
@@ -112,7 +116,7 @@ GENORIGIN_LOSS_KERNEL(bf16, f32, bf16, BF16, F32, BF16)
 GENORIGIN_LOSS_KERNEL(bf16, bf16, bf16, BF16, BF16, BF16)
 
 // Second pass when blocks_per_sample > 1: one block per sample sums its partials in a fixed order.
-extern "C" __global__ void __launch_bounds__(LOSS_BLOCK)
+extern "C" __global__ void __launch_bounds__(LOSS_BLOCK, LOSS_MIN_BLOCKS)
     genorigin_loss_finalize(const double* __restrict__ partial, float* __restrict__ loss, long long count,
                             int blocks_per_sample) {
   const long long n = blockIdx.x;

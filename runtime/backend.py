@@ -9,7 +9,7 @@ may replace it with the fused CUDA kernel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from genorigin.kernels import reference
 from genorigin.kernels.reference import AdamConfig
 
 Array = Any
+_B = TypeVar("_B", bound="Backend")
 
 
 @dataclass
@@ -71,6 +72,15 @@ class Backend:
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
+
+    def close(self) -> None:
+        """Release what the backend holds on its device (graphs, engines, streams); a no-op by default."""
+
+    def __enter__(self: _B) -> _B:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def configure_torch_cpu() -> None:

@@ -12,9 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from genorigin.runtime import engine_cache as ec
-from genorigin.runtime import engines
-from genorigin.runtime.engine_cache import BatchProfile, EngineCache, EngineKey, TensorSpec
+from genorigin.runtime.gpu import engine_cache as ec
+from genorigin.runtime.gpu import engine_io, graphs, profiles, slots, trt_build, trt_env
+from genorigin.runtime.gpu.engine_cache import EngineCache, EngineKey
+from genorigin.runtime.gpu.engine_io import TensorSpec
+from genorigin.runtime.gpu.profiles import BatchProfile
 from helpers import tiny_generator
 
 
@@ -37,68 +39,68 @@ def make_key(**over: object) -> EngineKey:
 
 
 def test_batch_profile_validates_and_parses() -> None:
-    assert ec.parse_profile("1:32:256") == BatchProfile(1, 32, 256)
-    assert ec.parse_profile("64") == BatchProfile(1, 64, 64)
+    assert profiles.parse_profile("1:32:256") == BatchProfile(1, 32, 256)
+    assert profiles.parse_profile("64") == BatchProfile(1, 64, 64)
     for bad in ("0:1:2", "4:2:8", "1:2", "a:b:c", "8:16:4"):
         with pytest.raises(ValueError):
-            ec.parse_profile(bad)
+            profiles.parse_profile(bad)
     assert str(BatchProfile(2, 4, 8)) == "2:4:8"
 
 
 def test_pow2_bucket() -> None:
-    assert [ec.pow2_bucket(n) for n in (1, 2, 3, 4, 5, 31, 32, 33, 256)] == [1, 2, 4, 4, 8, 32, 32, 64, 256]
+    assert [slots.pow2_bucket(n) for n in (1, 2, 3, 4, 5, 31, 32, 33, 256)] == [1, 2, 4, 4, 8, 32, 32, 64, 256]
     with pytest.raises(ValueError):
-        ec.pow2_bucket(0)
+        slots.pow2_bucket(0)
 
 
 def test_bucket_sizes_inside_profiles() -> None:
-    assert ec.bucket_sizes([BatchProfile(1, 32, 256)]) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    assert slots.bucket_sizes([BatchProfile(1, 32, 256)]) == (1, 2, 4, 8, 16, 32, 64, 128, 256)
     # non-power-of-two limits are buckets themselves, so every count in range fits
-    assert ec.bucket_sizes([BatchProfile(3, 8, 20)]) == (3, 4, 8, 16, 20)
-    assert ec.bucket_sizes([BatchProfile(1, 1, 1), BatchProfile(8, 64, 100)]) == (1, 8, 16, 32, 64, 100)
+    assert slots.bucket_sizes([BatchProfile(3, 8, 20)]) == (3, 4, 8, 16, 20)
+    assert slots.bucket_sizes([BatchProfile(1, 1, 1), BatchProfile(8, 64, 100)]) == (1, 8, 16, 32, 64, 100)
     with pytest.raises(ValueError):
-        ec.bucket_sizes([])
+        slots.bucket_sizes([])
 
 
 def test_choose_bucket_pads_up_and_names_the_limit() -> None:
-    buckets = ec.bucket_sizes([BatchProfile(1, 32, 96)])
-    assert ec.choose_bucket(1, buckets) == 1
-    assert ec.choose_bucket(3, buckets) == 4
-    assert ec.choose_bucket(33, buckets) == 64
-    assert ec.choose_bucket(65, buckets) == 96
+    buckets = slots.bucket_sizes([BatchProfile(1, 32, 96)])
+    assert slots.choose_bucket(1, buckets) == 1
+    assert slots.choose_bucket(3, buckets) == 4
+    assert slots.choose_bucket(33, buckets) == 64
+    assert slots.choose_bucket(65, buckets) == 96
     with pytest.raises(ValueError, match="largest batch the engines were built for \\(96\\)"):
-        ec.choose_bucket(97, buckets)
+        slots.choose_bucket(97, buckets)
     with pytest.raises(ValueError):
-        ec.choose_bucket(0, buckets)
+        slots.choose_bucket(0, buckets)
 
 
 def test_choose_profile_prefers_tightest_range() -> None:
-    profiles = [BatchProfile(1, 64, 256), BatchProfile(1, 1, 8), BatchProfile(16, 32, 64)]
-    assert ec.choose_profile(1, profiles) == 1
-    assert ec.choose_profile(8, profiles) == 1
-    assert ec.choose_profile(32, profiles) == 2
-    assert ec.choose_profile(128, profiles) == 0
+    ranges = [BatchProfile(1, 64, 256), BatchProfile(1, 1, 8), BatchProfile(16, 32, 64)]
+    assert profiles.choose_profile(1, ranges) == 1
+    assert profiles.choose_profile(8, ranges) == 1
+    assert profiles.choose_profile(32, ranges) == 2
+    assert profiles.choose_profile(128, ranges) == 0
     with pytest.raises(ValueError, match="outside every optimisation profile"):
-        ec.choose_profile(512, profiles)
+        profiles.choose_profile(512, ranges)
     # equal ranges: the nearer opt wins
-    assert ec.choose_profile(10, [BatchProfile(1, 2, 16), BatchProfile(1, 12, 16)]) == 1
+    assert profiles.choose_profile(10, [BatchProfile(1, 2, 16), BatchProfile(1, 12, 16)]) == 1
 
 
 # ---------------------------------------------------------------------------------------------- shapes
 
 
 def test_concrete_and_profile_shapes() -> None:
-    assert ec.concrete_shape((-1, 100, 1, 1), 8) == (8, 100, 1, 1)
-    assert ec.concrete_shape(("batch", 3, 32, 32), 4) == (4, 3, 32, 32)
-    assert ec.concrete_shape((None,), 5) == (5,)
-    assert ec.concrete_shape((8, 3), 8) == (8, 3)
+    assert engine_io.concrete_shape((-1, 100, 1, 1), 8) == (8, 100, 1, 1)
+    assert engine_io.concrete_shape(("batch", 3, 32, 32), 4) == (4, 3, 32, 32)
+    assert engine_io.concrete_shape((None,), 5) == (5,)
+    assert engine_io.concrete_shape((8, 3), 8) == (8, 3)
     with pytest.raises(ValueError, match="fixed batch"):
-        ec.concrete_shape((8, 3), 4)
+        engine_io.concrete_shape((8, 3), 4)
     with pytest.raises(ValueError, match="dynamic non-batch"):
-        ec.concrete_shape((-1, -1, 32), 2)
+        engine_io.concrete_shape((-1, -1, 32), 2)
     with pytest.raises(ValueError, match="rank 0"):
-        ec.concrete_shape((), 2)
-    assert ec.profile_shapes((-1, 100, 1, 1), BatchProfile(1, 32, 256)) == (
+        engine_io.concrete_shape((), 2)
+    assert engine_io.profile_shapes((-1, 100, 1, 1), BatchProfile(1, 32, 256)) == (
         (1, 100, 1, 1),
         (32, 100, 1, 1),
         (256, 100, 1, 1),
@@ -114,33 +116,33 @@ DCGAN_VJP = [
 
 
 def test_buffer_shapes_from_engine_io() -> None:
-    assert ec.buffer_shapes(DCGAN_VJP, 16) == {
+    assert engine_io.buffer_shapes(DCGAN_VJP, 16) == {
         "z": (16, 100, 1, 1),
         "g_image": (16, 3, 32, 32),
         "image": (16, 3, 32, 32),
         "g_z": (16, 100, 1, 1),
     }
     loss = [TensorSpec("z", True, (-1, 8), "float32"), TensorSpec("loss", False, (-1,), "float32")]
-    assert ec.buffer_shapes(loss, 3) == {"z": (3, 8), "loss": (3,)}
+    assert engine_io.buffer_shapes(loss, 3) == {"z": (3, 8), "loss": (3,)}
 
 
 def test_assign_io_by_exporter_names() -> None:
-    assert ec.assign_io("vjp", DCGAN_VJP) == {"z": "z", "seed": "g_image", "grad": "g_z"}
+    assert engine_io.assign_io("vjp", DCGAN_VJP) == {"z": "z", "seed": "g_image", "grad": "g_z"}
     fwd = [TensorSpec("z", True, (-1, 8), "float32"), TensorSpec("image", False, (-1, 3, 8, 8), "float32")]
-    assert ec.assign_io("forward", fwd) == {"z": "z", "image": "image"}
+    assert engine_io.assign_io("forward", fwd) == {"z": "z", "image": "image"}
     loss = [
         TensorSpec("z", True, (-1, 8), "float32"),
         TensorSpec("target", True, (-1, 3, 8, 8), "float32"),
         TensorSpec("loss", False, (-1,), "float32"),
         TensorSpec("grad_z", False, (-1, 8), "float32"),
     ]
-    assert ec.assign_io("loss", loss) == {"z": "z", "target": "target", "loss": "loss", "grad": "grad_z"}
+    assert engine_io.assign_io("loss", loss) == {"z": "z", "target": "target", "loss": "loss", "grad": "grad_z"}
     with pytest.raises(ValueError, match="no input 'z'"):
-        ec.assign_io("forward", [TensorSpec("w", True, (-1,), "float32")])
+        engine_io.assign_io("forward", [TensorSpec("w", True, (-1,), "float32")])
     with pytest.raises(ValueError, match="vjp engine"):
-        ec.assign_io("vjp", fwd)
+        engine_io.assign_io("vjp", fwd)
     with pytest.raises(ValueError, match="unknown engine role"):
-        ec.assign_io("decoder", fwd)
+        engine_io.assign_io("decoder", fwd)
 
 
 # ---------------------------------------------------------------------------------------------- keys
@@ -201,8 +203,8 @@ def test_graph_sha256_covers_external_data(tmp_path: Path) -> None:
 
 
 def test_cache_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("GENORIGIN_CACHE", str(tmp_path / "g"))
-    assert ec.engine_cache_dir() == tmp_path / "g" / "genorigin" / "engines"
+    monkeypatch.setenv("GENORIGIN_CACHE", str(tmp_path / "g"))  # genorigin's one cache base (genorigin.files)
+    assert ec.engine_cache_dir() == tmp_path / "g" / "engines"
     monkeypatch.delenv("GENORIGIN_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert ec.engine_cache_dir() == tmp_path / "x" / "genorigin" / "engines"
@@ -220,6 +222,8 @@ def test_store_and_lookup_roundtrip(tmp_path: Path) -> None:
     meta = json.loads(ec.sidecar_path(path).read_text())
     assert meta["key"] == key.to_dict() and meta["engine_bytes"] == 12 and meta["graph_kind"] == "vjp"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, path.name + ".json"])
+    fresh = EngineCache(tmp_path / "new" / "folder")  # the cache creates its folder on first store
+    assert fresh.lookup(key) == (None, "no engine file") and fresh.store(key, b"E").is_file()
 
 
 @pytest.mark.parametrize("component", sorted(KEY_CHANGES))
@@ -294,6 +298,7 @@ def test_get_or_build_uses_cache_and_honours_force(tmp_path: Path) -> None:
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "sub" / "x.engine"
+    target.parent.mkdir()  # genorigin.files writes into existing folders; EngineCache.store creates its own
     ec.atomic_write_bytes(target, b"v1")
     assert target.read_bytes() == b"v1"
 
@@ -340,33 +345,33 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_resolve_graphs_package_folder_list_and_mapping(exported: Path, tmp_path: Path) -> None:
     files = {"forward": exported / "forward.onnx", "vjp": exported / "vjp.onnx", "loss": exported / "loss_mse.onnx"}
-    assert engines.resolve_graphs(exported) == files
-    assert {r: engines.graph_role(p) for r, p in files.items()} == {r: r for r in files}
-    assert engines.graph_kind(files["loss"]) == "loss-mse"
+    assert graphs.resolve_graphs(exported) == files
+    assert {r: graphs.graph_role(p) for r, p in files.items()} == {r: r for r in files}
+    assert graphs.graph_kind(files["loss"]) == "loss-mse"
     # a plain folder (no manifest) is matched by file name
     plain = tmp_path / "plain"
     plain.mkdir()
     for role, p in files.items():
         (plain / ("loss.onnx" if role == "loss" else p.name)).write_bytes(p.read_bytes())
-    assert engines.resolve_graphs(plain) == {
+    assert graphs.resolve_graphs(plain) == {
         r: plain / ("loss.onnx" if r == "loss" else p.name) for r, p in files.items()
     }
     # a list of files: roles come from the autodiff metadata, whatever the file names
     renamed = tmp_path / "whatever.onnx"
     renamed.write_bytes(files["vjp"].read_bytes())
-    assert engines.resolve_graphs([files["forward"], renamed]) == {"forward": files["forward"], "vjp": renamed}
-    assert engines.resolve_graphs({"loss": files["loss"]}) == {"loss": files["loss"]}
-    assert engines.resolve_graphs(exported, roles=["loss"]) == {"loss": files["loss"]}
+    assert graphs.resolve_graphs([files["forward"], renamed]) == {"forward": files["forward"], "vjp": renamed}
+    assert graphs.resolve_graphs({"loss": files["loss"]}) == {"loss": files["loss"]}
+    assert graphs.resolve_graphs(exported, roles=["loss"]) == {"loss": files["loss"]}
     with pytest.raises(ValueError, match="two forward graphs"):
-        engines.resolve_graphs([files["forward"], files["forward"]])
+        graphs.resolve_graphs([files["forward"], files["forward"]])
     with pytest.raises(ValueError, match="no ONNX graph for role"):
-        engines.resolve_graphs({"loss": files["loss"]}, roles=["vjp"])
+        graphs.resolve_graphs({"loss": files["loss"]}, roles=["vjp"])
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="no ONNX graphs found"):
-        engines.resolve_graphs(empty)
+        graphs.resolve_graphs(empty)
     with pytest.raises(FileNotFoundError):
-        engines.resolve_graphs([tmp_path / "missing.onnx"])
+        graphs.resolve_graphs([tmp_path / "missing.onnx"])
 
 
 def test_tampered_package_is_refused(exported: Path, tmp_path: Path) -> None:
@@ -380,13 +385,13 @@ def test_tampered_package_is_refused(exported: Path, tmp_path: Path) -> None:
     data[-1] ^= 1
     (copy / "vjp.onnx").write_bytes(bytes(data))
     with pytest.raises(PackageError, match="SHA-256"):
-        engines.resolve_graphs(copy)
+        graphs.resolve_graphs(copy)
 
 
 def test_usable_plans() -> None:
-    assert engines.usable_role_sets(["forward", "vjp", "loss"]) == [("loss",), ("forward", "vjp")]
-    assert engines.usable_role_sets(["forward"]) == []
-    assert engines.usable_role_sets(["vjp", "forward"]) == [("forward", "vjp")]
+    assert graphs.usable_role_sets(["forward", "vjp", "loss"]) == [("loss",), ("forward", "vjp")]
+    assert graphs.usable_role_sets(["forward"]) == []
+    assert graphs.usable_role_sets(["vjp", "forward"]) == [("forward", "vjp")]
 
 
 def test_engine_key_tracks_the_graph_bytes(exported: Path, tmp_path: Path) -> None:
@@ -397,22 +402,22 @@ def test_engine_key_tracks_the_graph_bytes(exported: Path, tmp_path: Path) -> No
         "compute_capability": "9.0",
         "device_name": "H100",
     }
-    a = engines.engine_key("vjp", exported / "vjp.onnx", **kw)
-    assert a == engines.engine_key("vjp", exported / "vjp.onnx", **kw)
+    a = trt_build.engine_key("vjp", exported / "vjp.onnx", **kw)
+    assert a == trt_build.engine_key("vjp", exported / "vjp.onnx", **kw)
     copy = tmp_path / "vjp.onnx"
     data = bytearray((exported / "vjp.onnx").read_bytes())
     data[-1] ^= 1  # any change to the graph file is a different engine
     copy.write_bytes(bytes(data))
-    assert engines.engine_key("vjp", copy, **kw).graph_sha256 != a.graph_sha256
-    assert engines.external_data_files(exported / "vjp.onnx") == []
+    assert trt_build.engine_key("vjp", copy, **kw).graph_sha256 != a.graph_sha256
+    assert graphs.external_data_files(exported / "vjp.onnx") == []
 
 
 def test_build_engines_explains_missing_tensorrt(exported: Path) -> None:
-    ok, why = engines.tensorrt_available()
+    ok, why = trt_env.tensorrt_available()
     if ok:
         pytest.skip(f"TensorRT {why} is usable here; the missing-TensorRT path cannot be exercised")
     assert why
-    with pytest.raises(engines.TensorRTUnavailableError):
-        engines.build_engines(exported)
+    with pytest.raises(trt_env.TensorRTUnavailableError):
+        trt_build.build_engines(exported)
     with pytest.raises(ValueError, match="precision"):
-        engines.build_engines(exported, precision="int8")
+        trt_build.build_engines(exported, precision="int8")

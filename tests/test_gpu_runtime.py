@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 import torch
 from genorigin.runtime.backend import Backend, SlotState, TorchBackend, take, to_numpy
-from genorigin.runtime.cuda_graph import FIELDS, CudaGraphTorchBackend, SlotBuffers, fp32_math
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert
+from genorigin.runtime.compare import compare_backends
+from genorigin.runtime.gpu.slots import FIELDS, SlotBuffers
+from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
+from genorigin.runtime.inversion import InversionSettings, Schedule
 from helpers import tiny_generator
 
 SETTINGS = InversionSettings(steps=40, lr=0.05)
@@ -109,22 +111,6 @@ def test_slot_buffers_stage_publish_and_pad() -> None:
         SlotBuffers(2, (8,), (3, 8, 8), torch.device("cpu")).stage(st)
 
 
-def test_fp32_math_sets_and_restores_flags() -> None:
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):
-        before = (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
-        with fp32_math(False):
-            assert conv.fp32_precision == "ieee" and torch.backends.cuda.matmul.fp32_precision == "ieee"
-        with fp32_math(True):
-            assert conv.fp32_precision == "tf32"
-        assert (conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == before
-    else:
-        before = torch.backends.cudnn.allow_tf32
-        with fp32_math(False):
-            assert torch.backends.cudnn.allow_tf32 is False
-        assert torch.backends.cudnn.allow_tf32 == before
-
-
 def test_static_buffer_step_matches_reference_on_cpu() -> None:
     """5 slots (bucket 8), compacted to 3 (bucket 4) at step 10: same numbers as the eager reference."""
     z, x = _problem(5)
@@ -156,16 +142,30 @@ def test_padded_slots_do_not_change_real_slots_cpu() -> None:
         np.testing.assert_array_equal(clean[f], dirty[f], err_msg=f)
 
 
-def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
-    """End to end through the shared loop, whichever of step() or loss_and_grad() it drives."""
+def check_loop_matches_reference(backend: Backend, *, own: int, steps: int, rtol: float, atol: float) -> None:
+    """End to end through the shared loop: ``backend`` against the eager TorchBackend on ``own`` of the
+    generator's samples and 3 other images, with refills (batch ``own`` of 2 restarts)."""
     gen = tiny_generator()
-    targets = np.concatenate([gen.sample(2, seed=3), _problem(3, seed=4)[1]])
-    settings = InversionSettings(steps=60, lr=0.05, restarts=2)
-    schedule = Schedule(batch_size=2, check_every=20, early_exit=False)
-    ref = invert(TorchBackend(tiny_generator()), targets, gen.latent, settings, schedule)
-    got = invert(CudaGraphTorchBackend(tiny_generator(), device="cpu"), targets, gen.latent, settings, schedule)
-    for a, b in zip(got, ref):
-        assert a.best_loss == pytest.approx(b.best_loss, rel=1e-4, abs=1e-9)
+    targets = np.concatenate([gen.sample(own, seed=3), _problem(3, seed=4)[1]])
+    settings = InversionSettings(steps=steps, lr=0.05, restarts=2)
+    schedule = Schedule(batch_size=own, check_every=20, early_exit=False)
+    backends = {"torch": TorchBackend(tiny_generator()), backend.name: backend}
+    compare_backends(backends, targets, settings, rtol, latent=gen.latent, schedule=schedule, atol=atol).check()
+
+
+def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
+    check_loop_matches_reference(CudaGraphTorchBackend(tiny_generator(), device="cpu"), own=2, steps=60,
+                                 rtol=1e-4, atol=1e-9)  # fmt: skip
+
+
+def test_backends_report_the_names_they_are_chosen_by() -> None:
+    """``--backend torch-cuda-graph`` must say torch-cuda-graph (it said torch-cudagraph)."""
+    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+
+    from genorigin.models import BACKENDS
+
+    assert CudaGraphTorchBackend.name == "torch-cuda-graph" and TensorRTBackend.name in BACKENDS
+    assert CudaGraphTorchBackend(tiny_generator(), device="cpu").describe()["backend"] in BACKENDS
 
 
 def test_capture_refused_on_cpu() -> None:
@@ -190,6 +190,7 @@ def test_cuda_graph_backend_matches_cpu_reference(kernels: str) -> None:
     info = backend.describe()
     assert info["cuda_graph"] is True, "capture failed (see the log): the graph path was not exercised"
     assert info["buckets"] == [4, 8]
+    assert info["kernels"] == ("torch" if kernels == "torch" else "cuda"), info["kernels_note"]  # no silent fallback
     assert_runs_close(got, ref, rtol=1e-3, atol=1e-5)
 
 
@@ -200,22 +201,29 @@ def test_cuda_graph_padding_does_not_change_real_slots() -> None:
     backend = CudaGraphTorchBackend(tiny_generator(), device="cuda")
     clean = drive(backend, z, x, 15)
     dirty = drive(backend, z, x, 15, between=_scribble_padding)
-    assert backend.describe()["cuda_graph"] is True
+    assert backend.describe()["cuda_graph"] is True and backend.describe()["kernels"] == "cuda"
     for f in clean:  # same captured graph, same kernels: bit for bit
         np.testing.assert_array_equal(clean[f], dirty[f], err_msg=f)
 
 
 @pytest.mark.gpu
 @needs_cuda
+def test_cuda_graph_backend_runs_on_its_own_stream_and_closes() -> None:
+    z, x = _problem(3)
+    caller = torch.cuda.current_stream()
+    with CudaGraphTorchBackend(tiny_generator(), device="cuda") as backend:
+        drive(backend, z, x, 5)
+        assert backend.stream is not None and backend.stream.cuda_stream not in (0, caller.cuda_stream)
+        assert torch.cuda.current_stream() == caller  # the caller's stream is back after every step
+    assert backend.closed and backend.stream is None and not backend._buckets
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_cuda_graph_backend_through_the_loop() -> None:
-    gen = tiny_generator()
-    targets = np.concatenate([gen.sample(3, seed=3), _problem(3, seed=4)[1]])
-    settings = InversionSettings(steps=80, lr=0.05, restarts=2)
-    schedule = Schedule(batch_size=3, check_every=20, early_exit=False)
-    ref = invert(TorchBackend(tiny_generator()), targets, gen.latent, settings, schedule)
-    got = invert(CudaGraphTorchBackend(tiny_generator(), device="cuda"), targets, gen.latent, settings, schedule)
-    for a, b in zip(got, ref):
-        assert a.best_loss == pytest.approx(b.best_loss, rel=2e-3, abs=1e-7)
+    graphed = CudaGraphTorchBackend(tiny_generator(), device="cuda")
+    check_loop_matches_reference(graphed, own=3, steps=80, rtol=2e-3, atol=1e-7)
+    assert graphed.describe()["cuda_graph"] is True and graphed.describe()["kernels"] == "cuda"
 
 
 # ---------------------------------------------------------------------------------------------- TensorRT
@@ -224,7 +232,7 @@ def test_cuda_graph_backend_through_the_loop() -> None:
 def _tensorrt_reason() -> str | None:
     if not HAS_CUDA:
         return "needs a CUDA GPU visible to torch (none here)"
-    from genorigin.runtime.engines import tensorrt_available
+    from genorigin.runtime.gpu.trt_env import tensorrt_available
 
     ok, why = tensorrt_available()
     return None if ok else f"needs TensorRT >= 10: {why}"
@@ -244,8 +252,10 @@ def trt_graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_engine_build_cache_hit_and_foreign_rejection(trt_graphs: Path, tmp_path: Path) -> None:
     import json
 
-    from genorigin.runtime.engine_cache import BatchProfile, sidecar_path
-    from genorigin.runtime.engines import ForeignEngineError, build_engines, load_engine
+    from genorigin.runtime.gpu.engine_cache import sidecar_path
+    from genorigin.runtime.gpu.profiles import BatchProfile
+    from genorigin.runtime.gpu.trt_build import build_engines
+    from genorigin.runtime.gpu.trt_load import ForeignEngineError, load_engine
 
     profiles = (BatchProfile(1, 4, 16),)
     first = build_engines(trt_graphs, cache_dir=tmp_path, profiles=profiles)
@@ -267,8 +277,8 @@ def test_engine_build_cache_hit_and_foreign_rejection(trt_graphs: Path, tmp_path
 @pytest.mark.parametrize("plan", ["loss", "vjp"])
 @pytest.mark.parametrize("kernels", ["torch", "auto"])
 def test_tensorrt_backend_matches_cpu_reference(trt_graphs: Path, tmp_path: Path, plan: str, kernels: str) -> None:
-    from genorigin.runtime.engine_cache import BatchProfile
-    from genorigin.runtime.tensorrt_backend import TensorRTBackend
+    from genorigin.runtime.gpu.profiles import BatchProfile
+    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend.from_graphs(
         trt_graphs, profiles=(BatchProfile(1, 4, 16),), cache_dir=tmp_path, plan=plan, kernels=kernels
@@ -284,3 +294,7 @@ def test_tensorrt_backend_matches_cpu_reference(trt_graphs: Path, tmp_path: Path
     got = drive(backend, z, x, 30, compact_at=10, keep=keep)
     assert_runs_close(got, ref, rtol=2e-3, atol=1e-5)
     np.testing.assert_allclose(backend.render(z), cpu.render(z), rtol=1e-4, atol=1e-5)
+    info = backend.describe()
+    assert info["kernels"] == ("torch" if kernels == "torch" else "cuda"), info["kernels_note"]
+    assert info["cuda_graph"] is True and info["own_stream"] is True
+    backend.close()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from genorigin.kernels import build, launch
+from genorigin.kernels import build, launch, plan
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +62,16 @@ def test_nvrtc_compiles_ptx(source: str, arch: int) -> None:
 
 
 @needs_nvrtc
+def test_compiling_leaves_python_shared_bytes_alone() -> None:
+    """NVRTC writes into the bytes objects cuda-python hands it, and CPython shares every 1-byte bytes object:
+    fetching an empty log (just its NUL) into ``b" " * 1`` once turned every b" " in the process into b"\0"."""
+    build.compile_nvrtc("adam.cu", 90, "ptx")
+    build.ptxas_info("adam.cu", 90)
+    shared = bytes([32])  # built at run time: CPython hands out its cached 1-byte object (no constant folding)
+    assert shared[0] == 32 and repr(shared) == "b' '", repr(shared)
+
+
+@needs_nvrtc
 def test_nvrtc_cubin_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """First call compiles and stores; the second reads the cache; another arch is another file."""
     monkeypatch.setenv("GENORIGIN_KERNEL_CACHE", str(tmp_path))
@@ -78,8 +88,11 @@ def test_nvrtc_cubin_and_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
 def test_cache_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("GENORIGIN_KERNEL_CACHE", raising=False)
+    monkeypatch.delenv("GENORIGIN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert build.cache_dir() == tmp_path / "genorigin" / "kernels"
+    monkeypatch.setenv("GENORIGIN_CACHE", str(tmp_path / "g"))  # the one genorigin cache moves kernels too
+    assert build.cache_dir() == tmp_path / "g" / "kernels"
     monkeypatch.setenv("GENORIGIN_KERNEL_CACHE", str(tmp_path / "x"))
     assert build.cache_dir() == tmp_path / "x"
 
@@ -92,13 +105,32 @@ def test_cache_key_changes_with_options_and_compiler() -> None:
     assert k != build.cache_key("adam.cu", build.COMMON_OPTIONS, "nvrtc 13.0")
 
 
-def test_choose_target() -> None:
+def test_choose_target_prefers_cubins() -> None:
+    """Issue 15.8: PTX needs a driver as new as NVRTC; a cubin does not. Cubins whenever SASS can run."""
     supported = (75, 80, 86, 89, 90)
     assert build.choose_target(90, supported) == (90, "cubin")
-    assert build.choose_target(87, supported) == (86, "ptx")  # unknown to NVRTC: PTX, driver JITs it
-    assert build.choose_target(120, supported) == (90, "ptx")
+    assert build.choose_target(87, supported) == (86, "cubin")  # unknown minor: SASS of sm_86 runs on sm_87
+    assert build.choose_target(88, (80, 90)) == (80, "cubin")
+    assert build.choose_target(120, supported) == (90, "ptx")  # no SM of major 12 known: PTX, driver JITs it
     with pytest.raises(build.CompileError):
         build.choose_target(70, supported)
+
+
+def test_ptx_needs_a_driver_as_new_as_nvrtc() -> None:
+    assert build.ptx_driver_problem(13000, (13, 0)) is None
+    assert build.ptx_driver_problem(13020, (13, 0)) is None
+    why = build.ptx_driver_problem(12080, (13, 0))
+    assert why is not None and "CUDA 12.8" in why and ">= 13.0" in why and "r580" in why and "gpu-cu12" in why
+    assert build.ptx_driver_problem(12040, (12, 6)) is not None
+
+
+@needs_nvrtc
+@pytest.mark.parametrize("arch", ARCHS)
+def test_runtime_compiles_cubins_for_ci_archs(arch: int) -> None:
+    """What CudaKernels loads for sm_80/sm_90 with this NVRTC: an ELF cubin, never PTX."""
+    target_arch, target = build.choose_target(arch, build.nvrtc_supported_archs())
+    assert (target_arch, target) == (arch, "cubin")
+    assert build.compile_nvrtc("adam.cu", arch, target)[:4] == b"\x7fELF"
 
 
 def test_nvcc_command_shape() -> None:
@@ -118,7 +150,7 @@ def test_imports_without_cuda_python() -> None:
     code = (
         "import sys; sys.modules['cuda'] = None; sys.modules['cuda.bindings'] = None\n"
         "import genorigin.kernels as k\n"
-        "from genorigin.kernels import build, launch\n"
+        "from genorigin.kernels import build, launch, plan\n"
         "ok, why = build.nvrtc_available(); assert not ok and 'cuda-python' in why, why\n"
         "try:\n    k.CudaKernels()\nexcept k.KernelUnavailableError as e:\n    print('unavailable:', e)\n"
     )
@@ -145,69 +177,69 @@ def test_no_driver_means_kernel_unavailable() -> None:
 
 
 def test_loss_kernel_names_exist() -> None:
-    for y in launch.DTYPES:
+    for y in plan.DTYPES:
         for x in ("float32", y):
             for g in ("float32", y):
-                assert launch.loss_kernel_name(y, x, g) in build.KERNELS["loss.cu"]
+                assert plan.loss_kernel_name(y, x, g) in build.KERNELS["loss.cu"]
     with pytest.raises(ValueError, match="x dtype"):
-        launch.loss_kernel_name("float16", "bfloat16", "float32")
+        plan.loss_kernel_name("float16", "bfloat16", "float32")
     with pytest.raises(ValueError, match="unsupported dtype"):
-        launch.loss_kernel_name("float64", "float32", "float32")
+        plan.loss_kernel_name("float64", "float32", "float32")
 
 
 def test_plan_loss_shapes() -> None:
     # small N, big images: many blocks per sample, a workspace, and the vector path when aligned
-    p = launch.plan_loss(1, 3 * 1024 * 1024, sm_count=132, ptrs=(0, 4096, 8192))
-    assert p.blocks_per_sample == 132 * launch.BLOCKS_PER_SM and p.vec and p.workspace_bytes == 8 * p.grid
+    p = plan.plan_loss(1, 3 * 1024 * 1024, sm_count=132, ptrs=(0, 4096, 8192))
+    assert p.blocks_per_sample == 132 * plan.LOSS_BLOCKS_PER_SM and p.vec and p.workspace_bytes == 8 * p.grid
     assert p.c0 == np.float32(2.0 / (3 * 1024 * 1024))
     # many samples: one block each, no workspace
-    p = launch.plan_loss(4096, 3 * 64 * 64, sm_count=132, kind="l1")
+    p = plan.plan_loss(4096, 3 * 64 * 64, sm_count=132, kind="l1")
     assert p.blocks_per_sample == 1 and p.workspace_bytes == 0 and p.grid == 4096
     assert p.c0 == np.float32(1.0 / (3 * 64 * 64))
     # odd sizes / misaligned pointers fall back to the scalar path, never more blocks than work
-    assert not launch.plan_loss(2, 3 * 255 * 255, sm_count=132).vec
-    assert not launch.plan_loss(2, 1024, sm_count=132, ptrs=(0, 4, 0)).vec
-    p = launch.plan_loss(1, 7, sm_count=132)
+    assert not plan.plan_loss(2, 3 * 255 * 255, sm_count=132).vec
+    assert not plan.plan_loss(2, 1024, sm_count=132, ptrs=(0, 4, 0)).vec
+    p = plan.plan_loss(1, 7, sm_count=132)
     assert p.blocks_per_sample == 1 and not p.vec
-    p = launch.plan_loss(2, 3 * 255 * 255, sm_count=132, blocks_per_sample=3)
+    p = plan.plan_loss(2, 3 * 255 * 255, sm_count=132, blocks_per_sample=3)
     assert p.blocks_per_sample == 3 and p.grid == 6
     # fp16 y: alignment is in elements (4 × 2 bytes)
-    assert launch.plan_loss(2, 64, sm_count=1, y_dtype="float16", ptrs=(8, 16, 32)).vec
+    assert plan.plan_loss(2, 64, sm_count=1, y_dtype="float16", ptrs=(8, 16, 32)).vec
     with pytest.raises(ValueError):
-        launch.plan_loss(0, 10, sm_count=1)
+        plan.plan_loss(0, 10, sm_count=1)
     with pytest.raises(ValueError, match="unknown loss kind"):
-        launch.plan_loss(1, 10, sm_count=1, kind="huber")
+        plan.plan_loss(1, 10, sm_count=1, kind="huber")
 
 
 def test_plan_is_deterministic_function_of_shape() -> None:
-    a = launch.plan_loss(8, 3 * 512 * 512, sm_count=108, ptrs=(0, 0, 0))
-    b = launch.plan_loss(8, 3 * 512 * 512, sm_count=108, ptrs=(256, 512, 1024))
+    a = plan.plan_loss(8, 3 * 512 * 512, sm_count=108, ptrs=(0, 0, 0))
+    b = plan.plan_loss(8, 3 * 512 * 512, sm_count=108, ptrs=(256, 512, 1024))
     assert a == b
 
 
 def test_plan_adam() -> None:
-    p = launch.plan_adam(8, 512, sm_count=132)  # StyleGAN-size latents: one fused launch
+    p = plan.plan_adam(8, 512, sm_count=132)  # StyleGAN-size latents: one fused launch
     assert p.fused and p.blocks_per_sample == 1 and p.grid == 8 and p.best_grid == 0
-    p = launch.plan_adam(32, 4 * 64 * 64, sm_count=132)  # diffusion latents: split + best_loss pass
+    p = plan.plan_adam(32, 4 * 64 * 64, sm_count=132)  # diffusion latents: split + best_loss pass
     assert not p.fused and p.blocks_per_sample > 1 and p.best_grid == 1
-    assert launch.plan_adam(2000, 4 * 64 * 64, sm_count=132).fused  # enough samples to fill the GPU
+    assert plan.plan_adam(2000, 4 * 64 * 64, sm_count=132).fused  # enough samples to fill the GPU
 
 
 def test_packed_params_layout() -> None:
     """cuLaunchKernel reads argument i from *(params[i]); check what the driver would read."""
-    plan = launch.plan_loss(3, 1000, sm_count=4, kind="l1", ptrs=(0, 0, 0))
-    packed = launch.loss_params(plan, 0x1000, 0x2000, 0x3000, 0, 0x4000, 0x5000, 1000, "l1", 0.5)
+    lplan = plan.plan_loss(3, 1000, sm_count=4, kind="l1", ptrs=(0, 0, 0))
+    packed = plan.loss_params(lplan, 0x1000, 0x2000, 0x3000, 0, 0x4000, 0x5000, 1000, "l1", 0.5)
     ptrs = (ctypes.c_void_p * 12).from_address(packed.address)
     read = [ctypes.c_void_p.from_address(ptrs[i]).value for i in range(6)]
     assert read == [0x1000, 0x2000, 0x3000, None, 0x4000, 0x5000]
     assert ctypes.c_longlong.from_address(ptrs[6]).value == 1000
     ints = [ctypes.c_int.from_address(ptrs[i]).value for i in (7, 8, 9)]
-    assert ints == [plan.blocks_per_sample, 1, int(plan.vec)]
+    assert ints == [lplan.blocks_per_sample, 1, int(lplan.vec)]
     assert ctypes.c_float.from_address(ptrs[10]).value == np.float32(1 / 1000)
     assert ctypes.c_float.from_address(ptrs[11]).value == 0.5
 
-    aplan = launch.plan_adam(2, 16, sm_count=1)
-    packed = launch.adam_params(aplan, range(1, 9), 16, 2, 0.01, 0.9, 0.999, 1e-8, None)
+    aplan = plan.plan_adam(2, 16, sm_count=1)
+    packed = plan.adam_params(aplan, range(1, 9), 16, 2, 0.01, 0.9, 0.999, 1e-8, None)
     ptrs = (ctypes.c_void_p * 18).from_address(packed.address)
     assert [ctypes.c_void_p.from_address(ptrs[i]).value for i in range(8)] == list(range(1, 9))
     assert ctypes.c_longlong.from_address(ptrs[8]).value == 16
@@ -412,7 +444,7 @@ class EmulatedKernels(launch.CudaKernels):
     def _free_async(self, ptr: int, stream: int) -> None:
         del self.buffers[ptr]
 
-    def _launch(self, name: str, grid: int, block: int, stream: int, params: launch.PackedParams) -> None:
+    def _launch(self, name: str, grid: int, block: int, stream: int, params: plan.PackedParams) -> None:
         self.launches.append((name, grid))
         assert self.lib.emu_launch(name.encode(), grid, block, params.address) == 0, name
 
@@ -458,8 +490,9 @@ def test_emulated_loss_matches_reference(
     weight = torch.rand(shape[0], generator=g) + 0.5
     ks = EmulatedKernels(emu_lib, sm_count=2)
     loss, gy = _emu_loss(ks, y, x, kind, weight, 0.25, bps=bps)
-    plan = ks.loss_plan(shape[0], y[0].numel(), ptrs=(y.data_ptr(), x.data_ptr(), gy.data_ptr()), blocks_per_sample=bps)
-    assert [n for n, _ in ks.launches] == [plan.kernel] + ["genorigin_loss_finalize"] * (plan.blocks_per_sample > 1)
+    ptrs = (y.data_ptr(), x.data_ptr(), gy.data_ptr())
+    lplan = ks.loss_plan(shape[0], y[0].numel(), ptrs=ptrs, blocks_per_sample=bps)
+    assert [n for n, _ in ks.launches] == [lplan.kernel] + ["genorigin_loss_finalize"] * (lplan.blocks_per_sample > 1)
     assert not ks.buffers  # the workspace was freed
     loss64, _ = reference.loss_and_grad(y.double().numpy(), x.double().numpy(), kind, weight.numpy(), 0.25)
     np.testing.assert_allclose(loss.numpy(), loss64, rtol=1e-6)
@@ -523,8 +556,8 @@ def test_emulated_adam_matches_reference(
     ref = reference.adam_step(z, m, v, grad, t, loss, best_loss, best_z, **hp)
     ks = EmulatedKernels(emu_lib)
     arrays = [z, m, v, grad, t, loss, best_loss, best_z]
-    plan = ks.adam(*(a.ctypes.data for a in arrays), n, d, t_dtype=t_dtype, blocks_per_sample=bps, **hp)
-    assert plan is not None
-    assert [name for name, _ in ks.launches] == ["genorigin_adam"] + ["genorigin_adam_best_loss"] * (not plan.fused)
+    aplan = ks.adam(*(a.ctypes.data for a in arrays), n, d, t_dtype=t_dtype, blocks_per_sample=bps, **hp)
+    assert aplan is not None
+    assert [name for name, _ in ks.launches] == ["genorigin_adam"] + ["genorigin_adam_best_loss"] * (not aplan.fused)
     for name, got, want in zip(("z", "m", "v", "best_loss", "best_z"), (z, m, v, best_loss, best_z), ref):
         np.testing.assert_array_equal(got, want, err_msg=name)  # same op order, IEEE ops: bit for bit

@@ -16,7 +16,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from genorigin.kernels import launch, reference  # noqa: E402
+from genorigin.kernels import build, launch, plan, reference  # noqa: E402
+from genorigin.kernels.occupancy import LIMITS, parse_ptxas, resident_blocks  # noqa: E402
 
 pytestmark = [
     pytest.mark.gpu,
@@ -28,10 +29,11 @@ DEV = "cuda"
 
 @pytest.fixture(scope="module")
 def ks() -> Iterator[launch.CudaKernels]:
+    """The kernels on GPU 0; with a GPU present they must load (a skip here would hide a broken install)."""
     try:
         kernels = launch.get_kernels(0)
     except launch.KernelUnavailableError as e:
-        pytest.skip(f"CUDA kernels unavailable: {e}")
+        pytest.fail(f"a CUDA GPU is present but the CUDA kernels do not load: {e}")
     yield kernels
 
 
@@ -230,3 +232,17 @@ def test_adam_split_and_fused_plans_agree(ks: launch.CudaKernels) -> None:
     torch.cuda.synchronize()
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+def test_driver_occupancy_is_what_the_grids_assume(ks: launch.CudaKernels) -> None:
+    """The driver's resident blocks per SM (what grids are sized from) reach plan.py's figure, and equal the
+    occupancy gate's ptxas-based arithmetic on the architectures it models; the modules are cubins."""
+    assert ks.target.startswith("sm_"), f"loaded {ks.target}: PTX (driver JIT) instead of a cubin"
+    for name, resident in ks.resident.items():
+        planned = plan.planned_blocks_per_sm(name)
+        assert planned is None or resident >= planned, f"{name}: {resident} blocks/SM, plan {planned}"
+    if ks.arch in LIMITS:
+        for source, names in build.KERNELS.items():
+            found = parse_ptxas(build.ptxas_info(source, ks.arch))
+            for name in names:
+                assert resident_blocks(found[name], plan.block_size(name)) == ks.resident[name], name

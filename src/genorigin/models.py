@@ -62,13 +62,13 @@ class ResolvedModel:
             device = "cuda" if name.endswith("cuda") else "cpu"
             return OrtBackend(self.package(), device=device, threads=threads, loss=loss)
         if name == "tensorrt":
-            from genorigin.runtime.tensorrt_backend import TensorRTBackend
+            from genorigin.runtime.gpu.tensorrt import TensorRTBackend
 
             return TensorRTBackend.from_graphs(self.package().root, loss=loss)
         if self.generator.module is None:
             raise ValueError(f"{self.source} is an exported package: use --backend onnxruntime or tensorrt")
         if name == "torch-cuda-graph":
-            from genorigin.runtime.cuda_graph import CudaGraphTorchBackend
+            from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
 
             return CudaGraphTorchBackend(self.generator, loss=loss)
         return make_backend(self.generator, name, loss)

@@ -6,17 +6,15 @@ Two step plans, chosen from the engines given:
   0, and a VJP engine (z, g_image) → g_z (it recomputes the forward inside).
 Adam with best-so-far is the fused CUDA kernel (torch ops when cuda-python/NVRTC are missing).
 
-Buffers are torch CUDA tensors bound by address (``set_tensor_address``); everything is enqueued on torch's
-current stream (``execute_async_v3``), so the loop's checkpoint ``.cpu()`` is the only host sync. Slot
-counts are padded to the engines' bucket sizes (powers of two inside the optimisation profiles). With
-``cuda_graph=True`` each bucket's iteration is captured once (after one eager enqueue, as TensorRT requires
-for capture) and replayed; switching a context to another bucket's shapes forces that bucket's graph to be
-re-captured, since a captured graph holds the addresses and shapes bound at capture time.
+Buffers are torch CUDA tensors bound by address (``set_tensor_address``). Everything is enqueued on the
+backend's own stream (``GraphedBackend``), never on the legacy default stream. Slot counts are padded to the
+engines' bucket sizes (powers of two inside the optimisation profiles). Each bucket's iteration is captured
+once after one eager enqueue (TensorRT does its shape-dependent setup there) and replayed; binding a context
+to another bucket's shapes and addresses drops that bucket's graph, which is then captured again.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,69 +25,49 @@ import numpy as np
 import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
+from genorigin.kernels.plan import dtype_name
 from genorigin.kernels.reference import AdamConfig
-from genorigin.runtime.backend import Backend, SlotState
-from genorigin.runtime.cuda_graph import FIELDS, SlotBuffers, adam_into, resolve_kernels
-from genorigin.runtime.engine_cache import (
-    BatchProfile,
-    TensorSpec,
-    assign_io,
-    bucket_sizes,
-    buffer_shapes,
-    choose_bucket,
-    choose_profile,
-)
-from genorigin.runtime.engines import (
-    BuiltEngine,
-    GraphSource,
-    LoadedEngine,
-    TensorRTUnavailableError,
-    build_engines,
-    engine_profiles,
-    engine_tensors,
-    load_engine,
-    usable_role_sets,
-)
+from genorigin.runtime.gpu.engine_io import TensorSpec, assign_io, buffer_shapes
+from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend
+from genorigin.runtime.gpu.graphs import GraphSource, usable_role_sets
+from genorigin.runtime.gpu.ops import adam_into
+from genorigin.runtime.gpu.profiles import BatchProfile, choose_profile
+from genorigin.runtime.gpu.slots import SlotBuffers, bucket_sizes, choose_bucket
+from genorigin.runtime.gpu.trt_build import BuiltEngine, build_engines
+from genorigin.runtime.gpu.trt_env import TensorRTUnavailableError
+from genorigin.runtime.gpu.trt_load import LoadedEngine, engine_profiles, engine_tensors, load_engine
 
-log = logging.getLogger(__name__)
-
-_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "int32": torch.int32, "int64": torch.int64, "int8": torch.int8, "uint8": torch.uint8,
-                 "bool": torch.bool}  # fmt: skip
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                "int32": torch.int32, "int64": torch.int64, "int8": torch.int8, "uint8": torch.uint8,
+                "bool": torch.bool}  # fmt: skip
 
 
-def _dtype_name(t: torch.Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
-
-
-class _Engine:
+class EngineContexts:
     """One deserialized engine: its I/O, and one execution context per optimisation profile."""
 
     def __init__(self, role: str, loaded: LoadedEngine) -> None:
         self.role = role
         self.loaded = loaded
-        self.engine = loaded.engine
-        self.specs: list[TensorSpec] = engine_tensors(self.engine)
+        self.specs: list[TensorSpec] = engine_tensors(loaded.engine)
         self.io = assign_io(role, self.specs)
-        self.profiles: list[BatchProfile] = engine_profiles(self.engine, self.io["z"])
+        self.profiles: list[BatchProfile] = engine_profiles(loaded.engine, self.io["z"])
         self.contexts: dict[int, Any] = {}
         self.owner: dict[int, int] = {}  # profile index → id of the bucket whose shapes/addresses are bound
 
     def spec(self, logical: str) -> TensorSpec:
-        name = self.io[logical]
-        return next(s for s in self.specs if s.name == name)
+        return next(s for s in self.specs if s.name == self.io[logical])
 
-    def bind(self, bucket: int, owner: int, tensors: Mapping[str, torch.Tensor], stream: int) -> tuple[Any, bool]:
+    def bind(self, bucket: int, owner: int, tensors: Mapping[str, torch.Tensor], stream: Any) -> tuple[Any, bool]:
         """(context, rebound): the profile's context with this bucket's shapes and addresses set."""
         index = choose_profile(bucket, self.profiles)
         ctx = self.contexts.get(index)
         if ctx is None:
-            ctx = self.engine.create_execution_context()
+            ctx = self.loaded.engine.create_execution_context()
             if ctx is None:
                 raise RuntimeError(f"TensorRT could not create an execution context for the {self.role} engine")
-            if not ctx.set_optimization_profile_async(index, stream):
+            if not ctx.set_optimization_profile_async(index, stream.cuda_stream):
                 raise RuntimeError(f"could not select optimisation profile {index} of the {self.role} engine")
-            torch.cuda.synchronize()  # once per context: the profile switch is stream-ordered
+            stream.synchronize()  # once per context: the profile switch is stream-ordered
             self.contexts[index] = ctx
         if self.owner.get(index) == owner:
             return ctx, False
@@ -102,22 +80,24 @@ class _Engine:
         self.owner[index] = owner
         return ctx, True
 
+    def close(self) -> None:
+        self.contexts.clear()
+        self.owner.clear()
+
 
 @dataclass
-class _Bucket:
-    """Per-bucket buffers: the loop's slot arrays plus every engine I/O tensor and the captured graph."""
+class TrtBucket(GraphBucket):
+    """A bucket's slot buffers plus every engine I/O tensor and the contexts bound to them."""
 
-    buffers: SlotBuffers
     tensors: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # role → tensor name → buffer
     contexts: dict[str, Any] = field(default_factory=dict)
     z_in: torch.Tensor | None = None  # cast copy of z when an engine's z is not float32
     target_in: torch.Tensor | None = None
     workspace: torch.Tensor | None = None
-    graph: torch.cuda.CUDAGraph | None = None
 
 
-class TensorRTBackend(Backend):
-    """Inversion steps on TensorRT engines built by :func:`genorigin.runtime.engines.build_engines`.
+class TensorRTBackend(GraphedBackend):
+    """Inversion steps on TensorRT engines built by :func:`genorigin.runtime.gpu.trt_build.build_engines`.
 
     ``engines``: {role: engine path or BuiltEngine}; each file's sidecar is checked against this machine
     (foreign or stale engines raise, never run). ``plan``: 'auto' (loss engine if given, else forward+vjp),
@@ -139,12 +119,11 @@ class TensorRTBackend(Backend):
     ) -> None:
         if not torch.cuda.is_available():
             raise TensorRTUnavailableError("no CUDA GPU visible to torch; the TensorRT backend needs one")
-        self.device = torch.device(device)
-        if self.device.type != "cuda":
+        dev = torch.device(device)
+        if dev.type != "cuda":
             raise ValueError(f"the TensorRT backend runs on CUDA devices, got {device!r}")
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(self.device)
+        dev = dev if dev.index is not None else torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(dev)
         paths = {role: e.path if isinstance(e, BuiltEngine) else Path(e) for role, e in engines.items()}
         plans = usable_role_sets(list(paths))
         wanted = {"auto": plans[:1], "loss": [p for p in plans if p == ("loss",)],
@@ -156,14 +135,13 @@ class TensorRTBackend(Backend):
         self.plan = "loss" if wanted[0] == ("loss",) else "vjp"
         self.loss = loss
         roles = set(wanted[0]) | ({"forward"} if "forward" in paths else set())
-        self.engines = {r: _Engine(r, load_engine(paths[r], self.device.index or 0)) for r in sorted(roles)}
+        self.engines = {r: EngineContexts(r, load_engine(paths[r], dev.index or 0)) for r in sorted(roles)}
         if self.plan == "loss":
             kind = self.engines["loss"].loaded.meta.get("graph_kind")
             if kind not in (None, f"loss-{loss}"):
                 raise ValueError(f"the loss engine computes {kind!r}, but loss={loss!r} was asked for")
         self._check_shapes()
-        self.kernels = resolve_kernels(kernels, self.device)
-        self.cuda_graph = cuda_graph
+        self._setup_graphed(dev, kernels=kernels, capture=cuda_graph)
         self.generator = generator
         main = self.engines["loss" if self.plan == "loss" else "vjp"]
         every = [e.profiles for e in self.engines.values()]
@@ -171,8 +149,8 @@ class TensorRTBackend(Backend):
         self.buckets = tuple(b for b in sizes if all(any(p.contains(b) for p in ps) for ps in every))
         if not self.buckets:
             raise ValueError("the engines share no batch size: rebuild them with the same profiles")
-        self._buckets: dict[tuple[int, Any], _Bucket] = {}
-        self.steps = 0
+        self._identity = {k: next(iter(self.engines.values())).loaded.key.get(k)
+                          for k in ("precision", "tensorrt_version")}  # fmt: skip
 
     @classmethod
     def from_graphs(
@@ -209,33 +187,34 @@ class TensorRTBackend(Backend):
                 raise ValueError(f"forward image {image} and vjp seed {seed} differ in shape")
         self.image_shape = tuple(int(d) for d in image[1:])
 
-    def _alloc(self, bucket: int) -> _Bucket:
-        bufs = SlotBuffers(bucket, self.latent_shape, self.image_shape, self.device)
-        b = _Bucket(bufs)
-        shared: dict[str, torch.Tensor] = {}  # tensors two engines exchange, by logical name
+    def bucket_for(self, n: int) -> int:
+        return choose_bucket(n, self.buckets)
+
+    def _alloc(self, bucket: int) -> TrtBucket:
+        b = TrtBucket(SlotBuffers(bucket, self.latent_shape, self.image_shape, self.device))
         for role, eng in self.engines.items():
             shapes = buffer_shapes(eng.specs, bucket)
             tensors: dict[str, torch.Tensor] = {}
             for s in eng.specs:
-                dtype = _TORCH_DTYPES[s.dtype]
+                dtype = TORCH_DTYPES[s.dtype]
                 logical = next((k for k, v in eng.io.items() if v == s.name), None)
                 t = self._bind_target(b, logical, dtype, shapes[s.name])
                 tensors[s.name] = t if t is not None else torch.empty(shapes[s.name], dtype=dtype, device=self.device)
-                if logical in ("image", "seed") and role in ("forward", "vjp"):
-                    shared[f"{role}.{logical}"] = tensors[s.name]
             b.tensors[role] = tensors
         if self.plan == "vjp" and self.kernels is not None:
-            y, seed = shared["forward.image"], shared["vjp.seed"]
-            ptrs = (y.data_ptr(), bufs.x.data_ptr(), seed.data_ptr())
+            y, seed = self._tensor(b, "forward", "image"), self._tensor(b, "vjp", "seed")
             size = self.kernels.loss_workspace_bytes(
-                bucket, math.prod(self.image_shape), kind=self.loss, y_dtype=_dtype_name(y),
-                gy_dtype=_dtype_name(seed), ptrs=ptrs,
+                bucket, math.prod(self.image_shape), kind=self.loss, y_dtype=dtype_name(y),
+                gy_dtype=dtype_name(seed), ptrs=(y.data_ptr(), b.buffers.x.data_ptr(), seed.data_ptr()),
             )  # fmt: skip
             b.workspace = torch.empty(max(size, 1), dtype=torch.uint8, device=self.device)
         return b
 
+    def _tensor(self, b: TrtBucket, role: str, logical: str) -> torch.Tensor:
+        return b.tensors[role][self.engines[role].io[logical]]
+
     def _bind_target(
-        self, b: _Bucket, logical: str | None, dtype: torch.dtype, shape: tuple[int, ...]
+        self, b: TrtBucket, logical: str | None, dtype: torch.dtype, shape: tuple[int, ...]
     ) -> torch.Tensor | None:
         """The existing buffer an engine tensor should alias (no copy), or None for a fresh one."""
         bufs = b.buffers
@@ -254,37 +233,32 @@ class TensorRTBackend(Backend):
             return bufs.loss
         return None
 
-    def _activate(self, key: tuple[int, Any]) -> _Bucket:
-        """The bucket's buffers, bound to every engine context; a rebind drops its stale captured graph."""
-        b = self._buckets.get(key)
-        if b is None:
-            b = self._buckets[key] = self._alloc(key[0])
-        stream = torch.cuda.current_stream(self.device).cuda_stream
+    def _prepare(self, b: GraphBucket) -> None:
+        """Bind the bucket's buffers to every engine context; a rebind drops its stale captured graph."""
+        assert isinstance(b, TrtBucket)
         rebound = False
         for role, eng in self.engines.items():
-            ctx, changed = eng.bind(key[0], id(b), b.tensors[role], stream)
+            ctx, changed = eng.bind(b.buffers.bucket, id(b), b.tensors[role], self.stream)
             b.contexts[role] = ctx
             rebound |= changed
         if rebound:
             b.graph = None
-        return b
 
     # ------------------------------------------------------------------ the iteration
 
-    def _execute(self, b: _Bucket, role: str, stream: int) -> None:
-        if not b.contexts[role].execute_async_v3(stream):
+    def _execute(self, b: TrtBucket, role: str) -> None:
+        if not b.contexts[role].execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT {role} engine failed to enqueue")
 
-    def _loss_vjp(self, b: _Bucket, stream: int) -> None:
+    def _loss_vjp(self, b: TrtBucket) -> None:
         """loss and g_image between the forward engine's image and x, padding weighted 0."""
         bufs = b.buffers
-        y = b.tensors["forward"][self.engines["forward"].io["image"]]
-        seed = b.tensors["vjp"][self.engines["vjp"].io["seed"]]
+        y, seed = self._tensor(b, "forward", "image"), self._tensor(b, "vjp", "seed")
         if self.kernels is not None:
             self.kernels.loss(
                 y.data_ptr(), bufs.x.data_ptr(), bufs.loss.data_ptr(), seed.data_ptr(), bufs.bucket,
                 math.prod(self.image_shape), kind=self.loss, weight_ptr=bufs.weight.data_ptr(),
-                y_dtype=_dtype_name(y), x_dtype="float32", gy_dtype=_dtype_name(seed), stream=stream,
+                y_dtype=dtype_name(y), x_dtype="float32", gy_dtype=dtype_name(seed), stream=self.stream.cuda_stream,
                 workspace_ptr=b.workspace.data_ptr() if b.workspace is not None else 0,
             )  # fmt: skip
             return
@@ -292,75 +266,39 @@ class TensorRTBackend(Backend):
         bufs.loss.copy_(loss)
         seed.copy_(gy)
 
-    def _forward_backward(self, b: _Bucket) -> torch.Tensor:
+    def _forward_backward(self, b: TrtBucket) -> torch.Tensor:
         """Enqueue loss and gradient for every row of the bucket; returns the engine's grad buffer."""
-        stream = torch.cuda.current_stream(self.device).cuda_stream
         bufs = b.buffers
         if b.z_in is not None:
             b.z_in.copy_(bufs.z)
         if self.plan == "loss":
             if b.target_in is not None:
                 b.target_in.copy_(bufs.x)
-            self._execute(b, "loss", stream)
-            eng = self.engines["loss"]
-            out = b.tensors["loss"][eng.io["loss"]]
+            self._execute(b, "loss")
+            out = self._tensor(b, "loss", "loss")
             if out.data_ptr() != bufs.loss.data_ptr():
                 bufs.loss.copy_(out)
-            return b.tensors["loss"][eng.io["grad"]]
-        self._execute(b, "forward", stream)
-        self._loss_vjp(b, stream)
-        self._execute(b, "vjp", stream)
-        return b.tensors["vjp"][self.engines["vjp"].io["grad"]]
+            return self._tensor(b, "loss", "grad")
+        self._execute(b, "forward")
+        self._loss_vjp(b)
+        self._execute(b, "vjp")
+        return self._tensor(b, "vjp", "grad")
 
-    def _iteration(self, b: _Bucket, adam: AdamConfig) -> None:
+    def _iteration(self, b: GraphBucket, adam: AdamConfig) -> None:
+        assert isinstance(b, TrtBucket)
         adam_into(b.buffers, self._forward_backward(b), adam, self.kernels)
-
-    def _capture(self, b: _Bucket, adam: AdamConfig) -> None:
-        """Eager enqueue once (TensorRT applies shape-dependent setup there), then capture the iteration."""
-        self._iteration(b, adam)
-        torch.cuda.current_stream(self.device).synchronize()
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                self._iteration(b, adam)
-        except Exception as e:  # e.g. an engine with data-dependent shapes: enqueue eagerly instead
-            log.warning("CUDA-graph capture of the TensorRT step failed (%s); enqueueing eagerly", e)
-            torch.cuda.synchronize(self.device)
-            self.cuda_graph = False
-            return
-        b.graph = graph
-
-    def step(self, state: SlotState, adam: AdamConfig) -> None:
-        if adam.lr_halve_every:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
-            raise NotImplementedError(f"{self.name}: learning-rate schedules (lr_halve_every) are not supported")
-        n = int(state.z.shape[0])
-        key = (choose_bucket(n, self.buckets), adam)
-        b = self._activate(key)
-        if self.cuda_graph and b.graph is None:
-            for f in FIELDS:  # the loop's arrays may be views of these buffers: keep them out of the warm-up
-                setattr(state, f, torch.as_tensor(getattr(state, f)).clone())
-            b.buffers.reset()  # the warm-up enqueue runs on padding, not on the loop's rows
-            self._capture(b, adam)
-            b.buffers.reset()
-        b.buffers.stage(state)
-        if b.graph is not None:
-            b.graph.replay()
-        else:
-            self._iteration(b, adam)
-        b.buffers.publish(state)
-        self.steps += 1
 
     # ------------------------------------------------------------------ Backend API
 
-    def asarray(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
-
     def loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = int(z.shape[0])
-        b = self._activate((choose_bucket(n, self.buckets), None))
-        b.buffers.stage_inputs(z, x)
-        grad = self._forward_backward(b)
-        return b.buffers.loss[:n].clone(), grad[:n].float().reshape(z.shape).clone()
+        with self.on_stream():
+            b = self.bucket((self.bucket_for(n), None))
+            assert isinstance(b, TrtBucket)
+            b.buffers.stage_inputs(z, x)
+            grad = self._forward_backward(b)
+            loss, g = b.buffers.loss[:n].clone(), grad[:n].float().reshape(z.shape).clone()
+        return self.hand_over(loss), self.hand_over(g)
 
     @torch.no_grad()
     def render(self, z: np.ndarray) -> np.ndarray:
@@ -374,24 +312,26 @@ class TensorRTBackend(Backend):
         for start in range(0, len(z), step):
             chunk = self.asarray(z[start : start + step])
             n = len(chunk)
-            b = self._activate((choose_bucket(n, self.buckets), None))
-            b.buffers.stage_inputs(chunk, torch.zeros((n, *self.image_shape), device=self.device))
-            if b.z_in is not None:
-                b.z_in.copy_(b.buffers.z)
-            self._execute(b, "forward", torch.cuda.current_stream(self.device).cuda_stream)
-            y = b.tensors["forward"][self.engines["forward"].io["image"]]
-            out.append(y[:n].float().clamp(0, 1).cpu().numpy())
+            with self.on_stream():
+                b = self.bucket((self.bucket_for(n), None))
+                assert isinstance(b, TrtBucket)
+                b.buffers.stage_inputs(chunk, torch.zeros((n, *self.image_shape), device=self.device))
+                if b.z_in is not None:
+                    b.z_in.copy_(b.buffers.z)
+                self._execute(b, "forward")
+                out.append(self._tensor(b, "forward", "image")[:n].float().clamp(0, 1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.float32)
 
     def describe(self) -> dict[str, Any]:
         return {
-            "backend": self.name,
-            "device": str(self.device),
+            **super().describe(),
             "plan": self.plan,
             "engines": {r: e.loaded.path.name for r, e in self.engines.items()},
-            "precision": next(iter(self.engines.values())).loaded.key.get("precision"),
-            "tensorrt_version": next(iter(self.engines.values())).loaded.key.get("tensorrt_version"),
+            **self._identity,
             "buckets": list(self.buckets),
-            "cuda_graph": self.cuda_graph,
-            "kernels": "cuda" if self.kernels is not None else "torch",
         }
+
+    def _release(self) -> None:
+        for eng in self.engines.values():
+            eng.close()
+        self.engines = {}  # the last references to the engines and their TensorRT runtimes
