@@ -73,7 +73,7 @@ def test_ort_loop_and_torch_loop_agree(exported):
     assert [r.verdict for r in a] == [r.verdict for r in b]
     assert [r.verdict for r in a[4:]] == ["non-belonging"] * 4
     for x, y in zip(a, b):
-        assert y.loss == pytest.approx(x.loss, rel=2e-2)
+        assert y.loss == pytest.approx(x.loss, rel=1e-4)  # measured ≤ 5e-6 after 200 steps: float rounding only
 
 
 def test_tampered_or_incomplete_packages_are_refused(exported, tmp_path):
