@@ -78,7 +78,7 @@ def cross_answer(source: str, answers: dict[str, ModelAnswer]) -> ModelAnswer:
     if failed:
         status = max(a.status for a in failed.values())
         first = next(a for a in failed.values() if a.status == status).body["error"]
-        details = {"source": source, "models": {m: a.body for m, a in answers.items()}}
+        details = {**first["details"], "source": source, "models": {m: a.body for m, a in answers.items()}}
         return ModelAnswer(status, error_payload(status, first["code"], first["message"], details))
     decision = decide_across({m: a.result for m, a in answers.items() if a.result is not None})
     body = {"source": source, **decision.to_dict(), "models": {m: a.body for m, a in answers.items()}}

@@ -10,6 +10,7 @@ its process-wide decode gate apply to every upload.
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -100,7 +101,8 @@ def is_multipart(headers: Headers) -> bool:
 async def split_uploads(body: bytes, headers: Headers, query_name: str | None, limits: Limits) -> list[Upload]:
     """A raw image body → one upload; ``multipart/form-data`` → one per file part (at most ``max_files``)."""
     if not is_multipart(headers):
-        return [Upload(headers.get("x-image-name") or query_name or "upload", body)]
+        name = urllib.parse.unquote(headers.get("x-image-name") or "") or query_name or "upload"
+        return [Upload(name, body)]
 
     async def stream() -> AsyncIterator[bytes]:
         yield body
