@@ -41,7 +41,7 @@ class Service:
         self.metrics: ServiceMetrics
         self.workers: dict[str, ModelWorker] = {}
         for m in models:
-            queue = max_queue if max_queue is not None else 4 * m.attributor.schedule.batch_size
+            queue = max_queue if max_queue is not None else m.attributor.schedule.batch_size
             self.workers[m.name] = ModelWorker(
                 m,
                 max_queue=queue,

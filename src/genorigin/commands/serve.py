@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     g = p.add_argument_group("batching and admission")
     g.add_argument("--max-batch", type=int, default=32, help="images in the running inversion at most")
-    g.add_argument("--max-queue", type=int, default=None, help="jobs waiting for a slot at most (default 4 × "
-                   "--max-batch); beyond it: 503 with Retry-After")  # fmt: skip
+    g.add_argument("--max-queue", type=int, default=None, help="jobs waiting for a slot at most (default: "
+                   "--max-batch, one batch); beyond it: 503 with Retry-After")  # fmt: skip
     g.add_argument("--batching", choices=["continuous", "complete"], default="continuous",
                    help="continuous: join the running inversion at the next checkpoint; complete: the old "
                    "batch-to-completion worker (for comparison)")  # fmt: skip
