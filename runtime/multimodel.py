@@ -83,7 +83,7 @@ class CrossModelDecision:
     def to_dict(self) -> dict[str, Any]:
         return {
             "decision": self.model,
-            "verdict": "none" if self.model is None else "belonging",
+            "verdict": "non-belonging" if self.model is None else "belonging",
             "accepting": list(self.accepting),
             "ambiguous": self.ambiguous,
             "rule": self.rule,
