@@ -9,11 +9,12 @@ checkpoints every 10. The shipped encoder (``assets/models/dcgan_a.encoder.pt``)
 an encoder is fitted once (``--encoder-steps``) and cached in ``--work`` with its calibration. Images: fresh
 own samples and held-out real crops, half and half, as PNG uploads.
 
-For each worker (``--batching complete``, the old one, then ``continuous``) a ``genorigin serve`` process is
-started and measured: the lone-request latency (one request at a time), then Poisson arrivals at each
-``--rates`` multiple of the capacity (answered requests per second of the continuous server under an open-loop
-overload of ``--probe-rate``, measured first). Per rate: throughput, latency percentiles of the
-answered requests, 503s (and how fast they came), other errors, and lost requests (a connection that got no
+A ``genorigin serve`` process runs for each worker (``--batching complete``, the old one, and ``continuous``),
+both at once, measured in interleaved phases (a load change on a shared machine hits both): the lone latency
+of each image (one request at a time), then Poisson arrivals at each ``--rates`` multiple of the capacity
+(answered requests per second of the continuous server under an open-loop overload of ``--probe-rate``).
+Per rate: throughput, latency percentiles of the answered requests, the slowdown of each request against its
+image's lone latency, 503s (and how fast they came), other errors, lost requests (a connection that got no
 answer), and the server's RSS. The goals of issue 12 are checked at the end.
 """
 
@@ -188,11 +189,14 @@ def capacity_of(samples: list[Sample], skip: float, seconds: float) -> float:
     return sum(s.status == 200 and skip <= s.sent + s.latency < skip + seconds for s in samples) / seconds
 
 
-def lone(port: int, bodies: list[bytes]) -> list[Sample]:
-    """Every image once, one request at a time: each image's own latency."""
+def lone(port: int, bodies: list[bytes], first: int = 0) -> list[Sample]:
+    """Each image once, one request at a time: each image's own latency (``first``: the first image's index)."""
 
     async def run() -> list[Sample]:
-        return [await one(port, bodies, i, time.monotonic()) for i in range(len(bodies))]
+        out = [await one(port, bodies, i, time.monotonic()) for i in range(len(bodies))]
+        for s in out:
+            s.image += first
+        return out
 
     return asyncio.run(run())
 
@@ -283,31 +287,34 @@ def main() -> None:
     result: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                                 "load_avg_at_start": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M")},
                     "setup": setup, "args": {k: str(v) for k, v in vars(args).items()}, "modes": {}}  # fmt: skip
-    capacity = None
-    for mode in ("continuous", "complete"):  # continuous first: its capacity sets the offered rates
-        server = Server(setup, mode, args.max_batch, args.work / f"server-{mode}.log")
-        r: dict = {}
-        try:
-            alone = lone(server.port, bodies)
-            lat = np.array([s.latency for s in alone])
-            r = {"lone_p50_ms": _pct(lat, 50), "lone_p99_ms": _pct(lat, 99), "lone": [asdict(s) for s in alone]}
-            if capacity is None:
-                probe, _ = asyncio.run(open_loop(server.port, bodies, args.probe_rate, args.capacity_seconds + 3, 99,
-                                                 server))  # fmt: skip
-                capacity = capacity_of(probe, 3.0, args.capacity_seconds)
-                result["capacity_per_s"] = capacity
-                print(f"capacity (continuous, {args.probe_rate}/s offered): {capacity:.1f} requests/s", flush=True)
-            r["rates"] = []
-            for k, f in enumerate(factors):
-                samples, rss = asyncio.run(open_loop(server.port, bodies, f * capacity, args.seconds, k, server))
-                row = summarize(samples, f * capacity, rss, {s.image: s.latency for s in alone})
-                r["rates"].append(row | {"factor": f, "samples": [asdict(s) for s in samples]})
-                print(mode, json.dumps(row | {"factor": f}), flush=True)
-            r["peak_rss_mb"] = server.rss_mb()[1]
-        finally:
-            r["exit_code"] = server.stop()
-        result["modes"][mode] = r
-    result["modes"] = {m: result["modes"][m] for m in ("complete", "continuous")}
+    modes = ("complete", "continuous")
+    servers = {m: Server(setup, m, args.max_batch, args.work / f"server-{m}.log") for m in modes}
+    try:  # both servers up at once, their phases interleaved: a load change on a shared machine hits both
+        alone = {m: [] for m in modes}
+        for i in range(len(bodies)):
+            for m in modes:
+                alone[m] += lone(servers[m].port, bodies[i : i + 1], first=i)
+        r = {m: {"lone_p50_ms": _pct(np.array([s.latency for s in alone[m]]), 50),
+                 "lone_p99_ms": _pct(np.array([s.latency for s in alone[m]]), 99),
+                 "lone": [asdict(s) for s in alone[m]], "rates": []} for m in modes}  # fmt: skip
+        probe, _ = asyncio.run(open_loop(servers["continuous"].port, bodies, args.probe_rate,
+                                         args.capacity_seconds + 3, 99, servers["continuous"]))  # fmt: skip
+        capacity = capacity_of(probe, 3.0, args.capacity_seconds)
+        result["capacity_per_s"] = capacity
+        print(f"capacity (continuous, {args.probe_rate}/s offered): {capacity:.1f} requests/s", flush=True)
+        for k, f in enumerate(factors):
+            for m in modes if k % 2 == 0 else modes[::-1]:
+                samples, rss = asyncio.run(open_loop(servers[m].port, bodies, f * capacity, args.seconds, k,
+                                                     servers[m]))  # fmt: skip
+                row = summarize(samples, f * capacity, rss, {s.image: s.latency for s in alone[m]})
+                r[m]["rates"].append(row | {"factor": f, "samples": [asdict(s) for s in samples]})
+                print(m, json.dumps(row | {"factor": f}), flush=True)
+        for m in modes:
+            r[m]["peak_rss_mb"] = servers[m].rss_mb()[1]
+    finally:
+        codes = {m: server.stop() for m, server in servers.items()}
+    for m in modes:
+        result["modes"][m] = r[m] | {"exit_code": codes[m]}
     result["goals"] = goals(result, factors)
     result["table"] = table(result)
     print(result["table"])
