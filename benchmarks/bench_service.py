@@ -1,6 +1,6 @@
 """The attribution service under open-loop load: batch-to-completion vs continuous batching, in one run.
 
-One command (127.0.0.1 only; bounded in requests and time; a few minutes)::
+One command (127.0.0.1 only; bounded in requests and time; ~8 minutes on a loaded 2-core machine)::
 
     python benchmarks/bench_service.py --out benchmarks/results/service.json
 
@@ -273,8 +273,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "genorigin-bench-service")
     p.add_argument("--rates", default="0.5,1,2", help="offered rates as multiples of the measured capacity")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each open-loop phase")
-    p.add_argument("--capacity-seconds", type=float, default=20.0)
+    p.add_argument("--seconds", type=float, default=30.0, help="length of each open-loop phase")
+    p.add_argument("--capacity-seconds", type=float, default=15.0)
     p.add_argument("--probe-rate", type=float, default=40.0, help="offered rate that measures the capacity")
     p.add_argument("--max-batch", type=int, default=32, help="genorigin serve --max-batch (its default)")
     p.add_argument("--images", type=int, default=64)

@@ -123,6 +123,10 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         return json_response(status, error_payload(status, code_for_status(status), str(exc.detail)),
                              dict(exc.headers or {}))  # fmt: skip
 
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> Response:  # logged with its traceback by Starlette
+        return json_response(500, error_payload(500, "internal", f"{type(exc).__name__}: {exc}"))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         return json_response(400, error_payload(400, "bad_request", str(exc.errors())))

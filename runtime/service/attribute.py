@@ -10,6 +10,7 @@ A client that hangs up has its jobs dropped from the queue or cancelled at the l
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -26,6 +27,7 @@ from starlette.responses import Response
 from genorigin.facts import ImageFacts
 from genorigin.images import ImageError, decode_upload
 
+log = logging.getLogger("genorigin.service")
 IMAGE_ERROR_CODES = {400: "unreadable_image", 413: "too_large", 415: "unsupported_image"}
 
 
@@ -174,6 +176,10 @@ async def attribute(service: Service, request: Request) -> Response:
     except ClientGone:
         outcome, answer = "client_gone", ModelAnswer(499, {})
         response = Response(status_code=499)  # nobody reads it: uvicorn drops sends after a disconnect
+    except Exception as exc:  # a bug, not the client's fault: logged with its traceback, answered in the JSON shape
+        log.exception("POST /v1/attribute failed")
+        outcome, answer = "internal", ModelAnswer(500, error_payload(500, "internal", f"{type(exc).__name__}: {exc}"))
+        response = json_response(500, answer.body, {"Connection": "close"})
     finally:
         service.in_flight -= 1
     if service.draining:
