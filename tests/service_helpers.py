@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from genorigin.export.adapters import BUNDLED_FORMAT
 from genorigin.export.architectures import DCGANConfig, DCGANGenerator
+from genorigin.export.generator import Generator
 from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.inversion import Schedule
+from genorigin.runtime.backend import TorchBackend
+from genorigin.runtime.inversion import InversionSettings, Schedule, invert
 from genorigin.runtime.service import Limits, ServedModel, Service, ServiceThread
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
@@ -116,6 +118,17 @@ def wait_until(predicate, timeout: float = 60.0, every: float = 0.01) -> None:
         if time.monotonic() > end:
             raise TimeoutError("condition not reached")
         time.sleep(every)
+
+
+def budget_for(generator: Generator, seconds: float, lr: float = 0.05, least: int = 600) -> int:
+    """A step budget that one image takes about ``seconds`` to spend on this machine now (``least`` … 20,000):
+    long requests stay in flight long enough to be overtaken, interrupted or drained, fast machine or slow."""
+    target = np.random.default_rng(0).random((1, generator.channels, *generator.image_size)).astype(np.float32)
+    t0 = time.perf_counter()
+    invert(TorchBackend(generator), target, generator.latent, InversionSettings(steps=100, lr=lr),
+           Schedule(early_exit=False))  # fmt: skip
+    steps = int(100 / (time.perf_counter() - t0) * seconds)
+    return int(np.clip(steps // 10 * 10, least, 20_000))
 
 
 LONG = {"exit_margin": 1e9}  # no non-belonging early exit: a non-belonging image runs its whole budget

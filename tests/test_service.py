@@ -1,7 +1,8 @@
 """The attribution service for real: uvicorn on 127.0.0.1 (a free port), real requests, a real model.
 
-The "long" variant of the model has no non-belonging early exit, so a noise image runs its whole budget (600
-steps): that is the request other requests must not wait for. Own samples decide "belonging" in tens of steps.
+The "long" variant of the model has no non-belonging early exit, so a noise image runs its whole budget (about
+2 s on the machine at hand, ``budget_for``): that is the request other requests must not wait for. Own samples
+decide "belonging" in tens of steps.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.inversion import InversionSettings
 from genorigin.runtime.service import Limits
 from helpers import tiny_generator
-from service_helpers import FAST_SCHEDULE, LONG, metric, png, post, request, running, variant, wait_until
+from service_helpers import FAST_SCHEDULE, LONG, budget_for, metric, png, post, request, running, variant, wait_until
 
 from genorigin.client import Client, DeadlineExceeded, ServiceError
 from genorigin.images import decode_upload
-
-BUDGET = 600
 
 
 @pytest.fixture(scope="module")
 def model():
     gen = tiny_generator()
-    attributor = Attributor(gen, settings=InversionSettings(steps=BUDGET, lr=0.05), schedule=FAST_SCHEDULE)
-    attributor.calibrate(n=8)
+    attributor = Attributor(gen, settings=InversionSettings(steps=budget_for(gen, 2.0), lr=0.05),
+                            schedule=FAST_SCHEDULE)  # fmt: skip
+    attributor.calibrate(n=4)
     own = quantize_8bit(gen.sample(8, seed=11))
     results = attributor.attribute(own)
     short = [png(x) for x, r in zip(own, results) if r.belonging and r.steps <= 200]
@@ -67,17 +67,18 @@ def test_a_request_joins_the_running_inversion(model, batching):
         st.wait_ready()
         start = _steps(url)
         ta, a = _in_thread(post, url, noise[0], "model=tiny")
-        wait_until(lambda: _steps(url) >= start + 30)  # A is running, far from its 600 steps
+        wait_until(lambda: _steps(url) >= start + 30)  # A is running, far from the end of its budget
         tb, b = _in_thread(post, url, short[0], "model=tiny")
         ta.join(), tb.join()
     (sa, _, ra), (sb, _, rb) = a["r"], b["r"]
-    assert sa == sb == 200 and ra["steps"] == BUDGET and rb["verdict"] == "belonging"
+    budget = attributor.settings.steps
+    assert sa == sb == 200 and ra["steps"] == budget and rb["verdict"] == "belonging"
     ta_, tb_ = ra["timing"], rb["timing"]
-    assert ta_["finished_step"] - ta_["admitted_step"] == BUDGET
+    assert ta_["finished_step"] - ta_["admitted_step"] == budget
     if batching == "continuous":
         assert ta_["admitted_step"] < tb_["admitted_step"] < ta_["finished_step"]  # joined the running batch
-        assert tb_["admitted_step"] - ta_["admitted_step"] <= 60  # … at the first checkpoint after it arrived
-        assert tb_["finished_step"] - tb_["admitted_step"] == rb["steps"] < BUDGET  # and left at its own exit
+        assert tb_["admitted_step"] - ta_["admitted_step"] <= budget // 2  # … long before A's end
+        assert tb_["finished_step"] - tb_["admitted_step"] == rb["steps"] < budget  # and left at its own exit
         assert tb_["finished_step"] < ta_["finished_step"]
     else:  # batch to completion: B waits for all of A's remaining steps
         assert tb_["admitted_step"] >= ta_["finished_step"]
@@ -127,7 +128,7 @@ def test_deadline_gives_504_with_the_best_score_so_far_and_frees_the_slot(model)
         status, _, body = post(url, noise[0], headers={"X-Deadline-Ms": "300"})
         err = body["error"]
         assert status == 504 and err["code"] == "deadline_exceeded" and err["details"]["stage"] == "running"
-        assert 0 < err["details"]["steps"] < BUDGET and err["details"]["best_calibrated_loss"] > 0
+        assert 0 < err["details"]["steps"] < attributor.settings.steps and err["details"]["best_calibrated_loss"] > 0
         wait_until(lambda: metric(url, "genorigin_images_in_batch", model="tiny") == 0)  # the slot was freed
         assert metric(url, "genorigin_attributions_total", stop_reason="cancelled") == 1
         # a job still queued at its deadline is answered at once, with nothing computed

@@ -20,6 +20,7 @@ from helpers import tiny_generator
 from service_helpers import (
     FAST_SCHEDULE,
     LONG,
+    budget_for,
     metric,
     png,
     post,
@@ -31,15 +32,15 @@ from service_helpers import (
     wait_until,
 )
 
-BUDGET = 600
 TIMEOUT = 1.0  # read timeout of the server under test: headers and body must keep arriving
 
 
 @pytest.fixture(scope="module")
 def model():
     gen = tiny_generator()
-    attributor = Attributor(gen, settings=InversionSettings(steps=BUDGET, lr=0.05), schedule=FAST_SCHEDULE)
-    attributor.calibrate(n=8)
+    attributor = Attributor(gen, settings=InversionSettings(steps=budget_for(gen, 2.0), lr=0.05),
+                            schedule=FAST_SCHEDULE)  # fmt: skip
+    attributor.calibrate(n=4)
     own = png(quantize_8bit(gen.sample(1, seed=12))[0])
     noise = [png(x) for x in np.random.default_rng(4).random((8, 3, 8, 8))]
     return attributor, own, noise
@@ -138,8 +139,11 @@ def test_abandoned_requests_stop_costing_steps(server, model):
     socks = []
     for body in noise[:6]:  # 4 run (batch 4), 2 wait
         s = socket.create_connection((u.hostname, u.port))
-        s.sendall(_post_bytes(server, f"Content-Length: {len(body)}\r\n", body).replace(b"/v1/attribute",
-                                                                                        b"/v1/attribute?model=tiny"))
+        s.sendall(
+            _post_bytes(server, f"Content-Length: {len(body)}\r\n", body).replace(
+                b"/v1/attribute", b"/v1/attribute?model=tiny"
+            )
+        )
         socks.append(s)
     wait_until(lambda: metric(server, "genorigin_jobs_in_flight", model="tiny") == 6)
     for s in socks:
@@ -147,7 +151,7 @@ def test_abandoned_requests_stop_costing_steps(server, model):
     closed_at = metric(server, "genorigin_loop_steps_total", model="tiny")
     wait_until(lambda: metric(server, "genorigin_jobs_in_flight", model="tiny") == 0, timeout=30)
     spent = metric(server, "genorigin_loop_steps_total", model="tiny") - closed_at
-    assert spent <= 3 * FAST_SCHEDULE.check_every  # not the 600 steps each would have run
+    assert spent <= 5 * FAST_SCHEDULE.check_every  # not the budget each would have run (≥ 600 steps)
     assert metric(server, "genorigin_requests_total", outcome="client_gone") - gone_before == 6
     status, _, answer = post(server, model[1], "model=tiny")  # a new request is answered as if alone
     assert status == 200 and answer["timing"]["queue_ms"] < 1000

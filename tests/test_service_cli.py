@@ -20,7 +20,7 @@ from genorigin.runtime.attribution import quantize_8bit
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.multimodel import decide_across
 from genorigin.runtime.service import Service, ServiceLoadError, ServiceThread, load_served_model
-from service_helpers import metric, png, post, request, wait_until, write_tiny_dcgan
+from service_helpers import budget_for, metric, png, post, request, wait_until, write_tiny_dcgan
 
 from genorigin.cli import main
 from genorigin.client import Client
@@ -98,11 +98,33 @@ def test_serve_refuses_what_every_request_would_fail_on(files, tmp_path, capsys)
     assert "no calibration" in capsys.readouterr().err
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(files):
+def test_sigterm_drains_in_flight_requests_and_exits_0(files, tmp_path):
     models, _ = files
-    model, cal = models["alpha"]
-    cmd = [sys.executable, "-m", "genorigin", "serve", "--model", f"alpha={model}", "--calibration", str(cal),
-           "--port", "0", "--max-batch", "4", "--max-queue", "4", "--check-every", "10", "--exit-margin", "1e9"]
+    model = models["alpha"][0]
+    budget = budget_for(load_generator_file(model), 2.0, lr=0.1, least=100)  # a request stays in flight ~2 s
+    cal = tmp_path / "long.calibration.json"
+    steps = ["--steps", str(budget), *STEPS[2:]]
+    assert main(["calibrate", "--model", str(model), "--samples", "3", "--out", str(cal), "--quiet", *steps]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "genorigin",
+        "serve",
+        "--model",
+        f"alpha={model}",
+        "--calibration",
+        str(cal),
+        "--port",
+        "0",
+        "--max-batch",
+        "4",
+        "--max-queue",
+        "4",
+        "--check-every",
+        "10",
+        "--exit-margin",
+        "1e9",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     try:
@@ -125,7 +147,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(files):
         assert status == 503 and body["error"]["code"] == "draining" and headers["connection"] == "close"
         for t in threads:
             t.join(timeout=120)
-        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == 150 for a in answers)
+        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == budget for a in answers)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
