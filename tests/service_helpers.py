@@ -20,10 +20,12 @@ from genorigin.runtime.attribution import Attributor
 from genorigin.runtime.backend import TorchBackend
 from genorigin.runtime.inversion import InversionSettings, Schedule, invert
 from genorigin.runtime.service import Limits, ServedModel, Service, ServiceThread
+from helpers import tiny_generator
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 TINY_DCGAN = DCGANConfig(latent_dim=8, width=4)
+FAST_SCHEDULE = Schedule(check_every=10, batch_size=4)
 
 
 def write_tiny_dcgan(path: Path, seed: int) -> Path:
@@ -131,5 +133,13 @@ def budget_for(generator: Generator, seconds: float, lr: float = 0.05, least: in
     return int(np.clip(steps // 10 * 10, least, 20_000))
 
 
+def calibrated_tiny(seconds: float = 2.0) -> Attributor:
+    """The tiny test model, calibrated with a budget of about ``seconds`` per image (``budget_for``)."""
+    gen = tiny_generator()
+    attributor = Attributor(gen, settings=InversionSettings(steps=budget_for(gen, seconds), lr=0.05),
+                            schedule=FAST_SCHEDULE)  # fmt: skip
+    attributor.calibrate(n=4)
+    return attributor
+
+
 LONG = {"exit_margin": 1e9}  # no non-belonging early exit: a non-belonging image runs its whole budget
-FAST_SCHEDULE = Schedule(check_every=10, batch_size=4)

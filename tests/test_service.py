@@ -14,10 +14,20 @@ import numpy as np
 import pytest
 from corpus.build import CASES
 from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.inversion import InversionSettings
 from genorigin.runtime.service import Limits
 from helpers import tiny_generator
-from service_helpers import FAST_SCHEDULE, LONG, budget_for, metric, png, post, request, running, variant, wait_until
+from service_helpers import (
+    FAST_SCHEDULE,
+    LONG,
+    calibrated_tiny,
+    metric,
+    png,
+    post,
+    request,
+    running,
+    variant,
+    wait_until,
+)
 
 from genorigin.client import Client, DeadlineExceeded, ServiceError
 from genorigin.images import decode_upload
@@ -25,11 +35,8 @@ from genorigin.images import decode_upload
 
 @pytest.fixture(scope="module")
 def model():
-    gen = tiny_generator()
-    attributor = Attributor(gen, settings=InversionSettings(steps=budget_for(gen, 2.0), lr=0.05),
-                            schedule=FAST_SCHEDULE)  # fmt: skip
-    attributor.calibrate(n=4)
-    own = quantize_8bit(gen.sample(8, seed=11))
+    attributor = calibrated_tiny()
+    own = quantize_8bit(attributor.generator.sample(8, seed=11))
     results = attributor.attribute(own)
     short = [png(x) for x, r in zip(own, results) if r.belonging and r.steps <= 200]
     assert len(short) >= 3, [(r.verdict, r.steps) for r in results]

@@ -13,14 +13,12 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.attribution import quantize_8bit
 from genorigin.runtime.service import Limits
-from helpers import tiny_generator
 from service_helpers import (
     FAST_SCHEDULE,
     LONG,
-    budget_for,
+    calibrated_tiny,
     metric,
     png,
     post,
@@ -37,11 +35,8 @@ TIMEOUT = 1.0  # read timeout of the server under test: headers and body must ke
 
 @pytest.fixture(scope="module")
 def model():
-    gen = tiny_generator()
-    attributor = Attributor(gen, settings=InversionSettings(steps=budget_for(gen, 2.0), lr=0.05),
-                            schedule=FAST_SCHEDULE)  # fmt: skip
-    attributor.calibrate(n=4)
-    own = png(quantize_8bit(gen.sample(1, seed=12))[0])
+    attributor = calibrated_tiny()
+    own = png(quantize_8bit(attributor.generator.sample(1, seed=12))[0])
     noise = [png(x) for x in np.random.default_rng(4).random((8, 3, 8, 8))]
     return attributor, own, noise
 
