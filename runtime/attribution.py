@@ -303,15 +303,23 @@ class Attributor:
         image = self._validate(np.asarray(image)[None])[0]
         return WorkItem(key, image, float(complexity(image[None])[0]), cancelled)
 
-    def stream(self, source: WorkSource, on_result: Callable[[WorkItem, AttributionResult], None]) -> None:
+    def stream(
+        self,
+        source: WorkSource,
+        on_result: Callable[[WorkItem, AttributionResult], None],
+        on_start: Callable[[InversionLoop], None] | None = None,
+    ) -> None:
         """Attribute items from a live source (``work_item``), each result delivered the moment it is known.
 
         Items join the running batch at the next checkpoint and leave at their own early exit, and each
         result equals what ``attribute`` gives for that image (the loop's batch-independence). The service
         and the Ray workers run this; it returns when the source is finished and every item is answered.
+        ``on_start`` sees the loop before it runs: the service reads its step counter and slot count.
         """
         self._require_calibration()
         loop = self._loop(self.schedule, self.stop_rule())
+        if on_start is not None:
+            on_start(loop)
         loop.run(source, lambda item, o: on_result(item, self.result(o, str(item.key), item.complexity)))
 
     def result(
