@@ -14,7 +14,7 @@ from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.cli import main
 from genorigin.images import load_rgb8, save_png
 
-FAST = ["--steps", "400", "--check-every", "50", "--batch-size", "8"]
+FAST = ["--preset", "paper", "--steps", "400", "--check-every", "50", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,9 @@ def test_attribute_without_or_with_mismatched_calibration(calibrated, image_fold
     assert main(args) == 2
     assert "not this model" in capsys.readouterr().err
     args = ["attribute", str(image_folder), "--model", "dcgan_a", "--calibration", str(calibrated), "--steps", "300"]
-    assert main(args) == 2
-    assert "other inversion settings" in capsys.readouterr().err
+    assert main(args) == 2  # issue 18: one line naming the flag and the calibration's value, not a raw dict
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps 300 contradicts the calibration, made with --steps 400" in err
 
 
 def test_recon_dir_and_figure(calibrated, image_folder, tmp_path):

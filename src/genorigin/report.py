@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from genorigin.files import atomic_write_bytes
 from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
 
@@ -24,17 +26,30 @@ def attribution_figure(
     path: str | Path,
     labels: Sequence[str] | None = None,
     max_tiles: int = 16,
+    threshold: float | None = None,
 ) -> Path:
+    """``figure_png`` written atomically to ``path``."""
+    return atomic_write_bytes(path, figure_png(results, images, calibration, labels, max_tiles, threshold))
+
+
+def figure_png(
+    results: Sequence[AttributionResult],
+    images: np.ndarray,
+    calibration: Calibration,
+    labels: Sequence[str] | None = None,
+    max_tiles: int = 16,
+    threshold: float | None = None,
+) -> bytes:
     """One PNG: input/reconstruction pairs, loss curves against the belonging band, and score histogram."""
     fig = plt.figure(figsize=(15, 8.5))
     grid = fig.add_gridspec(2, 2, width_ratios=[1.15, 1], hspace=0.3, wspace=0.22)
     _tiles(fig, grid[:, 0], results, images, max_tiles)
     _curves(fig.add_subplot(grid[0, 1]), results, calibration, labels)
     _histogram(fig.add_subplot(grid[1, 1]), results, calibration, labels)
-    path = Path(path)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    return path
+    return buf.getvalue()
 
 
 def _tiles(fig, cell, results, images, max_tiles) -> None:

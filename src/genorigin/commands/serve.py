@@ -1,0 +1,49 @@
+"""genorigin serve: the HTTP service on one calibrated model (a thin port of the old ``cmd_serve``; the service
+itself is being rewritten in runtime/service/, which will replace this module)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from genorigin import workflow
+from genorigin.commands import args as common
+from genorigin.errors import EXIT_OK
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    common.add_model(p, "the model to serve")
+    p.add_argument("--calibration", type=Path, help="calibration file (default: the model's, for --method)")
+    p.add_argument("--rule", choices=["grubbs", "quantile"], default="grubbs", help="decision rule")
+    p.add_argument("--alpha", type=float, default=None, help="test level (default: the calibration's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
+    p.add_argument("--max-batch", type=int, default=32, help="requests inverted together at most")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
+    common.add_method(p)
+    common.add_inversion(p, attributing=True)
+    common.add_performance(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from genorigin.runtime.server import AttributionServer
+
+    threads = common.configure_threads(args)
+    model = workflow.resolve(args.model, args.ddim_steps)
+    choice = common.method_choice(args, threads, rule=args.rule)
+    loaded = workflow.method_for_attribution(model, choice, calibration=args.calibration, alpha=args.alpha)
+    server = AttributionServer(
+        loaded.method,
+        args.host,
+        args.port,
+        max_batch=args.max_batch,  # type: ignore[arg-type]
+        max_wait_ms=args.max_wait_ms,
+    )
+    print(f"serving {model.source} on {server.url} (POST /v1/attribute, GET /v1/model, GET /healthz)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return EXIT_OK
