@@ -64,7 +64,7 @@ def _nearest_existing(folder: Path) -> Path:
 
 def _check_writable_folder(folder: Path, target: Path) -> None:
     if not folder.is_dir():
-        raise OutputError(f"cannot write {target}: {folder} does not exist")
+        raise OutputError(f"cannot write {target}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write {target}: {folder} is not writable")
 
