@@ -45,12 +45,15 @@ COMMANDS: dict[str, Command] = {
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults shown for every option that has one (not for flags, nor where the help already says it)."""
+    """Every option's help says its default (flags excepted): argparse's, or "none", unless the help already
+    says what it is."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+        if not action.option_strings or action.nargs == 0 or "default" in text or action.default is argparse.SUPPRESS:
             return text
+        if action.default is None:
+            return f"{text} (default: none)"
         return super()._get_help_string(action)
 
 

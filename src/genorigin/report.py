@@ -39,7 +39,7 @@ class Layout:
 
     width: float = 15.0
     margin: float = 0.15
-    cell: float = 0.8  # one thumbnail
+    max_cell: float = 0.8  # one thumbnail, at most (a full row of pairs must fit the width)
     pair_gap: float = 0.06  # between an input and its reconstruction
     gap: float = 0.3  # between pairs
     title: float = 0.42  # two lines of 7-point text above each thumbnail
@@ -47,6 +47,12 @@ class Layout:
     plot_height: float = 3.6
     plot_gap: float = 1.0  # between the two plots (room for the right plot's y label)
     label_room: float = 0.75  # below and left of the plots: tick labels and axis labels
+
+    @property
+    def cell(self) -> float:
+        k = self.pairs_per_row
+        room = self.width - 2 * self.margin - (k - 1) * self.gap - k * self.pair_gap
+        return min(self.max_cell, room / (2 * k))
 
     def tile_rows(self, n: int) -> int:
         return -(-n // self.pairs_per_row) if n else 0
@@ -141,6 +147,10 @@ def _pair(
         ax.set_title(title, fontsize=7, color=colour, pad=2)
 
 
+def score_name(calibration: Calibration) -> str:
+    return "score (loss ÷ complexity)" if calibration.score == "loss/complexity" else "score (AEDR)"
+
+
 def _spread(n: int, k: int) -> list[int]:
     return list(range(n)) if n <= k else [round(x) for x in np.linspace(0, n - 1, k)]
 
@@ -157,7 +167,7 @@ def _curves(ax, results: Sequence[AttributionResult], calibration: Calibration, 
     ax.axhline(threshold, color="black", ls="--", lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("optimiser step")
-    ax.set_ylabel("score (loss ÷ complexity), best so far")
+    ax.set_ylabel(f"{score_name(calibration)}, best so far")
     ax.set_title("score trajectories", fontsize=9)
     handles = [
         Patch(color=CALIBRATION_COLOUR, alpha=0.35, label="model's own samples (calibration)"),
@@ -165,7 +175,7 @@ def _curves(ax, results: Sequence[AttributionResult], calibration: Calibration, 
         Line2D([], [], color=VERDICT_COLOURS["non-belonging"], label="input called non-belonging"),
         Line2D([], [], color="black", ls="--", label="threshold"),
     ]
-    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.legend(handles=handles, fontsize=7, loc="best")
 
 
 def threshold_bins(values: np.ndarray, threshold: float, count: int = 40) -> np.ndarray:
@@ -192,7 +202,7 @@ def _histogram(
     ax.axvline(threshold, color="black", ls="--", lw=1, label=f"threshold (α = {calibration.alpha:g})")
     ax.set_xscale("log")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("score (loss ÷ complexity); left of the threshold: belonging")
+    ax.set_xlabel(f"{score_name(calibration)}; left of the threshold: belonging")
     ax.set_ylabel("images")
     ax.set_title("scores against the model's own", fontsize=9)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best")
