@@ -86,7 +86,7 @@ def test_no_empty_band_across_the_figure(run, n):
 
 
 def test_colours_differ_and_thumbnails_show_the_score(run):
-    results, *_ = run
+    results, _, _, labels, _ = run
     assert VERDICT_COLOURS["belonging"] != VERDICT_COLOURS["non-belonging"]
     others = {CALIBRATION_COLOUR, *VERDICT_COLOURS.values()}
     assert not others & set(GROUP_COLOURS)  # the demo's own samples never look like the calibration or a verdict
@@ -97,9 +97,16 @@ def test_colours_differ_and_thumbnails_show_the_score(run):
     steps = {matplotlib.colors.to_hex(p.get_edgecolor()) for p in hist.patches if not p.get_fill()}
     assert steps == set(GROUP_COLOURS[:2])  # two groups, two colours, neither the calibration's
     captions = [ax.get_title() for ax in fig.axes if not ax.axison]
-    for r in results:
+    for r, label in zip(results, labels):
         assert f"reconstruction\nscore {r.calibrated_loss:.1e}" in captions
-        assert any(c.endswith(r.verdict) and c.startswith("…") for c in captions)
+        assert f"{label}\n{r.verdict}" in captions  # the input's group (the demo's class) and its verdict
+
+
+def test_without_groups_the_caption_is_the_end_of_the_file_name(run):
+    results, images, cal, _, thr = run
+    fig = attribution_fig(results[:2], images[:2], cal, threshold=thr)
+    captions = [ax.get_title() for ax in fig.axes if not ax.axison]
+    assert f"…g_name_0.png\n{results[0].verdict}" in captions  # the last 12 characters
 
 
 def test_the_threshold_is_a_bin_edge(run):

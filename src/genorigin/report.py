@@ -113,15 +113,9 @@ def attribution_fig(
         x0 = (W - row_width) / 2 + col * (2 * layout.cell + layout.pair_gap + layout.gap)
         y0 = top - (row + 1) * (layout.title + layout.cell + 0.12) + 0.12
         assert images is not None
-        _pair(
-            fig,
-            [x / W for x in (x0, x0 + layout.cell + layout.pair_gap)],
-            y0 / H,
-            layout.cell / W,
-            layout.cell / H,
-            results[i],
-            images[i],
-        )
+        caption = labels[i] if labels is not None else Path(results[i].source).name
+        xs = [x / W for x in (x0, x0 + layout.cell + layout.pair_gap)]
+        _pair(fig, xs, y0 / H, layout.cell / W, layout.cell / H, results[i], images[i], caption)
     plot_w = (W - 2 * layout.margin - layout.label_room - layout.plot_gap) / 2
     y = layout.label_room / H
     rect = [(layout.margin + layout.label_room) / W, y, plot_w / W, layout.plot_height / H]
@@ -132,10 +126,11 @@ def attribution_fig(
 
 
 def _pair(
-    fig: Figure, xs: list[float], y: float, w: float, h: float, res: AttributionResult, image: np.ndarray
+    fig: Figure, xs: list[float], y: float, w: float, h: float, res: AttributionResult, image: np.ndarray, caption: str
 ) -> None:
-    name = Path(res.source).name
-    name = name if len(name) <= 13 else "…" + name[-12:]
+    """The input, captioned with its name (its group where groups are given) and verdict, and its
+    reconstruction, captioned with the score the plots use."""
+    name = caption if len(caption) <= 13 else "…" + caption[-12:]
     for x, img, title, colour in (
         (xs[0], image, f"{name}\n{res.verdict}", VERDICT_COLOURS[res.verdict]),
         (xs[1], res.reconstruction, f"reconstruction\nscore {res.calibrated_loss:.1e}", "black"),

@@ -37,7 +37,9 @@ def tail(text: str, width: int) -> str:
 
 
 def _p(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2g}"
+    if value is None:
+        return "-"
+    return "<1e-4" if value < 1e-4 else f"{value:.2g}"
 
 
 def format_table(
