@@ -31,7 +31,9 @@ class FileAttribution:
     images: np.ndarray | None = None  # the prepared inputs, N×C×H×W float32 in [0, 1] (for figures)
 
 
-class _Attributes(Protocol):
+class Attributes(Protocol):
+    """What attributing files needs of a method: its generator (to read for) and ``attribute``."""
+
     generator: Generator
 
     def attribute(
@@ -45,7 +47,7 @@ class _Attributes(Protocol):
 
 
 def attribute_read(
-    method: _Attributes,
+    method: Attributes,
     read: ReadResult,
     *,
     keep_reconstructions: bool = False,
@@ -66,7 +68,7 @@ class AttributesFiles:
     """Mixin: ``attribute_files(paths)`` for any method that has ``generator`` and ``attribute``."""
 
     def attribute_files(
-        self: _Attributes,
+        self: Attributes,
         specs: Iterable[str],
         *,
         convert: Background | None = None,

@@ -11,20 +11,19 @@ method: a class following the protocol, a builder, one ``register_method(MethodS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-import numpy as np
 from genorigin.export.generator import Generator
 from genorigin.export.latent_diffusion import LatentDiffusionModel
 from genorigin.runtime.aedr import AEDRAttributor
-from genorigin.runtime.attribution import AttributionResult, Attributor, DecisionRule
+from genorigin.runtime.attribution import Attributor, DecisionRule
 from genorigin.runtime.backend import Backend
 from genorigin.runtime.backends import BackendTarget, GeneratorOnly, make_backend
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.encoder import FitSettings, FittedEncoder
-from genorigin.runtime.file_input import FileAttribution
+from genorigin.runtime.file_input import Attributes, FileAttribution
 from genorigin.runtime.inversion import PAPER_SCHEDULE, PRESETS, InversionSettings, Schedule, default_schedule
 from genorigin.runtime.latent_tracer import TRACER_METHOD, TRACER_SETTINGS, EncoderInit
 
@@ -37,10 +36,10 @@ class SettingsRecord(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-class AttributionMethod(Protocol):
-    """Decides, per image, whether a model made it; the only interface callers use."""
+class AttributionMethod(Attributes, Protocol):
+    """Decides, per image, whether a model made it; the only interface callers use (``attribute`` and
+    ``generator`` come from ``file_input.Attributes``)."""
 
-    generator: Generator
     calibration: Calibration | None
 
     @property
@@ -88,15 +87,6 @@ class AttributionMethod(Protocol):
     def accept_threshold(self) -> float:
         """The largest calibrated score the decision rule still calls belonging."""
         ...
-
-    def attribute(
-        self,
-        images: np.ndarray,
-        sources: Sequence[str] | None = None,
-        *,
-        keep_reconstructions: bool = False,
-        on_done: Callable[[int], None] | None = None,
-    ) -> list[AttributionResult]: ...
 
     def attribute_files(
         self,
@@ -208,40 +198,24 @@ def build_method(name: str, model: ModelHandle, options: MethodOptions = MethodO
     return spec.build(model, replace(options, settings=settings, schedule=options.schedule or schedule))
 
 
-def _backend(model: ModelHandle, settings: InversionSettings, options: MethodOptions) -> Backend:
-    if isinstance(options.backend, Backend):
-        return options.backend
-    return make_backend(model, options.backend, settings.loss, options.threads)
+def _loop(model: ModelHandle, o: MethodOptions, method: str, **starts: Any) -> Attributor:
+    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=)."""
+    assert o.settings is not None and o.schedule is not None  # build_method resolved them
+    backend = o.backend if isinstance(o.backend, Backend) else make_backend(model, o.backend, o.settings.loss,
+                                                                            o.threads)  # fmt: skip
+    return Attributor(model.generator, backend=backend, settings=o.settings, schedule=o.schedule,
+                      calibration=o.calibration, rule=o.rule, method=method, **starts)  # fmt: skip
 
 
 def _inversion(model: ModelHandle, o: MethodOptions) -> Attributor:
-    assert o.settings is not None and o.schedule is not None  # build_method resolved them
-    return Attributor(
-        model.generator,
-        backend=_backend(model, o.settings, o),
-        settings=o.settings,
-        schedule=o.schedule,
-        calibration=o.calibration,
-        rule=o.rule,
-        encoder=o.encoder,
-        method="inversion",
-    )
+    return _loop(model, o, "inversion", encoder=o.encoder)
 
 
 def _tracer(model: ModelHandle, o: MethodOptions) -> Attributor:
-    assert o.settings is not None and o.schedule is not None and model.latent_model is not None  # build_method
+    assert o.settings is not None and model.latent_model is not None  # build_method checked
     if o.settings.init != "encoder":
         raise ValueError("LatentTracer settings need init='encoder' (its starts are the autoencoder's encoding)")
-    return Attributor(
-        model.generator,
-        backend=_backend(model, o.settings, o),
-        settings=o.settings,
-        schedule=o.schedule,
-        calibration=o.calibration,
-        rule=o.rule,
-        initializer=EncoderInit(model.latent_model),
-        method=TRACER_METHOD,
-    )
+    return _loop(model, o, TRACER_METHOD, initializer=EncoderInit(model.latent_model))
 
 
 def _aedr(model: ModelHandle, o: MethodOptions) -> AEDRAttributor:

@@ -121,6 +121,6 @@ def test_the_threshold_is_a_bin_edge(run):
 
 def test_png_bytes(run):
     results, images, cal, labels, thr = run
-    png = figure_png(results, images, cal, labels, threshold=thr)
+    png = figure_png(results, images, cal, labels=labels, threshold=thr)
     with Image.open(io.BytesIO(png)) as im:
         assert im.format == "PNG" and im.width > 1000

@@ -13,6 +13,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -63,28 +64,17 @@ class Layout:
 
 
 def attribution_figure(
-    results: Sequence[AttributionResult],
-    images: np.ndarray,
-    calibration: Calibration,
-    path: str | Path,
-    labels: Sequence[str] | None = None,
-    max_tiles: int = 16,
-    threshold: float | None = None,
+    results: Sequence[AttributionResult], images: np.ndarray, calibration: Calibration, path: str | Path, **options: Any
 ) -> Path:
-    """``figure_png`` written atomically to ``path``."""
-    return atomic_write_bytes(path, figure_png(results, images, calibration, labels, max_tiles, threshold))
+    """``figure_png`` (``options``: its labels, max_tiles, threshold) written atomically to ``path``."""
+    return atomic_write_bytes(path, figure_png(results, images, calibration, **options))
 
 
 def figure_png(
-    results: Sequence[AttributionResult],
-    images: np.ndarray | None,
-    calibration: Calibration,
-    labels: Sequence[str] | None = None,
-    max_tiles: int = 16,
-    threshold: float | None = None,
+    results: Sequence[AttributionResult], images: np.ndarray | None, calibration: Calibration, **options: Any
 ) -> bytes:
-    """The figure as PNG bytes."""
-    fig = attribution_fig(results, images, calibration, labels, max_tiles, threshold)
+    """``attribution_fig`` (``options``: its labels, max_tiles, threshold, layout) as PNG bytes."""
+    fig = attribution_fig(results, images, calibration, **options)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

@@ -212,15 +212,8 @@ def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None 
         raise WorkflowError(str(exc)) from exc
 
 
-def run(
-    method: AttributionMethod,
-    images: ReadResult,
-    *,
-    keep_reconstructions: bool = False,
-    on_done: Callable[[int], None] | None = None,
-) -> FileAttribution:
-    """Attribute what was read; each result carries its input's facts."""
-    return attribute_read(method, images, keep_reconstructions=keep_reconstructions, on_done=on_done)
+# attribute what ``read`` gave; each result carries its input's facts (the same path as ``attribute_files``)
+run = attribute_read
 
 
 def build_report(model: ResolvedModel, loaded: Loaded, found: FileAttribution) -> dict[str, Any]:

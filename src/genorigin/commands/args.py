@@ -8,24 +8,59 @@ each preset's value, read from ``runtime.inversion.PRESETS``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from genorigin.choices import InversionChoices
+from genorigin import workflow
+from genorigin.choices import SCHEDULE_FLAGS, SETTINGS_FLAGS, InversionChoices
 from genorigin.errors import CliError
-from genorigin.models import MODEL_KINDS
+from genorigin.models import MODEL_KINDS, ResolvedModel
 from genorigin.runtime.backends import BACKENDS
 from genorigin.runtime.encoder import FitSettings
-from genorigin.runtime.inversion import OPTIMIZERS, PRESETS, Schedule
+from genorigin.runtime.inversion import OPTIMIZERS, PRESETS
 from genorigin.runtime.methods import METHODS, method_choices
 from genorigin.threads import WORKERS_ENV, use_threads
-from genorigin.workflow import MethodChoice
 
-INVERSION_DEFAULT_PRESET = "fast"
+ENCODER_HELP = (
+    "the encoder file the starts come from (default: the model's: shipped beside a bundled model, else in the "
+    "user cache; <file>.encoder.pt; <package>/encoder.pt; <folder>/genorigin.encoder.pt)"
+)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One inversion flag: its dest is the InversionSettings or Schedule field it sets."""
+
+    field: str
+    help: str
+    type: Any = int
+    choices: tuple[str, ...] | None = None
+    nargs: str | None = None
+    metavar: str | None = None
+
+
+SETTINGS = (
+    Flag("steps", "optimiser steps per image"),
+    Flag("lr", "Adam learning rate, unused by L-BFGS", float),
+    Flag("restarts", "starts per image, the best counts"),
+    Flag("halve_starts_at", "keep the better half of each image's starts at these steps", nargs="*", metavar="STEP"),
+    Flag("loss", "per-pixel loss", str, ("mse", "l1")),
+    Flag("optimizer", "per-slot optimiser", str, OPTIMIZERS),
+    Flag("init", "where starts come from: the latent prior or the model's fitted encoder", str, ("prior", "encoder")),
+    Flag("fresh_starts", "new starts an image gets when its loss stalls"),
+)
+SCHEDULE = (
+    Flag("batch_size", "images in flight at once"),
+    Flag("check_every", "steps between early-exit checkpoints"),
+    Flag("exit_margin", "stop as non-belonging above this many times the belonging envelope", float),
+    Flag("exit_envelope_rank", "the envelope is the k-th largest accepted calibration score at each step"),
+    Flag("seed", "seed of the random starts"),
+)
 
 
 def add_model(p: argparse.ArgumentParser, what: str = "the model") -> None:
-    kinds = "; ".join(MODEL_KINDS.values())
-    p.add_argument("--model", required=True, help=f"{what}: {kinds}")
+    p.add_argument("--model", required=True, help=f"{what}: {'; '.join(MODEL_KINDS.values())}")
 
 
 def add_method(p: argparse.ArgumentParser) -> None:
@@ -75,91 +110,40 @@ def _preset_help() -> str:
     return "; ".join(parts)
 
 
-def _each(field: str, schedule: bool = False) -> str:
-    values = [f"{getattr(sch if schedule else s, field)} ({name})" for name, (s, sch) in PRESETS.items()]
-    return ", ".join(str(v).replace("()", "none") for v in values)
+def _each(field: str, schedule: bool) -> str:
+    values = [getattr(sch if schedule else s, field) for s, sch in PRESETS.values()]
+    return ", ".join(f"{v if v != () else 'none'} ({name})" for v, name in zip(values, PRESETS))
 
 
 def add_inversion(p: argparse.ArgumentParser, attributing: bool) -> None:
-    """``attributing``: the defaults come from the calibration, and flags must agree with it."""
-    follow = "; attributing: the calibration's" if attributing else ""
+    """The preset, each setting and schedule flag, and --encoder. ``attributing``: defaults are the
+    calibration's, and a setting flag may only repeat it."""
     g = p.add_argument_group(
         "inversion (a calibration is valid only for the settings it was made with"
         + ("; these default to the calibration's and may only repeat them)" if attributing else ")")
     )
-    default = "the calibration's" if attributing else INVERSION_DEFAULT_PRESET
+    default = "the calibration's" if attributing else "fast"
     g.add_argument("--preset", choices=tuple(PRESETS), default=None, help=f"{_preset_help()} (default: {default})")
+    for f in SETTINGS:
+        follow = "; attributing: the calibration's" if attributing else ""
+        _add_flag(g, f, SETTINGS_FLAGS[f.field], f"{_each(f.field, False)}{follow}")
+    for f in SCHEDULE:
+        grid = "; attributing: the calibration's grid" if attributing and f.field == "check_every" else ""
+        _add_flag(g, f, SCHEDULE_FLAGS[f.field], f"{_each(f.field, True)}{grid}")
+    g.add_argument("--encoder", type=Path, default=None, help=ENCODER_HELP)
+
+
+def _add_flag(g: argparse._ArgumentGroup, f: Flag, option: str, default: str) -> None:
+    options = [option, "--max-steps"] if f.field == "steps" else [option]
     g.add_argument(
-        "--steps",
-        "--max-steps",
-        dest="steps",
-        type=int,
+        *options,
+        dest=f.field,
+        type=f.type,
+        choices=f.choices,
+        nargs=f.nargs,
+        metavar=f.metavar,
         default=None,
-        help=f"optimiser steps per image (default: {_each('steps')}{follow})",
-    )
-    g.add_argument(
-        "--lr", type=float, default=None, help=f"Adam learning rate, unused by L-BFGS (default: {_each('lr')}{follow})"
-    )
-    g.add_argument(
-        "--restarts",
-        type=int,
-        default=None,
-        help=f"starts per image, the best counts (default: {_each('restarts')}{follow})",
-    )
-    g.add_argument(
-        "--halve-starts-at",
-        type=int,
-        nargs="*",
-        default=None,
-        metavar="STEP",
-        help=f"keep the better half of each image's starts at these steps (default: "
-        f"{_each('halve_starts_at')}{follow})",
-    )
-    g.add_argument("--loss", choices=["mse", "l1"], default=None, help=f"default: {_each('loss')}{follow}")
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None, help=f"default: {_each('optimizer')}{follow}")
-    g.add_argument(
-        "--init",
-        choices=["prior", "encoder"],
-        default=None,
-        help=f"where starts come from: the latent prior or the model's fitted encoder (default: "
-        f"{_each('init')}{follow})",
-    )
-    g.add_argument(
-        "--fresh-starts",
-        type=int,
-        default=None,
-        help=f"new starts an image gets when its loss stalls (default: {_each('fresh_starts')}{follow})",
-    )
-    g.add_argument(
-        "--batch-size", type=int, default=None, help=f"images in flight at once (default: {_each('batch_size', True)})"
-    )
-    g.add_argument(
-        "--check-every",
-        type=int,
-        default=None,
-        help=f"steps between early-exit checkpoints (default: {_each('check_every', True)}"
-        f"{'; attributing: the calibration grid' if attributing else ''})",
-    )
-    g.add_argument(
-        "--exit-margin",
-        type=float,
-        default=None,
-        help=f"stop as non-belonging above this many times the belonging envelope (default: {Schedule.exit_margin})",
-    )
-    g.add_argument(
-        "--exit-envelope-rank",
-        type=int,
-        default=None,
-        help="the envelope is the k-th largest accepted calibration score at each step (default: "
-        f"{Schedule.exit_envelope_rank})",
-    )
-    g.add_argument("--seed", type=int, default=None, help=f"seed of the random starts (default: {Schedule.seed})")
-    g.add_argument(
-        "--encoder",
-        type=Path,
-        default=None,
-        help="the encoder file the starts come from (default: the model's: shipped beside a bundled "
-        "model or in the user cache; <file>.encoder.pt; <package>/encoder.pt; <folder>/genorigin.encoder.pt)",
+        help=f"{f.help} (default: {default})",
     )
 
 
@@ -174,6 +158,27 @@ def add_fit(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_method_options(p: argparse.ArgumentParser, *, attributing: bool) -> None:
+    """--method, --backend, the inversion group, (calibrating) the encoder fit, CPU use."""
+    add_method(p)
+    add_inversion(p, attributing)
+    if not attributing:
+        add_fit(p)
+    add_performance(p)
+
+
+def add_calibration_choice(p: argparse.ArgumentParser) -> None:
+    """Which calibration decides, with which rule and level (attribute, serve)."""
+    p.add_argument("--calibration", type=Path, help="calibration file (default: the model's, for --method)")
+    p.add_argument(
+        "--rule",
+        choices=["grubbs", "quantile"],
+        default="grubbs",
+        help="decision rule (inversion methods; AEDR always uses its KDE quantile)",
+    )
+    p.add_argument("--alpha", type=float, default=None, help="test level (default: the calibration's)")
+
+
 def fit_settings(args: argparse.Namespace) -> FitSettings:
     try:
         return FitSettings(steps=args.fit_steps)
@@ -181,9 +186,9 @@ def fit_settings(args: argparse.Namespace) -> FitSettings:
         raise CliError(str(exc)) from exc
 
 
-def method_choice(args: argparse.Namespace, threads: int | None, rule: str = "grubbs") -> MethodChoice:
+def method_choice(args: argparse.Namespace, threads: int | None, rule: str = "grubbs") -> workflow.MethodChoice:
     """The workflow's MethodChoice from parsed options (every command that builds a method has these)."""
-    return MethodChoice(
+    return workflow.MethodChoice(
         method=args.method,
         inversion=InversionChoices.from_namespace(vars(args)),
         backend=args.backend,
@@ -199,3 +204,13 @@ def configure_threads(args: argparse.Namespace) -> int:
         return use_threads(args.threads, args.workers)
     except ValueError as exc:
         raise CliError(str(exc)) from exc
+
+
+def load_for_attribution(args: argparse.Namespace, early_exit: bool = True) -> tuple[ResolvedModel, workflow.Loaded]:
+    """Threads, the model, and its method as the calibration made it (attribute, serve)."""
+    threads = configure_threads(args)
+    model = workflow.resolve(args.model, args.ddim_steps)
+    choice = method_choice(args, threads, rule=args.rule)
+    return model, workflow.method_for_attribution(
+        model, choice, calibration=args.calibration, alpha=args.alpha, early_exit=early_exit
+    )

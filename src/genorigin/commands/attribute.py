@@ -26,14 +26,7 @@ from genorigin.tables import format_table, summary_line, to_csv
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (PNG, JPEG, WebP; docs/inputs.md)")
     common.add_model(p, "the model whose images to recognise")
-    p.add_argument("--calibration", type=Path, help="calibration file (default: the model's, for --method)")
-    p.add_argument(
-        "--rule",
-        choices=["grubbs", "quantile"],
-        default="grubbs",
-        help="decision rule (inversion methods; AEDR always uses its KDE quantile)",
-    )
-    p.add_argument("--alpha", type=float, default=None, help="test level (default: the calibration's)")
+    common.add_calibration_choice(p)
     p.add_argument("--no-early-exit", action="store_true", help="spend the full step budget on every image")
     p.add_argument(
         "--convert",
@@ -50,18 +43,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--force", action="store_true", help="allow replacing existing output files")
     g.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress")
-    common.add_method(p)
-    common.add_inversion(p, attributing=True)
-    common.add_performance(p)
+    common.add_method_options(p, attributing=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    threads = common.configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps)
-    choice = common.method_choice(args, threads, rule=args.rule)
-    loaded = workflow.method_for_attribution(
-        model, choice, calibration=args.calibration, alpha=args.alpha, early_exit=not args.no_early_exit
-    )
+    model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
     OutputPlan(files=files).check(args.force)
     images = workflow.read(model, args.inputs, args.convert)

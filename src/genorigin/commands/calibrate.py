@@ -27,10 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing calibration file")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--quiet", action="store_true", help="no progress")
-    common.add_method(p)
-    common.add_inversion(p, attributing=False)
-    common.add_fit(p)
-    common.add_performance(p)
+    common.add_method_options(p, attributing=False)
 
 
 def fit_progress(total: int, quiet: bool) -> Progress:

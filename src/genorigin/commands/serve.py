@@ -4,34 +4,25 @@ itself is being rewritten in runtime/service/, which will replace this module)."
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from genorigin import workflow
 from genorigin.commands import args as common
 from genorigin.errors import EXIT_OK
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_model(p, "the model to serve")
-    p.add_argument("--calibration", type=Path, help="calibration file (default: the model's, for --method)")
-    p.add_argument("--rule", choices=["grubbs", "quantile"], default="grubbs", help="decision rule")
-    p.add_argument("--alpha", type=float, default=None, help="test level (default: the calibration's)")
+    common.add_calibration_choice(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free port)")
     p.add_argument("--max-batch", type=int, default=32, help="requests inverted together at most")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a request waits for company")
-    common.add_method(p)
-    common.add_inversion(p, attributing=True)
-    common.add_performance(p)
+    common.add_method_options(p, attributing=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from genorigin.runtime.server import AttributionServer
 
-    threads = common.configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps)
-    choice = common.method_choice(args, threads, rule=args.rule)
-    loaded = workflow.method_for_attribution(model, choice, calibration=args.calibration, alpha=args.alpha)
+    model, loaded = common.load_for_attribution(args)
     server = AttributionServer(
         loaded.method,
         args.host,
