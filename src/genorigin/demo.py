@@ -82,7 +82,7 @@ def run_demo(
 ) -> DemoRun:
     """Calibrate, write the mix under ``out/images``, attribute it; the calibration goes to ``out``."""
     seconds: dict[str, float] = {}
-    model = workflow.resolve(name)
+    model = workflow.resolve(name, threads=choice.threads)
     method = workflow.method_for_calibration(model, choice)
     enc_path = workflow.encoder_path(model, choice)
     t0 = time.perf_counter()

@@ -98,8 +98,9 @@ def bundled_encoder_path(name: str, generator: Generator) -> Path:
     return shipped if shipped.exists() else cache_dir("encoders") / f"{name}-{generator.fingerprint()[:12]}.encoder.pt"
 
 
-def resolve_model(spec: str, ddim_steps: int = 50) -> ResolvedModel:
-    """A bundled model name, a genorigin model file (.pt), an attribution package or a diffusers folder."""
+def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -> ResolvedModel:
+    """A bundled model name, a genorigin model file (.pt), an attribution package or a diffusers folder
+    (``threads``: ONNX Runtime threads of a package's forward session)."""
     if spec in BUNDLED_MODELS:
         gen = load_bundled(spec)
         path = cache_dir("calibrations") / f"{spec}-{gen.fingerprint()[:12]}.calibration.json"
@@ -112,7 +113,9 @@ def resolve_model(spec: str, ddim_steps: int = 50) -> ResolvedModel:
         from genorigin.runtime.ort_backend import package_generator
 
         pkg = AttributionPackage.load(p)
-        return ResolvedModel(package_generator(pkg), pkg.calibration_path, str(p), "package", p / "encoder.pt", p, pkg)
+        return ResolvedModel(
+            package_generator(pkg, threads), pkg.calibration_path, str(p), "package", p / "encoder.pt", p, pkg
+        )
     if p.is_dir():
         return _resolve_folder(p, ddim_steps)
     if p.suffix == ".onnx":

@@ -54,10 +54,10 @@ class Loaded:
     encoder_path: Path | None
 
 
-def resolve(spec: str, ddim_steps: int = 50) -> ResolvedModel:
+def resolve(spec: str, ddim_steps: int = 50, threads: int | None = None) -> ResolvedModel:
     """``resolve_model`` with its failures as one line."""
     try:
-        return resolve_model(spec, ddim_steps=ddim_steps)
+        return resolve_model(spec, ddim_steps=ddim_steps, threads=threads)
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
         raise WorkflowError(str(exc).strip("'\"")) from exc
 

@@ -209,7 +209,7 @@ def configure_threads(args: argparse.Namespace) -> int:
 def load_for_attribution(args: argparse.Namespace, early_exit: bool = True) -> tuple[ResolvedModel, workflow.Loaded]:
     """Threads, the model, and its method as the calibration made it (attribute, serve)."""
     threads = configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps)
+    model = workflow.resolve(args.model, args.ddim_steps, threads)
     choice = method_choice(args, threads, rule=args.rule)
     return model, workflow.method_for_attribution(
         model, choice, calibration=args.calibration, alpha=args.alpha, early_exit=early_exit

@@ -44,7 +44,7 @@ def save_calibration(cal: Calibration, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     threads = common.configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps)
+    model = workflow.resolve(args.model, args.ddim_steps, threads)
     choice = common.method_choice(args, threads)
     method = workflow.method_for_calibration(model, choice)
     out = args.out or model.calibration_file(method.method)

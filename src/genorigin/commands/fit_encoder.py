@@ -40,8 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    common.configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps)
+    model = workflow.resolve(args.model, args.ddim_steps, common.configure_threads(args))
     path = args.encoder or model.encoder_path
     OutputPlan(files={"encoder": path}).check(args.force)
     try:
