@@ -34,7 +34,7 @@ ADD = {
 }
 INVERSION_BUDGET = ["--steps", "20", "--fit-steps", "3"]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript")]
 
 
 def block(title: str, language: str) -> str:
@@ -57,7 +57,9 @@ def genorigin() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "genorigin"]
 
 
-def _fixtures(cwd: Path) -> None:
+def _fixtures(cwd: Path, models: bool = True) -> None:
+    """The files README's commands name: images, and (``models``) a model file, an ONNX generator and two
+    diffusers folders."""
     own = quantize_8bit(load_bundled("dcgan_a").sample(3, seed=31))
     reals = sorted(real_images_dir().glob("*.png"))
     for folder in ("photos", "uploads"):
@@ -67,12 +69,15 @@ def _fixtures(cwd: Path) -> None:
     save_png(own[1], cwd / "uploads" / "a.png")
     (cwd / "uploads" / "b.png").write_bytes(reals[1].read_bytes())
     save_png(own[2], cwd / "img.png")
+    if not models:
+        return
     write_tiny_dcgan(cwd / "my_gan.pt")
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(8, 3 * 8 * 8), torch.nn.Tanh(), torch.nn.Unflatten(1, (3, 8, 8)))
+    # a third party's generator: z (N×8×1×1) → tanh image in [-1, 1], exported with the legacy exporter
+    module = torch.nn.Sequential(torch.nn.ConvTranspose2d(8, 3, 8), torch.nn.Tanh())
     torch.onnx.export(
         module.eval(),
-        (torch.zeros(2, 8),),
+        (torch.zeros(2, 8, 1, 1),),
         str(cwd / "third_party_generator.onnx"),
         input_names=["z"],
         output_names=["image"],
@@ -164,7 +169,7 @@ def test_every_cpu_command_of_the_use_block(tmp_path):
 
 
 def test_the_python_api_block_verbatim(tmp_path):
-    _fixtures(tmp_path)
+    _fixtures(tmp_path, models=False)
     (tmp_path / "block.py").write_text(block("Python API:", "python"))
     env = dict(os.environ, GENORIGIN_QUICK="1")
 
