@@ -57,7 +57,8 @@ def test_every_option_shows_its_default(name):
     parser = build_parser([name])
     sub = next(a for a in parser._actions if a.dest == "command").choices[name]
     formatter = sub._get_formatter()
-    options = [a for a in sub._actions if a.option_strings and a.nargs != 0]
+    # flags (nargs 0) and required options have no default to show
+    options = [a for a in sub._actions if a.option_strings and a.nargs != 0 and not a.required]
     assert options
     for action in options:
         assert "default" in formatter._expand_help(action), (name, action.option_strings)

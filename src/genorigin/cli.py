@@ -50,7 +50,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if not action.option_strings or action.nargs == 0 or "default" in text or action.default is argparse.SUPPRESS:
+        if (not action.option_strings or action.nargs == 0 or action.required or "default" in text
+                or action.default is argparse.SUPPRESS):  # fmt: skip
             return text
         if action.default is None:
             return f"{text} (default: none)"

@@ -154,7 +154,7 @@ def add_fit(p: argparse.ArgumentParser) -> None:
         "--fit-seconds",
         type=float,
         default=None,
-        help="stop fitting after this many seconds (the steps done are recorded)",
+        help="stop fitting after this many seconds (default: no limit; the steps done are recorded)",
     )
 
 

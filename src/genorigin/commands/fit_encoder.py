@@ -23,7 +23,12 @@ from genorigin.runtime.encoder import FitSettings, fit_generator_encoder
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_model(p, "the model to fit an encoder for")
     p.add_argument("--steps", type=int, default=FitSettings.steps, help="training steps")
-    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds (steps done recorded)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: no limit; the steps done are recorded)",
+    )
     p.add_argument("--seed", type=int, default=FitSettings.seed, help="seed of the training samples and weights")
     p.add_argument(
         "--encoder",
