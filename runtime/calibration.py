@@ -9,8 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +18,15 @@ import numpy as np
 from genorigin.runtime.decision import empirical_threshold, grubbs_critical_value
 
 from genorigin import __version__
+from genorigin.files import atomic_write_text
 
 CALIBRATION_FORMAT = "genorigin-calibration-v1"
+# files written before the shared loop's method was renamed "inversion" (it was "inversion-random")
+LEGACY_METHODS = {"inversion-random": "inversion"}
+
+
+def canonical_method(name: str) -> str:
+    return LEGACY_METHODS.get(name, name)
 
 
 class CalibrationMismatch(ValueError):
@@ -109,7 +114,7 @@ class Calibration:
     settings: dict[str, Any]
     scores: list[float]
     alpha: float = 0.05
-    method: str = "inversion-random"
+    method: str = "inversion"
     score: str = "loss/complexity"
     checkpoint_steps: list[int] = field(default_factory=list)
     checkpoint_scores: list[list[float]] = field(default_factory=list)
@@ -122,6 +127,7 @@ class Calibration:
 
     def __post_init__(self) -> None:
         validate_fields(self)
+        self.method = canonical_method(self.method)
 
     @property
     def n(self) -> int:
@@ -164,16 +170,13 @@ class Calibration:
         return d
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write atomically; refuse to replace an existing file unless asked."""
+        """Write atomically (a full disk leaves the old file, or none, and no temp file); refuse to replace an
+        existing file unless asked."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(
@@ -207,6 +210,6 @@ class Calibration:
         if settings is not None and cal.settings != settings:
             diff = {k: (cal.settings.get(k), v) for k, v in settings.items() if cal.settings.get(k) != v}
             raise CalibrationMismatch(f"{path}: calibrated with other inversion settings (file, now): {diff}")
-        if method is not None and cal.method != method:
+        if method is not None and cal.method != canonical_method(method):
             raise CalibrationMismatch(f"{path}: calibration method {cal.method!r}, asked for {method!r}")
         return cal

@@ -170,7 +170,7 @@ def test_cli_export_then_attribute_with_onnxruntime(tmp_path, capsys):
     manifest = json.loads(capsys.readouterr().out)["manifest"]
     assert set(manifest["graphs"]) == {"forward", "vjp", "loss_mse"}
     assert main(["export", "--model", "dcgan_a", "--out", str(pkg), "--quiet"]) == 2  # never overwrites
-    fast = ["--steps", "100", "--threads", "1", "--quiet"]
+    fast = ["--preset", "paper", "--steps", "100", "--threads", "1", "--quiet"]
     assert main(["calibrate", "--model", str(pkg), "--samples", "6", *fast]) == 0
     assert (pkg / "calibration.json").exists()
     real = sorted(real_images_dir().glob("*.png"))[:2]
