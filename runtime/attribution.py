@@ -87,9 +87,15 @@ class AttributionResult:
     def belonging(self) -> bool:
         return self.verdict == "belonging"
 
+    @property
+    def fresh_starts(self) -> int:
+        """Fresh starts the image was given when its trajectory stalled."""
+        return len(self.restart_steps)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "reconstruction"}
         d["trajectory"] = [[int(s), float(v)] for s, v in self.trajectory]
+        d["fresh_starts"] = self.fresh_starts
         return d
 
 

@@ -47,9 +47,9 @@ def block(title: str, language: str) -> str:
 
 
 def use_lines() -> list[list[str]]:
-    return [
-        shlex.split(ln, comments=True) for ln in block("## Use", "bash").splitlines() if ln.startswith("genorigin ")
-    ]
+    """Every ``genorigin`` line of the "Use" section's blocks (the commands, then the serve block)."""
+    text = block("## Use", "bash") + block("Serve (", "bash")
+    return [shlex.split(ln, comments=True) for ln in text.splitlines() if ln.startswith("genorigin ")]
 
 
 def genorigin() -> list[str]:

@@ -25,7 +25,7 @@ from service_helpers import budget_for, metric, png, post, request, wait_until, 
 from genorigin.cli import main
 from genorigin.client import Client
 
-STEPS = ["--steps", "150", "--lr", "0.1", "--check-every", "10", "--batch-size", "8"]
+STEPS = ["--preset", "paper", "--steps", "150", "--lr", "0.1", "--check-every", "10", "--batch-size", "8"]
 SCHEDULE = {"check_every": 10}  # the rest of the CLI's schedule is the paper preset's, as `load_served_model`'s
 
 
@@ -65,7 +65,10 @@ def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path,
             for name in models:
                 want = cli[name][path.name]
                 got = {k: answer["models"][name][k] for k in want if k not in ("source", "seconds")}
-                assert got == {k: v for k, v in want.items() if k not in ("source", "seconds")}, (path.name, name)
+                got_input, want_input = got.pop("input"), dict(want["input"])
+                assert got_input.pop("source") == path.name  # the upload's name where the CLI has its path
+                assert want_input.pop("source") == str(path) and got_input == want_input
+                assert got == {k: v for k, v in want.items() if k not in ("source", "seconds", "input")}, (path.name, name)
             decision = decide_across({n: _Result(cli[n][path.name]) for n in models})
             assert answer["decision"] == decision.model and answer["accepting"] == list(decision.accepting)
         own = post(url, (images / "alpha_own.png").read_bytes(), "model=alpha")[2]
@@ -103,7 +106,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(files, tmp_path):
     model = models["alpha"][0]
     budget = budget_for(load_generator_file(model), 2.0, lr=0.1, least=100)  # a request stays in flight ~2 s
     cal = tmp_path / "long.calibration.json"
-    steps = ["--steps", str(budget), *STEPS[2:]]
+    steps = [*STEPS[:2], "--steps", str(budget), *STEPS[4:]]
     assert main(["calibrate", "--model", str(model), "--samples", "3", "--out", str(cal), "--quiet", *steps]) == 0
     cmd = [
         sys.executable,
@@ -147,7 +150,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(files, tmp_path):
         assert status == 503 and body["error"]["code"] == "draining" and headers["connection"] == "close"
         for t in threads:
             t.join(timeout=120)
-        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == budget for a in answers)
+        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == budget for a in answers), ([a[2]["steps"] for a in answers], budget)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()

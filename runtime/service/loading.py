@@ -14,15 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genorigin.export.bundled import BUNDLED_MODELS, assets_dir
+from genorigin.export.bundled import BUNDLED_MODELS
 from genorigin.runtime.attribution import Attributor, DecisionRule
 from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import InversionSettings, Schedule, default_schedule
+from genorigin.runtime.inversion import Schedule
 
-from genorigin.models import BACKENDS, resolve_model
-
-SERVED_METHOD = "inversion-random"  # the shared loop's method: what continuous batching runs
+SERVED_METHOD = "inversion"  # the shared loop's method: what continuous batching runs
 SCHEDULE_KEYS = ("check_every", "seed", "exit_margin", "exit_envelope_rank", "exit_min_step")
 
 
@@ -86,16 +83,7 @@ def served_name(spec: str) -> str:
     return path.stem if path.suffix == ".pt" else path.name
 
 
-def _encoder_path(spec: str, encoder: str | Path | None) -> Path:
-    if encoder is not None:
-        return Path(encoder)
-    if spec in BUNDLED_MODELS:
-        return assets_dir() / "models" / f"{spec}.encoder.pt"
-    return Path(spec).with_suffix(".encoder.pt")
-
-
-def _schedule(settings: InversionSettings, max_batch: int | None, overrides: Mapping[str, Any] | None) -> Schedule:
-    base = default_schedule(settings)
+def _schedule(base: Schedule, max_batch: int | None, overrides: Mapping[str, Any] | None) -> Schedule:
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = set(changes) - set(SCHEDULE_KEYS)
     if unknown:
@@ -121,41 +109,24 @@ def load_served_model(
     max_batch: int | None = None,
     schedule: Mapping[str, Any] | None = None,
 ) -> ServedModel:
-    """Resolve ``spec``, load its calibration (default: the model's), build and check its Attributor.
+    """Resolve ``spec`` and load it as ``genorigin attribute`` does (``workflow.method_for_attribution``: the
+    calibration's settings, its pinned encoder), then apply the service's schedule and check it.
 
-    ``schedule``: overrides of the preset's schedule (``SCHEDULE_KEYS``; None values keep the preset's).
+    ``schedule``: overrides of the calibration's schedule (``SCHEDULE_KEYS``; None values keep it).
     """
+    from genorigin.workflow import MethodChoice, WorkflowError, method_for_attribution, resolve
+
+    choice = MethodChoice(method=SERVED_METHOD, backend=backend, threads=threads, rule=rule,
+                          encoder=Path(encoder) if encoder is not None else None)  # fmt: skip
     try:
-        model = resolve_model(spec)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        raise ServiceLoadError(str(exc).strip("'\"")) from exc
-    path = Path(calibration) if calibration else model.calibration_file(SERVED_METHOD)
-    if not path.exists():
-        raise ServiceLoadError(f"no calibration at {path}: run `genorigin calibrate --model {spec}` first")
-    try:
-        cal = Calibration.load(path, fingerprint=model.generator.fingerprint(), method=SERVED_METHOD)
-        settings = InversionSettings.from_dict(cal.settings)
-        cal = cal.with_alpha(alpha) if alpha is not None else cal
-    except (ValueError, TypeError) as exc:
+        model = resolve(spec, threads=threads)
+        loaded = method_for_attribution(model, choice, calibration=Path(calibration) if calibration else None,
+                                        alpha=alpha)  # fmt: skip
+    except WorkflowError as exc:
         raise ServiceLoadError(str(exc)) from exc
-    fitted = None
-    if settings.init == "encoder":
-        enc_path = _encoder_path(spec, encoder)
-        if not enc_path.exists():
-            raise ServiceLoadError(f"{path} was made with encoder starts: no encoder at {enc_path} (pass --encoder)")
-        try:
-            fitted = FittedEncoder.load(enc_path)
-        except ValueError as exc:
-            raise ServiceLoadError(str(exc)) from exc
-    backend_name = backend or ("torch" if model.generator.module is not None else "onnxruntime")
-    if backend_name not in BACKENDS:
-        raise ServiceLoadError(f"unknown backend {backend_name!r}; choose one of {', '.join(BACKENDS)}")
-    try:
-        attributor = Attributor(model.generator, backend=model.backend(backend_name, settings.loss, threads),
-                                settings=settings, schedule=_schedule(settings, max_batch, schedule), rule=rule,
-                                encoder=fitted)  # fmt: skip
-        attributor.use_calibration(cal)
-    except (ValueError, RuntimeError) as exc:
-        raise ServiceLoadError(f"{path}: {exc}") from exc
+    attributor = loaded.method
+    if not isinstance(attributor, Attributor):  # continuous batching is the shared loop's
+        raise ServiceLoadError(f"{spec}: method {attributor.method!r} cannot be served (the inversion method can)")
+    attributor.schedule = _schedule(attributor.schedule, max_batch, schedule)
     check_servable(attributor)
-    return ServedModel(name or served_name(spec), model.source, attributor, str(path))
+    return ServedModel(name or served_name(spec), model.source, attributor, str(loaded.calibration_path))

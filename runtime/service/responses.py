@@ -68,7 +68,8 @@ def model_answer(model: str, job: Job, result: AttributionResult | None, facts: 
             message += "; its slots are freed at the loop's next checkpoint"
         details = {"model": model, "source": job.name, "stage": stage, **known, **_progress(job, result)}
         return ModelAnswer(504, error_payload(504, "deadline_exceeded", message, details))
-    body = {"model": model, **result.to_dict(), "facts": facts.to_dict(), "timing": _progress(job, result)}
+    result.input = facts.to_dict()  # the same place the command line's results keep them
+    body = {"model": model, **result.to_dict(), "timing": _progress(job, result)}
     return ModelAnswer(200, body, result)
 
 

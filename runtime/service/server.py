@@ -59,7 +59,11 @@ class GracefulServer(uvicorn.Server):
 
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 0, *, backlog: int = DEFAULT_BACKLOG,
                 log_level: str = "info") -> tuple[GracefulServer, socket.socket]:  # fmt: skip
-    """The server and its bound socket (port 0: a free port, read it off the socket)."""
+    """The server and its socket, bound and already listening (port 0: a free port, read it off the socket).
+
+    Listening before uvicorn starts means a client that connects as soon as the address is printed waits in the
+    backlog until the first accept, instead of being refused.
+    """
     config = uvicorn.Config(
         create_app(service),
         host=host,
@@ -73,7 +77,9 @@ def make_server(service: Service, host: str = "127.0.0.1", port: int = 0, *, bac
         timeout_keep_alive=5,
         timeout_graceful_shutdown=int(service.limits.drain_timeout_s) + 1,
     )
-    return GracefulServer(config, service), config.bind_socket()
+    sock = config.bind_socket()
+    sock.listen(backlog)
+    return GracefulServer(config, service), sock
 
 
 def url_of(sock: socket.socket) -> str:

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from genorigin.models import BACKENDS
+from genorigin.runtime.backends import backend_names
 
 EXIT_OK, EXIT_FAILED = 0, 2
 _NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--alpha", type=float, default=None, help="override the calibrations' test level")
     p.add_argument("--rule", choices=["grubbs", "quantile"], default="grubbs")
-    p.add_argument("--backend", choices=BACKENDS, default=None)
+    p.add_argument("--backend", choices=backend_names(), default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the backends")
     g = p.add_argument_group("network")
     g.add_argument("--host", default="127.0.0.1")
