@@ -68,7 +68,8 @@ def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path,
                 got_input, want_input = got.pop("input"), dict(want["input"])
                 assert got_input.pop("source") == path.name  # the upload's name where the CLI has its path
                 assert want_input.pop("source") == str(path) and got_input == want_input
-                assert got == {k: v for k, v in want.items() if k not in ("source", "seconds", "input")}, (path.name, name)
+                kept = {k: v for k, v in want.items() if k not in ("source", "seconds", "input")}
+                assert got == kept, (path.name, name)
             decision = decide_across({n: _Result(cli[n][path.name]) for n in models})
             assert answer["decision"] == decision.model and answer["accepting"] == list(decision.accepting)
         own = post(url, (images / "alpha_own.png").read_bytes(), "model=alpha")[2]
@@ -150,7 +151,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(files, tmp_path):
         assert status == 503 and body["error"]["code"] == "draining" and headers["connection"] == "close"
         for t in threads:
             t.join(timeout=120)
-        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == budget for a in answers), ([a[2]["steps"] for a in answers], budget)
+        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == budget for a in answers)
         assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
