@@ -71,7 +71,7 @@ def _t(a: Array) -> torch.Tensor:
 
 
 def _like(a: torch.Tensor, ref: Array) -> Array:
-    return a if isinstance(ref, torch.Tensor) else a.numpy()
+    return a.to(ref.device) if isinstance(ref, torch.Tensor) else a.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,9 @@ class LBFGS:
         state.best_loss = _where(improved, loss, state.best_loss)
         state.best_z = _where(improved.reshape(-1, *([1] * (state.z.ndim - 1))), state.z, state.best_z)
 
-        e = {k: _t(state.extra[k]) for k in self.FIELDS}
-        n = e["z_prev"].shape[0]
+        n = len(state.z)
         z = _t(state.z).reshape(n, -1).double()
+        e = {k: _t(state.extra[k]).to(z.device) for k in self.FIELDS}  # the history lives beside z (GPU or CPU)
         f = _t(loss).double().to(z.device)
         g = _t(grad).reshape(n, -1).double().to(z.device)
         first = torch.isnan(e["f_prev"])

@@ -142,20 +142,23 @@ def test_padded_slots_do_not_change_real_slots_cpu() -> None:
         np.testing.assert_array_equal(clean[f], dirty[f], err_msg=f)
 
 
-def check_loop_matches_reference(backend: Backend, *, own: int, steps: int, rtol: float, atol: float) -> None:
+def check_loop_matches_reference(backend: Backend, *, own: int, steps: int, rtol: float, atol: float,
+                                 optimizer: str = "adam") -> None:  # fmt: skip
     """End to end through the shared loop: ``backend`` against the eager TorchBackend on ``own`` of the
-    generator's samples and 3 other images, with refills (batch ``own`` of 2 restarts)."""
+    generator's samples and 3 other images, with refills (batch ``own`` of 2 restarts), with ``optimizer``
+    (L-BFGS keeps its per-slot history on the backend's device)."""
     gen = tiny_generator()
     targets = np.concatenate([gen.sample(own, seed=3), _problem(3, seed=4)[1]])
-    settings = InversionSettings(steps=steps, lr=0.05, restarts=2)
+    settings = InversionSettings(steps=steps, lr=0.05, restarts=2, optimizer=optimizer)
     schedule = Schedule(batch_size=own, check_every=20, early_exit=False)
     backends = {"torch": TorchBackend(tiny_generator()), backend.name: backend}
     compare_backends(backends, targets, settings, rtol, latent=gen.latent, schedule=schedule, atol=atol).check()
 
 
-def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_invert_with_static_buffer_backend_matches_torch_backend(optimizer: str) -> None:
     check_loop_matches_reference(CudaGraphTorchBackend(tiny_generator(), device="cpu"), own=2, steps=60,
-                                 rtol=1e-4, atol=1e-9)  # fmt: skip
+                                 rtol=1e-4, atol=1e-9, optimizer=optimizer)  # fmt: skip
 
 
 def test_backends_report_the_names_they_are_chosen_by() -> None:
@@ -219,9 +222,10 @@ def test_cuda_graph_backend_runs_on_its_own_stream_and_closes() -> None:
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_graph_backend_through_the_loop() -> None:
+@pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
+def test_cuda_graph_backend_through_the_loop(optimizer: str) -> None:
     graphed = CudaGraphTorchBackend(tiny_generator(), device="cuda")
-    check_loop_matches_reference(graphed, own=3, steps=80, rtol=2e-3, atol=1e-7)
+    check_loop_matches_reference(graphed, own=3, steps=80, rtol=2e-3, atol=1e-7, optimizer=optimizer)
     assert graphed.describe()["cuda_graph"] is True and graphed.describe()["kernels"] == "cuda"
 
 
