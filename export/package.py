@@ -44,6 +44,7 @@ from genorigin.files import atomic_write_bytes, atomic_write_text, chmod_as_crea
 PACKAGE_FORMAT = "genorigin-package-v1"
 MANIFEST = "manifest.json"
 CALIBRATION = "calibration.json"
+ENCODER_GRAPH = "encoder.onnx"  # the fast preset's encoder graph, an attachment (not part of the model's identity)
 GRAPH_FILES = {"forward": "forward.onnx", "vjp": "vjp.onnx", "loss_mse": "loss_mse.onnx"}
 
 

@@ -32,7 +32,6 @@ from torch import nn
 from genorigin.files import atomic_write_bytes, sha256_file
 
 ENCODER_FORMAT = "genorigin-encoder-v1"
-ENCODER_GRAPH = "encoder.onnx"  # the encoder's file name inside an attribution package
 
 
 @dataclass(frozen=True)
@@ -328,7 +327,7 @@ class OnnxEncoder:
 
 def attach_encoder(package_root: str | Path, fitted: FittedEncoder) -> Path:
     """Put the encoder into an attribution package as ``encoder.onnx`` (checked against the torch encoder)."""
-    from genorigin.export.package import attach_file
+    from genorigin.export.package import ENCODER_GRAPH, attach_file
 
     data = fitted.onnx_bytes()
     package = attach_file(package_root, "encoder", data, ENCODER_GRAPH)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from genorigin.export.bundled import assets_dir
-from genorigin.runtime.encoder import FittedEncoder
+from genorigin.runtime.encoder import FittedEncoder, OnnxEncoder
 from tiny_models import write_own_pngs, write_tiny_dcgan
 
 from genorigin.cli import main
@@ -68,3 +68,24 @@ def test_fit_encoder_json_and_encoder_override(model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "expected at" in err and "tiny.pt.encoder.pt" in err and "--encoder" in err
     assert main(["attribute", str(image), "--model", str(model), "--encoder", str(custom), "--quiet"]) == 0
+
+
+def test_a_package_carries_its_encoder_as_a_graph(model, tmp_path, capsys):
+    """An exported package (ONNX Runtime, no torch module): calibrate fits the encoder from the exported forward
+    and attaches it as encoder.onnx (in the manifest, outside the model's identity); attribute starts from it."""
+    package = tmp_path / "tiny.pkg"
+    assert main(["export", "--model", str(model), "--out", str(package), "--quiet"]) == 0
+    fingerprint = resolve_model(str(package)).generator.fingerprint()
+    assert resolve_model(str(package)).encoder_path == package / "encoder.onnx"
+    images = write_own_pngs(model, tmp_path / "in", 2)
+    capsys.readouterr()
+    assert main(["calibrate", "--model", str(package), "--json", *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert summary["encoder_fitted"] and manifest["attachments"]["encoder"]["file"] == "encoder.onnx"
+    digest = OnnxEncoder(package / "encoder.onnx").digest()
+    assert json.loads((package / "calibration.json").read_text())["encoder"] == digest
+    assert resolve_model(str(package)).generator.fingerprint() == fingerprint  # an attachment, not the model
+    assert main(["attribute", *map(str, images), "--model", str(package), "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["encoder"] == digest and [r["verdict"] for r in report["results"]] == ["belonging"] * 2

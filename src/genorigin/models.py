@@ -109,12 +109,12 @@ def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -
     if not p.exists():
         raise FileNotFoundError(f"{spec} does not exist (and is not a bundled model: {', '.join(BUNDLED_MODELS)})")
     if p.is_dir() and (p / "manifest.json").exists():
-        from genorigin.export.package import AttributionPackage
+        from genorigin.export.package import ENCODER_GRAPH, AttributionPackage
         from genorigin.runtime.ort_backend import package_generator
 
         pkg = AttributionPackage.load(p)
         return ResolvedModel(
-            package_generator(pkg, threads), pkg.calibration_path, str(p), "package", p / "encoder.pt", p, pkg
+            package_generator(pkg, threads), pkg.calibration_path, str(p), "package", p / ENCODER_GRAPH, p, pkg
         )
     if p.is_dir():
         return _resolve_folder(p, ddim_steps)

@@ -18,11 +18,13 @@ from genorigin import __version__
 from genorigin.choices import InversionChoices
 from genorigin.decode import Background
 from genorigin.errors import GenoriginError
+from genorigin.export.package import ENCODER_GRAPH, MANIFEST
+from genorigin.files import atomic_write_bytes
 from genorigin.images import ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
 from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder, OnnxEncoder, attach_encoder
 from genorigin.runtime.file_input import FileAttribution, attribute_read
 from genorigin.runtime.inversion import InversionSettings
 from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
@@ -101,11 +103,12 @@ def encoder_path(model: ResolvedModel, choice: MethodChoice) -> Path:
     return choice.encoder or model.encoder_path
 
 
-def load_encoder(path: Path) -> FittedEncoder:
+def load_encoder(path: Path) -> Encoder:
+    """A fitted torch encoder (``.pt``), or an encoder graph (``.onnx``, how a package carries it)."""
     try:
-        return FittedEncoder.load(path)
+        return OnnxEncoder(path) if path.suffix == ".onnx" else FittedEncoder.load(path)
     except (ValueError, OSError) as exc:
-        raise WorkflowError(str(exc)) from exc
+        raise WorkflowError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
 
 
 def needs_fit(method: AttributionMethod, path: Path) -> bool:
@@ -130,15 +133,24 @@ def prepare_encoder(
         return False
     fitted = method.fit_encoder(fit, seconds=seconds, on_step=on_step)
     save_encoder(fitted, path)
+    method.use_encoder(load_encoder(path))  # the calibration pins the encoder as stored (a package's: its graph)
     return True
 
 
 def save_encoder(fitted: FittedEncoder, path: Path) -> None:
+    """Atomically: the weights (``.pt``), or the graph (``.onnx``; into a package's manifest when it is one)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fitted.save(path)
+        if path.suffix != ".onnx":
+            fitted.save(path)
+        elif path.name == ENCODER_GRAPH and (path.parent / MANIFEST).is_file():
+            attach_encoder(path.parent, fitted)
+        else:
+            atomic_write_bytes(path, fitted.onnx_bytes())
     except OSError as exc:
         raise WorkflowError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise WorkflowError(f"{path}: {exc}") from exc
 
 
 def method_for_attribution(

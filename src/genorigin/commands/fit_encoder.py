@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="where to save it (default: the model's encoder file: shipped beside a bundled model, else "
-        "the user cache; <file>.encoder.pt; <package>/encoder.pt; <folder>/genorigin.encoder.pt)",
+        "the user cache; <file>.encoder.pt; <package>/encoder.onnx; <folder>/genorigin.encoder.pt)",
     )
     p.add_argument("--ddim-steps", type=int, default=50, help="DDIM/DDPM pipeline folders only: sampler steps K")
     p.add_argument("--force", action="store_true", help="replace an existing encoder (recalibrate afterwards)")
@@ -58,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
             model.generator, settings, seconds=args.seconds, on_step=lambda step, _: bar.update()
         )
     workflow.save_encoder(fitted, path)
+    digest = workflow.load_encoder(path).digest()  # as stored: a package carries the encoder as a graph
     last = fitted.history[-1] if fitted.history else {}
     summary = {
         "encoder": str(path),
         "model": model.source,
-        "digest": fitted.digest(),
+        "digest": digest,
         "steps": fitted.steps_done,
         "seconds": time.perf_counter() - t0,
         "latent_mse": last.get("latent_mse"),
@@ -73,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
         mse = "" if summary["latent_mse"] is None else f", latent MSE {summary['latent_mse']:.3f}"
         print(
             f"fitted an encoder for {model.source}: {fitted.steps_done} steps in {summary['seconds']:.1f} s{mse} "
-            f"→ {path} (digest {fitted.digest()[:12]}…)"
+            f"→ {path} (digest {digest[:12]}…)"
         )
     return EXIT_OK
