@@ -21,6 +21,8 @@ from genorigin.runtime.backend import TorchBackend  # noqa: E402
 from genorigin.runtime.ort_backend import OrtBackend  # noqa: E402
 from helpers import UnflattenDecoder, assert_static_gradient_graph, export_legacy_onnx  # noqa: E402
 
+pytestmark = pytest.mark.slow  # minutes: see README for the quick subset
+
 
 def _unet(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)

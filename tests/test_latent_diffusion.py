@@ -154,6 +154,7 @@ def test_aedr_scores_own_images_lower_and_calibrates(folders: dict[str, Path], t
         make_attributor(model, "inversion-random", calibration=loaded)
 
 
+@pytest.mark.slow
 def test_cli_on_a_diffusers_folder_with_each_method(folders: dict[str, Path], tmp_path: Path, capsys) -> None:
     from genorigin.cli import main
     from genorigin.images import save_png

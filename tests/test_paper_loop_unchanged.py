@@ -26,6 +26,8 @@ RUNS = {
     ),
 }
 
+pytestmark = pytest.mark.slow  # minutes: see README for the quick subset
+
 
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_paper_loop_reproduces_the_recorded_results(name: str) -> None:
