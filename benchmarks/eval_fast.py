@@ -72,7 +72,13 @@ def at_step(result: AttributionResult, step: int) -> float:
 def calibration_at(cal: Calibration, step: int) -> Calibration:
     """The calibration a budget of ``step`` steps would have produced (its own scores at that step)."""
     j = cal.checkpoint_steps.index(step)
-    return Calibration(**{**cal.__dict__, "scores": list(cal.checkpoint_scores[j])})
+    return Calibration(**{
+        **cal.__dict__,
+        "scores": list(cal.checkpoint_scores[j]),
+        "settings": {**cal.settings, "steps": step},
+        "checkpoint_steps": list(cal.checkpoint_steps[: j + 1]),
+        "checkpoint_scores": [list(row) for row in cal.checkpoint_scores[: j + 1]],
+    })  # fmt: skip
 
 
 def metrics(scores: dict[str, np.ndarray], cal: Calibration) -> dict:
