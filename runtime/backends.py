@@ -10,10 +10,9 @@ To add a backend: write its ``Backend`` subclass, then one ``register_backend(Ba
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from genorigin.export.generator import Generator
@@ -91,30 +90,6 @@ class GeneratorOnly:
         )
 
 
-def import_first(paths: Sequence[str]) -> Any:
-    """The first ``module:Class`` of ``paths`` whose module exists (a moved module is looked for at each place)."""
-    missing = []
-    for path in paths:
-        module, _, cls = path.partition(":")
-        try:
-            return getattr(importlib.import_module(module), cls)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
-                raise  # the module exists but something it imports is missing: that is the real error
-            missing.append(module)
-    raise ImportError(f"none of {', '.join(missing)} is installed")
-
-
-CUDA_GRAPH_BACKEND = (
-    "genorigin.runtime.gpu.torch_graph:CudaGraphTorchBackend",
-    "genorigin.runtime.cuda_graph:CudaGraphTorchBackend",
-)
-TENSORRT_BACKEND = (
-    "genorigin.runtime.gpu.tensorrt:TensorRTBackend",
-    "genorigin.runtime.tensorrt_backend:TensorRTBackend",
-)
-
-
 def _torch(device: str) -> Callable[[BackendTarget, str, int | None], Backend]:
     def build(target: BackendTarget, loss: str, threads: int | None) -> Backend:
         from genorigin.runtime.backend import TorchBackend
@@ -125,7 +100,9 @@ def _torch(device: str) -> Callable[[BackendTarget, str, int | None], Backend]:
 
 
 def _cuda_graph(target: BackendTarget, loss: str, threads: int | None) -> Backend:
-    return import_first(CUDA_GRAPH_BACKEND)(target.generator, loss=loss)
+    from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
+
+    return CudaGraphTorchBackend(target.generator, loss=loss)
 
 
 def _ort(device: str) -> Callable[[BackendTarget, str, int | None], Backend]:
@@ -138,7 +115,9 @@ def _ort(device: str) -> Callable[[BackendTarget, str, int | None], Backend]:
 
 
 def _tensorrt(target: BackendTarget, loss: str, threads: int | None) -> Backend:
-    return import_first(TENSORRT_BACKEND).from_graphs(target.package().root, loss=loss)
+    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+
+    return TensorRTBackend.from_graphs(target.package().root, loss=loss)
 
 
 register_backend(BackendKind("torch", _torch("cpu"), True, "eager PyTorch on the CPU (PyTorch models)"))

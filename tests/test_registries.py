@@ -41,23 +41,10 @@ def test_a_package_gets_onnxruntime_and_refuses_torch(tmp_path):
 
     export_generator(tiny_generator(), tmp_path / "tiny.pkg")
     model = resolve_model(str(tmp_path / "tiny.pkg"))
-    assert model.kind == "package" and model.encoder_path == tmp_path / "tiny.pkg" / "encoder.pt"
+    assert model.kind == "package" and model.encoder_path == tmp_path / "tiny.pkg" / "encoder.onnx"
     assert backends.make_backend(model).name == "onnxruntime"
     with pytest.raises(ValueError, match=r"exported package .* use onnxruntime, onnxruntime-cuda, tensorrt"):
         backends.make_backend(model, "torch")
-
-
-def test_gpu_classes_are_found_at_either_place(tmp_path, monkeypatch):
-    # the first place does not exist: the second is used; a module that exists but fails inside is an error
-    found = backends.import_first(["genorigin.runtime.no_such_place:X", "genorigin.runtime.backend:TorchBackend"])
-    assert found is TorchBackend
-    (tmp_path / "broken_gpu_mod.py").write_text("import no_such_dependency_xyz\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
-        backends.import_first(["broken_gpu_mod:X", "genorigin.runtime.backend:TorchBackend"])
-    with pytest.raises(ImportError, match="none of"):
-        backends.import_first(["genorigin.runtime.nowhere_a:X", "genorigin.runtime.nowhere_b:X"])
-    assert backends.CUDA_GRAPH_BACKEND[0].startswith("genorigin.runtime.gpu.")
 
 
 def test_methods_presets_and_the_old_name():

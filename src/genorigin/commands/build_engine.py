@@ -7,12 +7,8 @@ import json
 
 from genorigin import workflow
 from genorigin.errors import EXIT_OK, CliError
-from genorigin.runtime.backends import import_first
-
-# the GPU runtime may live in runtime/gpu/ or at the top of runtime/: found by module path
-PRECISIONS = ("genorigin.runtime.gpu.trt_env:PRECISIONS", "genorigin.runtime.engine_cache:PRECISIONS")
-PARSE_PROFILE = ("genorigin.runtime.gpu.profiles:parse_profile", "genorigin.runtime.engine_cache:parse_profile")
-BUILD_ENGINES = ("genorigin.runtime.gpu.trt_build:build_engines", "genorigin.runtime.engines:build_engines")
+from genorigin.runtime.gpu.profiles import parse_profile
+from genorigin.runtime.gpu.trt_env import PRECISIONS  # light: TensorRT itself is imported only to build
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,11 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a bundled model name, a genorigin .pt model file (exported to a package in the user cache "
         "first) or an attribution package folder",
     )
-    p.add_argument("--precision", choices=import_first(PRECISIONS), default="fp32", help="engine precision")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="engine precision")
     p.add_argument(
         "--batch",
         action="append",
-        type=import_first(PARSE_PROFILE),
+        type=parse_profile,
         metavar="MIN:OPT:MAX",
         help="batch profile (repeatable; default: the built-in profiles)",
     )
@@ -41,9 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genorigin.runtime.gpu.trt_build import build_engines
+
     model = workflow.resolve(args.model, args.ddim_steps)
     try:
-        built = import_first(BUILD_ENGINES)(
+        built = build_engines(
             model.package().root,
             precision=args.precision,
             profiles=args.batch or None,
