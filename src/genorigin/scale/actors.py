@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
-from genorigin.runtime.attribution import AttributionResult, Attributor
-from genorigin.runtime.methods import resolve_method
-from genorigin.runtime.service.batching import Job, ModelWorker
-from genorigin.runtime.service.loading import ServedModel
 
 from genorigin import workflow
 from genorigin.decode import Background
 from genorigin.images import HashedRead, read_image_hashed
+from genorigin.runtime.attribution import AttributionResult, Attributor
+from genorigin.runtime.methods import resolve_method
+from genorigin.runtime.service.batching import Job, ModelWorker
+from genorigin.runtime.service.loading import ServedModel
 from genorigin.scale.output import error_row, result_row, to_line, token
 from genorigin.threads import use_threads
 
@@ -118,7 +118,8 @@ class AttributionActor:
         try:
             hashed = read_image_hashed(path, self.method.generator, name=source, convert=self.job.convert)
         except Exception as exc:  # a bug, not the file: reported, not written, retried by a re-run
-            return Read(source, HashedRead(None), (FAILED, to_line(error_row(source, None, f"{source}: {_failure(exc)}"))))
+            line = to_line(error_row(source, None, f"{source}: {_failure(exc)}"))
+            return Read(source, HashedRead(None), (FAILED, line))
         if token(hashed.sha256) in done.split():
             return Read(source, hashed, (SKIPPED, ""))
         if hashed.error is not None:

@@ -19,8 +19,8 @@ def require_ray() -> ModuleType:
     """The ``ray`` module, or a GenoriginError naming the extra."""
     try:
         import ray
-        import ray.data  # noqa: F401  (the extra installs both; an old or partial Ray lacks one)
-        import ray.serve  # noqa: F401
+        import ray.data
+        import ray.serve
     except ImportError as exc:
         raise GenoriginError(f"--engine ray needs Ray Data and Ray Serve: {EXTRA_HINT} ({exc})") from exc
     return ray
