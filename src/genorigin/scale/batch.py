@@ -93,6 +93,7 @@ def attribute_dataset(
     address: str | None = None,
     force: bool = False,
     roster: str | None = None,
+    on_start: Callable[[int], None] | None = None,
     on_row: RowCallback | None = None,
     quiet: bool = True,
 ) -> ScaleSummary:
@@ -102,7 +103,8 @@ def attribute_dataset(
     ``actors``: the pool size (default: as many as the cluster's CPUs, or GPUs, hold at ``num_cpus`` /
     ``num_gpus`` each); ``batch_size``: images per Ray batch (default: the schedule's loop batch size);
     ``address``: the cluster (``ray.init``'s rules; ignored when Ray is already initialised); ``roster``: a name
-    for the actor the pool reports to (``Roster``); ``on_row`` sees each row as it is written or skipped.
+    for the actor the pool reports to (``Roster``); ``on_start`` is told how many image files the inputs named
+(before any actor starts); ``on_row`` sees each row as it is written or skipped.
     Raises GenoriginError (one line) for what can be fixed before any compute.
     """
     t0 = time.perf_counter()
@@ -113,6 +115,8 @@ def attribute_dataset(
     summary = ScaleSummary(str(output), len(plan.listing.entries), errors=list(plan.listing.errors),
                            notes=list(plan.listing.notes) + plan.results.notes)  # fmt: skip
     complete = False
+    if on_start is not None:
+        on_start(len(plan.listing.entries))
     try:
         if plan.listing.entries:
             run(plan, summary, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus, address=address,
