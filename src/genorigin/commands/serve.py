@@ -71,12 +71,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out on Ray Serve (the [ray] extra; docs/scale.md)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process serves; ray: a Ray Serve deployment of --replicas replicas, each this "
-                   "service (same API and answers)")  # fmt: skip
-    g.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas of the service")
+                   "service (same API and answers; default: %(default)s)")  # fmt: skip
+    g.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas of the service "
+                   "(default: %(default)s)")  # fmt: skip
     g.add_argument("--ray-address", default=None, help="--engine ray: the cluster (default: $RAY_ADDRESS, else "
                    "a `ray start` cluster on this machine, else a new local one)")  # fmt: skip
-    g.add_argument("--num-cpus", type=float, default=1.0, help="--engine ray: CPUs reserved per replica")
-    g.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs reserved per replica")
+    g.add_argument("--num-cpus", type=float, default=1.0, help="--engine ray: CPUs reserved per "
+                   "replica (default: %(default)s)")  # fmt: skip
+    g.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs reserved per "
+                   "replica (default: %(default)s)")  # fmt: skip
     g = p.add_argument_group("schedule (default: the calibration's preset; must match `attribute` for equal verdicts)")
     g.add_argument("--check-every", type=int, default=None)
     g.add_argument("--exit-margin", type=float, default=None)

@@ -26,15 +26,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scale-out on Ray Data (the [ray] extra; docs/scale.md)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: a pool of Ray actors, rows streamed to --output, "
-                   "resumable")  # fmt: skip
+                   "resumable (default: %(default)s)")  # fmt: skip
     g.add_argument("--output", type=Path, help="--engine ray: results file, *.jsonl or *.parquet; a re-run skips "
-                   "the images it already holds (--force starts over)")  # fmt: skip
+                   "the images it already holds; --force starts over (default: none, required with "
+                   "--engine ray)")  # fmt: skip
     g.add_argument("--ray-address", default=None, help="the cluster (default: $RAY_ADDRESS, else a `ray start` "
                    "cluster on this machine, else a new local one)")  # fmt: skip
     g.add_argument("--actors", type=int, default=None, help="actors in the pool (default: as many as the cluster "
                    "fits at --num-cpus/--num-gpus each)")  # fmt: skip
-    g.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor (its torch threads unless --threads)")
-    g.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor")
+    g.add_argument("--num-cpus", type=float, default=1.0, help="CPUs per actor, its torch threads unless --threads "
+                   "(default: %(default)s)")  # fmt: skip
+    g.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per actor (default: %(default)s)")
     g.add_argument("--ray-batch-size", type=int, default=None,
                    help="images per Ray batch (default: the calibration's loop batch size)")  # fmt: skip
 
