@@ -14,8 +14,9 @@ bundled real crops. Runs, in order, each from loading the model to the last resu
   started once beforehand (``ray.init(num_cpus=2)``, timed apart), writing a fresh JSON-lines output.
 
 Per run: wall seconds, images/s, seconds to the first result (model load, actor start), the steady rate after
-it, and the loop's image-steps per second (what capacity planning in docs/scale.md scales). Overhead per image:
-a Ray run's seconds per image minus the single process's at the same threads. Verdicts must agree across runs.
+it, and the loop's image-steps per second (what capacity planning in docs/scale.md scales). Ray's overhead, against
+the single process with 1 thread: at the start (first result, seconds: paid once per job) and per image once
+running (steady seconds per image per actor minus the single process's). Verdicts must agree across runs.
 Last, the driver's writer alone: rows per second ``ResultsFile`` appends, and bytes per row.
 """
 
@@ -129,14 +130,18 @@ def writer_rate(rows: Path, out: Path, n: int = 20_000) -> dict[str, float]:
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
-    head = "| run | wall s | images/s | first result s | steady images/s | image-steps/s | overhead per image ms |"
-    lines = [head, "|" + "---|" * 7]
+    head = ("| run | wall s | images/s | first result s | steady images/s | image-steps/s | start overhead s | "
+            "steady overhead ms/image/actor |")  # fmt: skip
+    lines = [head, "|" + "---|" * 8]
+
+    def cell(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for name, r in runs.items():
-        over = r.get("overhead_per_image_ms")
-        steady = r["steady_images_per_s"]
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {r['first_result_s']:.1f} | "
-                     f"{'-' if steady is None else f'{steady:.2f}'} | {r['image_steps_per_s']:.0f} | "
-                     f"{'-' if over is None else f'{over:.0f}'} |")  # fmt: skip
+                     f"{cell(r['steady_images_per_s'], 2)} | {r['image_steps_per_s']:.0f} | "
+                     f"{cell(r.get('start_overhead_s'), 1)} | "
+                     f"{cell(r.get('steady_overhead_per_image_ms'), 0)} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -168,9 +173,13 @@ def main_bench(argv: list[str] | None = None) -> None:
     record("ray, 2 actors", lambda: on_ray(images, cal, 2, args.work / "ray2.jsonl"))
     ray.shutdown()
     writer = writer_rate(args.work / "ray2.jsonl", args.work / "writer.jsonl")
-    for name, threads in (("ray, 1 actor", 1), ("ray, 2 actors", 2)):
-        base = runs[f"single, {threads} thread{'s' if threads > 1 else ''}"]
-        runs[name]["overhead_per_image_ms"] = 1000 * (runs[name]["seconds"] - base["seconds"]) / args.n
+    base = runs["single, 1 thread"]
+    for name, actors in (("ray, 1 actor", 1), ("ray, 2 actors", 2)):
+        r = runs[name]
+        r["start_overhead_s"] = r["first_result_s"] - base["first_result_s"]
+        if r["steady_images_per_s"] and base["steady_images_per_s"]:
+            per_actor = r["steady_images_per_s"] / actors
+            r["steady_overhead_per_image_ms"] = 1000 * (1 / per_actor - 1 / base["steady_images_per_s"])
     reference = verdicts["single, 1 thread"]
     agree = {name: sum(v[s] == reference[s] for s in reference) for name, v in verdicts.items()}
     report = {"machine": machine() | {"load_average": os.getloadavg()}, "n": args.n, "calibration": str(cal),

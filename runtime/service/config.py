@@ -14,12 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genorigin.export.bundled import BUNDLED_MODELS
 from genorigin.runtime.attribution import DecisionRule
 from genorigin.runtime.service.admission import Limits
 from genorigin.runtime.service.batching import BatchingMode
 from genorigin.runtime.service.core import Service
 from genorigin.runtime.service.loading import ServedModel, load_served_model
+
+from genorigin.models import portable_spec
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,10 @@ class ServiceConfig:
 
     def resolved(self) -> ServiceConfig:
         """The same config with every file path absolute (bundled names stay names)."""
-        models = tuple(dataclasses.replace(m, spec=_absolute(m.spec, keep_names=True), calibration=_absolute(
-            m.calibration), encoder=_absolute(m.encoder)) for m in self.models)  # fmt: skip
+        models = tuple(dataclasses.replace(m, spec=portable_spec(m.spec), calibration=_absolute(m.calibration),
+                                           encoder=_absolute(m.encoder)) for m in self.models)  # fmt: skip
         return dataclasses.replace(self, models=models)
 
 
-def _absolute(path: str | None, keep_names: bool = False) -> str | None:
-    """``path`` absolute; with ``keep_names``, a bundled model's name or a spec naming no file stays as it is."""
-    if path is None or (keep_names and (path in BUNDLED_MODELS or not Path(path).expanduser().exists())):
-        return path
-    return str(Path(path).expanduser().resolve())
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).expanduser().resolve())

@@ -25,14 +25,17 @@ from typing import Any
 
 from genorigin import workflow
 from genorigin.decode import Background
-from genorigin.export.bundled import BUNDLED_MODELS
 from genorigin.files import sha256_file
+from genorigin.models import portable_spec
 from genorigin.scale.actors import CALLS_PER_ACTOR, FAILED, OK, SKIPPED, UNREADABLE, AttributionActor, JobSpec, Roster
 from genorigin.scale.cluster import connect
 from genorigin.scale.inputs import Entry, Listing, list_inputs
 from genorigin.scale.output import ResultsFile
 
 MAX_PASSES = 3
+# Ray Data gathers what a task yields into blocks up to this size before they leave the actor: ~12 rows of
+# ~1.3 kB, so rows reach the output in small groups as the loop finishes them, not only at the end of a batch
+ROW_BLOCK_BYTES = 16 * 1024
 RowCallback = Callable[[str, dict[str, Any] | None], None]  # (status, row: None for skipped)
 
 
@@ -140,7 +143,7 @@ def prepare(specs: Sequence[str], model: str, output: Path, *, calibration: str 
     loaded = workflow.method_for_attribution(resolved, choice, calibration=Path(calibration) if calibration else None,
                                              alpha=alpha, early_exit=early_exit)  # fmt: skip
     encoder = choice.encoder.resolve() if choice.encoder else None
-    job = JobSpec(model if model in BUNDLED_MODELS else str(Path(model).resolve()),
+    job = JobSpec(portable_spec(model),
                   replace(choice, encoder=encoder, threads=None), str(loaded.calibration_path.resolve()), alpha,
                   early_exit, ddim_steps, convert, threads)  # fmt: skip
     described = loaded.method.describe()
@@ -191,6 +194,7 @@ def run_pass(ray: Any, plan: Plan, entries: Sequence[Entry], summary: ScaleSumma
         num_cpus=num_cpus, num_gpus=num_gpus or None,
     )  # fmt: skip
     mapped.context.max_errored_blocks = -1  # a lost block is retried by the next pass, not fatal
+    mapped.context.target_max_block_size = ROW_BLOCK_BYTES  # rows leave an actor in small blocks, not per batch
     seen: set[str] = set()
     for block in mapped.iter_batches(batch_size=None, batch_format="numpy"):
         for source, status, line in zip(block["source"], block["status"], block["row"]):
