@@ -13,10 +13,11 @@ bundled real crops. Runs, in order, each from loading the model to the last resu
 * ``ray, 1 actor`` and ``ray, 2 actors`` (1 CPU, 1 torch thread each): ``attribute_dataset`` on a cluster
   started once beforehand (``ray.init(num_cpus=2)``, timed apart), writing a fresh JSON-lines output.
 
-Per run: wall seconds, images/s, seconds to the first result (model load, actor start), the steady rate after
-it, and the loop's image-steps per second (what capacity planning in docs/scale.md scales). Ray's overhead, against
-the single process with 1 thread: at the start (first result, seconds: paid once per job) and per image once
-running (steady seconds per image per actor minus the single process's). Verdicts must agree across runs.
+Per run: wall seconds and images/s; the start (until the method is loaded; for Ray, until the first actor
+reported ready: driver checks, Ray Data planning, actor process, model load), then the busy part: images/s,
+image-steps/s (what capacity planning in docs/scale.md scales) and milliseconds per image per worker (1 torch
+thread each). Ray's overhead against the single process with 1 thread: the extra start (paid once per job)
+and the extra busy milliseconds per image per worker. Verdicts must agree across runs.
 Last, the driver's writer alone: rows per second ``ResultsFile`` appends, and bytes per row.
 """
 
@@ -59,54 +60,39 @@ def calibrate(work: Path, samples: int) -> Path:
     return cal
 
 
-class Clock:
-    """Wall time of a run, and when its first and last results arrived."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.first: float | None = None
-        self.done = 0
-
-    def tick(self, *_: object) -> None:
-        self.first = self.first or time.perf_counter() - self.t0
-        self.done += 1
-
-    def summary(self, n: int, image_steps: int) -> dict[str, Any]:
-        seconds = time.perf_counter() - self.t0
-        first = self.first or seconds
-        return {"seconds": seconds, "images": n, "images_per_s": n / seconds, "first_result_s": first,
-                "steady_images_per_s": (n - 1) / (seconds - first) if seconds > first else None,
-                "image_steps": image_steps, "image_steps_per_s": image_steps / seconds}  # fmt: skip
+def measures(seconds: float, start_s: float, n: int, workers: int, image_steps: int) -> dict[str, Any]:
+    """A run's figures: ``start_s`` until it could attribute (model and method loaded; for Ray: the first actor
+    ready), the rest busy attributing with ``workers`` single-threaded workers."""
+    busy = seconds - start_s
+    return {"seconds": seconds, "images": n, "images_per_s": n / seconds, "start_s": start_s,
+            "busy_images_per_s": n / busy, "busy_ms_per_image_per_worker": 1000 * busy * workers / n,
+            "image_steps": image_steps, "busy_image_steps_per_s": image_steps / busy}  # fmt: skip
 
 
 def single(images: Path, cal: Path, threads: int) -> tuple[dict[str, Any], dict[str, str]]:
-    clock = Clock()
+    t0 = time.perf_counter()
     use_threads(threads)
     model = workflow.resolve("dcgan_a", threads=threads)
     loaded = workflow.method_for_attribution(model, workflow.MethodChoice(threads=threads), calibration=cal)
-    read = workflow.read(model, [str(images)])
-    found = workflow.run(loaded.method, read, on_done=clock.tick)
+    start = time.perf_counter() - t0
+    found = workflow.run(loaded.method, workflow.read(model, [str(images)]))
+    seconds = time.perf_counter() - t0
     verdicts = {r.source: r.verdict for r in found.results}
-    return clock.summary(len(verdicts), sum(r.steps for r in found.results)), verdicts
+    return measures(seconds, start, len(verdicts), threads, sum(r.steps for r in found.results)), verdicts
 
 
 def on_ray(images: Path, cal: Path, actors: int, out: Path) -> tuple[dict[str, Any], dict[str, str]]:
     from genorigin.scale import attribute_dataset
 
-    clock = Clock()
+    t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
-
-    def row(status: str, r: dict[str, Any] | None) -> None:
-        clock.tick()
-        if r is not None:
-            rows.append(r)
-
     summary = attribute_dataset([str(images)], "dcgan_a", out, calibration=cal, actors=actors, num_cpus=1,
-                                force=True, on_row=row)  # fmt: skip
-    if not summary.complete or summary.unreadable:
+                                force=True, on_row=lambda _, r: rows.append(r) if r else None)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    if not summary.complete or summary.unreadable or summary.ready_s is None:
         raise SystemExit(f"the Ray job did not complete: {summary}")
     verdicts = {r["source"]: r["verdict"] for r in rows}
-    result = clock.summary(len(verdicts), sum(r["steps"] for r in rows))
+    result = measures(seconds, summary.ready_s, len(verdicts), actors, sum(r["steps"] for r in rows))
     return result | {"passes": summary.passes, "actor_starts": summary.actor_starts}, verdicts
 
 
@@ -130,18 +116,17 @@ def writer_rate(rows: Path, out: Path, n: int = 20_000) -> dict[str, float]:
 
 
 def table(runs: dict[str, dict[str, Any]]) -> str:
-    head = ("| run | wall s | images/s | first result s | steady images/s | image-steps/s | start overhead s | "
-            "steady overhead ms/image/actor |")  # fmt: skip
-    lines = [head, "|" + "---|" * 8]
+    lines = ["| run | wall s | images/s | start s | busy images/s | busy image-steps/s | busy ms per image per "
+             "worker | overhead: start s | overhead: ms per image per worker |", "|" + "---|" * 9]  # fmt: skip
 
     def cell(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
     for name, r in runs.items():
-        lines.append(f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {r['first_result_s']:.1f} | "
-                     f"{cell(r['steady_images_per_s'], 2)} | {r['image_steps_per_s']:.0f} | "
-                     f"{cell(r.get('start_overhead_s'), 1)} | "
-                     f"{cell(r.get('steady_overhead_per_image_ms'), 0)} |")  # fmt: skip
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {r['start_s']:.1f} | "
+                     f"{r['busy_images_per_s']:.2f} | {r['busy_image_steps_per_s']:.0f} | "
+                     f"{r['busy_ms_per_image_per_worker']:.0f} | {cell(r.get('start_overhead_s'), 1)} | "
+                     f"{cell(r.get('overhead_ms_per_image_per_worker'), 0)} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -174,12 +159,10 @@ def main_bench(argv: list[str] | None = None) -> None:
     ray.shutdown()
     writer = writer_rate(args.work / "ray2.jsonl", args.work / "writer.jsonl")
     base = runs["single, 1 thread"]
-    for name, actors in (("ray, 1 actor", 1), ("ray, 2 actors", 2)):
+    for name in ("ray, 1 actor", "ray, 2 actors"):
         r = runs[name]
-        r["start_overhead_s"] = r["first_result_s"] - base["first_result_s"]
-        if r["steady_images_per_s"] and base["steady_images_per_s"]:
-            per_actor = r["steady_images_per_s"] / actors
-            r["steady_overhead_per_image_ms"] = 1000 * (1 / per_actor - 1 / base["steady_images_per_s"])
+        r["start_overhead_s"] = r["start_s"] - base["start_s"]
+        r["overhead_ms_per_image_per_worker"] = r["busy_ms_per_image_per_worker"] - base["busy_ms_per_image_per_worker"]
     reference = verdicts["single, 1 thread"]
     agree = {name: sum(v[s] == reference[s] for s in reference) for name, v in verdicts.items()}
     report = {"machine": machine() | {"load_average": os.getloadavg()}, "n": args.n, "calibration": str(cal),

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, replace
@@ -67,16 +68,16 @@ class Read:
 
 
 class Roster:
-    """A named actor the pool's actors report to when they start: how many actor starts a job saw, and the
-    handles of its actors (for an operator, or a test that kills one)."""
+    """A named actor the pool's actors report to once their method is built: how many actor starts a job saw,
+    when each was ready (wall clock), and their handles (for an operator, or a test that kills one)."""
 
     def __init__(self) -> None:
-        self.members: list[tuple[Any, int, str]] = []
+        self.members: list[tuple[Any, int, str, float]] = []
 
-    def joined(self, handle: Any, pid: int, node: str) -> None:
-        self.members.append((handle, pid, node))
+    def joined(self, handle: Any, pid: int, node: str, ready_at: float) -> None:
+        self.members.append((handle, pid, node, ready_at))
 
-    def list(self) -> list[tuple[Any, int, str]]:
+    def list(self) -> list[tuple[Any, int, str, float]]:
         return list(self.members)
 
 
@@ -102,7 +103,8 @@ class AttributionActor:
             import ray
 
             context = ray.get_runtime_context()
-            ray.get_actor(roster).joined.remote(context.current_actor, os.getpid(), context.get_node_id())
+            ray.get_actor(roster).joined.remote(context.current_actor, os.getpid(), context.get_node_id(),
+                                               time.time())  # fmt: skip
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, list[str]]]:
         reads = [self._read(str(s), str(p), str(d)) for s, p, d in zip(batch["source"], batch["path"], batch["done"])]

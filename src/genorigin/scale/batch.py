@@ -57,6 +57,7 @@ class ScaleSummary:
     passes: int = 0
     actors: int = 0
     actor_starts: int = 0  # actors started over all passes (restarts included)
+    ready_s: float | None = None  # from the call to the first actor ready (method built): the job's start-up
     seconds: float = 0.0
 
     @property
@@ -110,7 +111,7 @@ def attribute_dataset(
 (before any actor starts); ``on_row`` sees each row as it is written or skipped.
     Raises GenoriginError (one line) for what can be fixed before any compute.
     """
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     specs = [inputs] if isinstance(inputs, str) else list(inputs)
     plan = prepare(specs, model, Path(output), calibration=calibration, choice=choice, alpha=alpha,
                    early_exit=early_exit, convert=convert, ddim_steps=ddim_steps, num_cpus=num_cpus,
@@ -122,7 +123,7 @@ def attribute_dataset(
         on_start(len(plan.listing.entries))
     try:
         if plan.listing.entries:
-            run(plan, summary, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus, address=address,
+            run(plan, summary, started, actors=actors, num_cpus=num_cpus, num_gpus=num_gpus, address=address,
                 roster=roster, on_row=on_row, quiet=quiet)  # fmt: skip
         complete = summary.complete
     finally:
@@ -159,7 +160,7 @@ def prepare(specs: Sequence[str], model: str, output: Path, *, calibration: str 
     return Plan(job, listing, results, batch_size or loop_batch, identity)
 
 
-def run(plan: Plan, summary: ScaleSummary, *, actors: int | None, num_cpus: float, num_gpus: float,
+def run(plan: Plan, summary: ScaleSummary, started: float, *, actors: int | None, num_cpus: float, num_gpus: float,
         address: str | None, roster: str | None, on_row: RowCallback | None, quiet: bool) -> None:  # fmt: skip
     """The passes: each runs the entries no row came back for yet on a fresh actor pool."""
     ray = connect(address, quiet=quiet)
@@ -175,7 +176,9 @@ def run(plan: Plan, summary: ScaleSummary, *, actors: int | None, num_cpus: floa
             if not pending:
                 break
         summary.missing = [e.source for e in pending]
-        summary.actor_starts = len(ray.get(keeper.list.remote()))
+        members = ray.get(keeper.list.remote())
+        summary.actor_starts = len(members)
+        summary.ready_s = min((m[3] for m in members), default=started) - started
     finally:
         ray.kill(keeper)
 
