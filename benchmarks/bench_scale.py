@@ -152,7 +152,7 @@ def main_bench(argv: list[str] | None = None) -> None:
     import ray
 
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
     cluster_s = time.perf_counter() - t0
     record("ray, 1 actor", lambda: on_ray(images, cal, 1, args.work / "ray1.jsonl"))
     record("ray, 2 actors", lambda: on_ray(images, cal, 2, args.work / "ray2.jsonl"))

@@ -8,9 +8,9 @@ proxy spreads requests over the replicas; answers and their schema are those of 
 What changes with Ray Serve in front: Ray's proxy, not genorigin's guarded uvicorn protocol, parses HTTP (the
 header read timeout and the HTTP/0.9 refusal of ``runtime/service/protocol.py`` do not apply); ``/healthz``,
 ``/readyz`` and ``/metrics`` describe whichever replica answered; Ray restarts a replica whose health check
-(its workers alive) fails; draining is Ray's graceful shutdown (``drain_timeout_s``). Each replica admits
-``ServiceConfig.capacity`` requests (``max_ongoing_requests``); past that Ray queues as many again per replica
-and then answers 503.
+(its workers alive) fails; draining is Ray's graceful shutdown (``drain_timeout_s``). Each replica takes
+``ServiceConfig.capacity`` requests at once (``max_ongoing_requests``, the service's own admission bound); past
+that Ray's proxy queues as many again (``max_queued_requests``) and then answers 503 itself.
 """
 
 from __future__ import annotations
