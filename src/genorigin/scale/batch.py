@@ -137,12 +137,17 @@ def prepare(specs: Sequence[str], model: str, output: Path, *, calibration: str 
             choice: workflow.MethodChoice | None, alpha: float | None, early_exit: bool,
             convert: Background | None, ddim_steps: int, num_cpus: float, batch_size: int | None,
             force: bool) -> Plan:  # fmt: skip
-    """Load the method here once (every refusal is one line before Ray starts), list inputs, open the output."""
+    """Load the method here once (every refusal is one line before Ray starts), list inputs, open the output.
+
+    The driver loads it on the model's default backend: a GPU backend (``choice.backend``) is built by the
+    actors, which hold the GPUs; the driver may have none.
+    """
     choice = choice or workflow.MethodChoice()
     threads = choice.threads or max(1, int(num_cpus))
     resolved = workflow.resolve(model, ddim_steps, threads)
-    loaded = workflow.method_for_attribution(resolved, choice, calibration=Path(calibration) if calibration else None,
-                                             alpha=alpha, early_exit=early_exit)  # fmt: skip
+    loaded = workflow.method_for_attribution(resolved, replace(choice, backend=None),
+                                             calibration=Path(calibration) if calibration else None, alpha=alpha,
+                                             early_exit=early_exit)  # fmt: skip
     encoder = choice.encoder.resolve() if choice.encoder else None
     job = JobSpec(portable_spec(model),
                   replace(choice, encoder=encoder, threads=None), str(loaded.calibration_path.resolve()), alpha,

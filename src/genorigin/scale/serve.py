@@ -94,9 +94,10 @@ def build_app(args: dict[str, Any]) -> Application:
 
 def deploy(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8080, *, replicas: int = 1,
            address: str | None = None, num_cpus: float = 1.0, num_gpus: float = 0.0) -> str:  # fmt: skip
-    """Check the models here (one-line errors before any replica starts), start Serve's proxy on ``host:port``
-    (0: a free port) and run the application; returns its URL once every replica is up."""
-    config.load()
+    """Check the models here (one-line errors before any replica starts; on the default backend, as the driver
+    may have no GPU), start Serve's proxy on ``host:port`` (0: a free port) and run the application; returns
+    its URL once every replica is up."""
+    dataclasses.replace(config, backend=None).load()
     connect(address, quiet=True)
     port = port or _free_port(host)
     serve.start(http_options={"host": host, "port": port})
