@@ -13,6 +13,7 @@ and at most ``DECODE_GATE.limit`` images are decoded at once in the process (``s
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import stat
@@ -46,6 +47,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "DecodeGate",
+    "HashedRead",
     "ImageError",
     "ImageFacts",
     "ImageTooLarge",
@@ -60,6 +62,7 @@ __all__ = [
     "load_rgb8",
     "pixel_limit",
     "read_image",
+    "read_image_hashed",
     "read_images",
     "save_png",
     "scan_inputs",
@@ -203,6 +206,49 @@ def read_image(
     check_convert(convert)
     with _open_file(Path(path)) as f:
         return _decode_prepared(f, str(path), generator, convert, limit)
+
+
+@dataclass
+class HashedRead:
+    """One file read once: the SHA-256 of its bytes (None: they could not be read), then the model input and
+    its facts, or the error that refused it."""
+
+    sha256: str | None
+    image: np.ndarray | None = None
+    facts: ImageFacts | None = None
+    error: ImageError | None = None
+
+
+def read_image_hashed(
+    path: str | Path, generator: Preparer, *, name: str | None = None, convert: Background | None = None,
+    max_pixels: int | None = None,
+) -> HashedRead:  # fmt: skip
+    """``read_image`` plus the SHA-256 of the file's bytes, from one open file, never raising ImageError.
+
+    A batch job keys its results by content and path, so a re-run skips what is done; an image refused for its
+    content keeps its hash, so a re-run does not retry it. ``name``: how errors and facts name the file (the
+    path as the user wrote it), default ``path``.
+    """
+    name = str(path) if name is None else name
+    limit = max_pixels or pixel_limit(generator.image_size)
+    check_convert(convert)
+    try:
+        f = _open_file(Path(path))
+    except ImageError as exc:
+        return HashedRead(None, error=type(exc)(name, exc.reason))
+    with f:
+        digest = hashlib.sha256()
+        try:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+            f.seek(0)
+        except OSError as exc:
+            return HashedRead(None, error=UnreadableImage(name, f"cannot read file ({exc.strerror or exc})"))
+        try:
+            image, facts = _decode_prepared(f, name, generator, convert, limit)
+        except ImageError as exc:
+            return HashedRead(digest.hexdigest(), error=exc)
+    return HashedRead(digest.hexdigest(), image, facts)
 
 
 def _decode_prepared(

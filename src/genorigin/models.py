@@ -98,6 +98,13 @@ def bundled_encoder_path(name: str, generator: Generator) -> Path:
     return shipped if shipped.exists() else cache_dir("encoders") / f"{name}-{generator.fingerprint()[:12]}.encoder.pt"
 
 
+def portable_spec(spec: str) -> str:
+    """``spec`` as another process resolves it whatever its working folder (a Ray actor or replica): a bundled
+    name, or a spec naming no file, as it is; a path made absolute."""
+    path = Path(spec).expanduser()
+    return spec if spec in BUNDLED_MODELS or not path.exists() else str(path.resolve())
+
+
 def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -> ResolvedModel:
     """A bundled model name, a genorigin model file (.pt), an attribution package or a diffusers folder
     (``threads``: ONNX Runtime threads of a package's forward session)."""

@@ -44,9 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress")
     common.add_method_options(p, attributing=True)
+    from genorigin.scale import cli as scale_cli  # the options only: Ray is imported when a job starts
+
+    scale_cli.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        from genorigin.scale import cli as scale_cli
+
+        return scale_cli.run(args)
     model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
     OutputPlan(files=files).check(args.force)

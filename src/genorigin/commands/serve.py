@@ -11,8 +11,13 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from genorigin.errors import GenoriginError
 from genorigin.runtime.backends import backend_names
+
+if TYPE_CHECKING:
+    from genorigin.runtime.service.config import ServiceConfig
 
 EXIT_OK, EXIT_FAILED = 0, 2
 _NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
@@ -63,6 +68,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-files", type=int, default=16, help="images in one multipart request at most")
     g.add_argument("--read-timeout-s", type=float, default=10.0, help="silence allowed while a request arrives")
     g.add_argument("--drain-timeout-s", type=float, default=60.0, help="SIGTERM: wait this long for in-flight")
+    g = p.add_argument_group("scale-out on Ray Serve (the [ray] extra; docs/scale.md)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process serves; ray: a Ray Serve deployment of --replicas replicas, each this "
+                   "service (same API and answers; default: %(default)s)")  # fmt: skip
+    g.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas of the service "
+                   "(default: %(default)s)")  # fmt: skip
+    g.add_argument("--ray-address", default=None, help="--engine ray: the cluster (default: $RAY_ADDRESS, else "
+                   "a `ray start` cluster on this machine, else a new local one)")  # fmt: skip
+    g.add_argument("--num-cpus", type=float, default=1.0, help="--engine ray: CPUs reserved per "
+                   "replica (default: %(default)s)")  # fmt: skip
+    g.add_argument("--num-gpus", type=float, default=0.0, help="--engine ray: GPUs reserved per "
+                   "replica (default: %(default)s)")  # fmt: skip
     g = p.add_argument_group("schedule (default: the calibration's preset; must match `attribute` for equal verdicts)")
     g.add_argument("--check-every", type=int, default=None)
     g.add_argument("--exit-margin", type=float, default=None)
@@ -85,8 +102,11 @@ def _named(values: list[str], names: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-def _models(args: argparse.Namespace) -> list:
-    from genorigin.runtime.service.loading import load_served_model, served_name
+def service_config(args: argparse.Namespace, token: str | None) -> ServiceConfig:
+    """The service the flags ask for, as data (``runtime.service.config``): built here, or by each Ray replica."""
+    from genorigin.runtime.service import Limits
+    from genorigin.runtime.service.config import ModelRequest, ServiceConfig
+    from genorigin.runtime.service.loading import served_name
 
     specs = []
     for v in args.model:
@@ -96,12 +116,16 @@ def _models(args: argparse.Namespace) -> list:
     cals, encs = _named(args.calibration, names, "--calibration"), _named(args.encoder, names, "--encoder")
     schedule = {k: getattr(args, k) for k in ("check_every", "exit_margin", "exit_envelope_rank", "exit_min_step",
                                               "seed")}  # fmt: skip
-    return [load_served_model(spec, cals.get(name), args.backend, args.threads, args.alpha, name=name,
-                              rule=args.rule, encoder=encs.get(name), max_batch=args.max_batch, schedule=schedule)
-            for name, spec in specs]  # fmt: skip
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_files=args.max_files,
+                    deadline_ms=args.deadline_ms, read_timeout_s=args.read_timeout_s,
+                    drain_timeout_s=args.drain_timeout_s, token=token)  # fmt: skip
+    return ServiceConfig(tuple(ModelRequest(n, spec, cals.get(n), encs.get(n)) for n, spec in specs), limits,
+                         backend=args.backend, threads=args.threads, alpha=args.alpha, rule=args.rule,
+                         max_batch=args.max_batch, schedule=schedule, max_queue=args.max_queue,
+                         batching=args.batching, max_wait_ms=args.max_wait_ms)  # fmt: skip
 
 
-def _token(args: argparse.Namespace) -> str | None:
+def read_token(args: argparse.Namespace) -> str | None:
     from genorigin.runtime.service.server import is_loopback
 
     if args.token_file is None:
@@ -121,20 +145,20 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from genorigin.runtime.service import Limits, Service, serve
-    from genorigin.runtime.service.loading import ServiceLoadError
+    from genorigin.runtime.service import ServiceLoadError, serve
 
     try:
-        limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_files=args.max_files,
-                        deadline_ms=args.deadline_ms, read_timeout_s=args.read_timeout_s,
-                        drain_timeout_s=args.drain_timeout_s, token=_token(args))  # fmt: skip
-        models = _models(args)
-        service = Service(models, limits, max_queue=args.max_queue, batching=args.batching,
-                          max_wait_ms=args.max_wait_ms)  # fmt: skip
-    except (ServiceLoadError, ValueError, OSError) as exc:
+        config = service_config(args, read_token(args))
+        if args.engine == "ray":
+            from genorigin.scale.serve import serve_on_ray
+
+            return serve_on_ray(config, args.host, args.port, replicas=args.replicas, address=args.ray_address,
+                                num_cpus=args.num_cpus, num_gpus=args.num_gpus)  # fmt: skip
+        service = config.build()
+    except (ServiceLoadError, GenoriginError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    names = ", ".join(f"{m.name} ({m.source})" for m in models)
+    names = ", ".join(f"{m.name} ({m.source})" for m in (w.served for w in service.workers.values()))
 
     def listening(url: str) -> None:
         print(f"serving {names} on {url} (POST /v1/attribute, GET /v1/models, /docs, /healthz, /readyz, "
