@@ -28,8 +28,9 @@ from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionS
 from genorigin.runtime.robustness import MODES, evaluate_robustness
 from genorigin.runtime.transforms import TRANSFORMS
 
+from genorigin.commands.robustness import jpeg_figure
+
 OTHER_MODEL = {"dcgan_a": "dcgan_b", "dcgan_b": "dcgan_a", "vae": "dcgan_a"}
-JPEG_AXIS = [("none", 100), ("jpeg95", 95), ("jpeg90", 90), ("jpeg80", 80), ("jpeg70", 70), ("jpeg50", 50)]
 
 
 def evaluate(model: str, args: argparse.Namespace) -> dict:
@@ -74,31 +75,6 @@ def table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
-def figure(paths: list[str], out: str) -> None:
-    """AUC against real photos vs JPEG quality (full budget), one line per mode, one panel per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    models = {m: e for p in paths for m, e in json.loads(Path(p).read_text())["models"].items()}
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 3.4), sharey=True, squeeze=False)
-    for ax, (model, entry) in zip(axes[0], models.items()):
-        points = [(q, entry["transforms"][t]) for t, q in JPEG_AXIS if t in entry["transforms"]]
-        for mode in MODES:
-            ys = [(q, r[mode]["full_budget"]["auc"]["real"]) for q, r in points if mode in r]
-            if ys:
-                ax.plot(*zip(*ys), marker="o", label=mode)
-        ax.set_title(model)
-        ax.set_xlabel("JPEG quality (100: unmodified PNG)")
-        ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-        ax.invert_xaxis()
-    axes[0][0].set_ylabel("AUC, own vs real photos")
-    axes[0][-1].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
@@ -118,7 +94,8 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         if args.figure:
-            figure(args.table, args.figure)
+            models = {m: e for path in args.table for m, e in json.loads(Path(path).read_text())["models"].items()}
+            jpeg_figure(models, args.figure, against="real")
         return
     torch.set_num_threads(args.threads)
     report: dict = {"machine": machine(), "args": vars(args), "models": {}}
