@@ -9,8 +9,8 @@ other mode. It changes two things, each measured against the plain mode in docs/
 (b) the loss: a block-DCT projection of the residual that JPEG barely touches (kernels/projection.py).
 
 And one consequence: an own image that went through JPEG cannot be matched below its compression error, so
-the stall detector's "converged" floor rises by the typical projected compression error of the calibration's
-own samples (``calibration_stall_floor``); a plain calibration keeps the 8-bit quantisation floor.
+the stall detector's "converged" floor rises to the projected compression error of the calibration's own
+samples (``calibration_samples``); a plain calibration keeps the 8-bit quantisation floor.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from genorigin.runtime.transforms import ROBUST_FAMILIES, TransformFamily
 
 ROBUST_MODES = tuple(ROBUST_FAMILIES)  # "none", "jpeg"
 ROBUST_LOSS = {"jpeg": "mse-dct8"}  # the loss a robust mode turns on
+FLOOR_QUANTILE = 0.9  # of the calibration's compression errors: the robust stall floor (calibration_samples)
 
 
 def robust_settings(settings: InversionSettings, mode: str) -> InversionSettings:
@@ -61,9 +62,10 @@ def calibration_samples(
     """What the calibration inverts: (images, the transform each went through or None, the stall floor).
 
     Plain mode: the 8-bit samples and the quantisation floor. Robust mode: each sample through its own draw
-    of the family (seeded by ``seed``), and the floor raised by the median projected compression error — the
-    loss the drawn image would have at its own clean original, which an own image under the family typically
-    cannot go below.
+    of the family (seeded by ``seed``), and the floor raised by the 90th percentile of the samples' projected
+    compression errors — the loss each drawn image has at its clean original, which it cannot go much below:
+    a trajectory stopped there has converged. (With the median, about half of the own samples were
+    "stalled" and restarted in calibration, uselessly; docs/robustness.md.)
     """
     base = quantization_floor(settings.loss, samples.shape[1])
     fam = family(settings)
@@ -71,4 +73,4 @@ def calibration_samples(
         return samples, None, base
     images, names = fam.apply(samples, seed)
     error, _ = loss_and_grad(images, samples, settings.loss)
-    return images, names, base + float(np.median(np.asarray(error, dtype=np.float64)))
+    return images, names, base + float(np.quantile(np.asarray(error, dtype=np.float64), FLOOR_QUANTILE))

@@ -119,7 +119,7 @@ def evaluate_robustness(
         say(f"calibrating {m} ({calibration_samples} own samples)")
         cals[m] = make_attributor(settings[m], full).calibrate(calibration_samples)
         report["modes"][m] = {"settings": settings[m].to_dict(), "stall_floor": cals[m].stall_floor,
-                              **cals[m].to_dict()["summary"]}  # fmt: skip
+                              "restarted": cals[m].restarted, **cals[m].to_dict()["summary"]}  # fmt: skip
     runners = {}  # loss → the first mode with that loss: its attributor runs the inversions
     for m in modes:
         runners.setdefault(settings[m].loss, m)
