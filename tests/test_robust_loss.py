@@ -116,6 +116,12 @@ def test_gpu_backends_refuse_it_before_touching_a_gpu():
     CudaGraphTorchBackend(tiny_generator(), device="cpu", loss="mse")  # the plain losses still construct
     with pytest.raises(ValueError, match=KIND):
         require_gpu_loss(KIND)
+    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+
+    with pytest.raises(ValueError, match="no CUDA kernel"):  # before any engine is built (or CUDA looked for)
+        TensorRTBackend.from_graphs("no-such-package", loss=KIND)
+    with pytest.raises(ValueError, match="no CUDA kernel"):
+        TensorRTBackend({}, loss=KIND)
 
 
 def test_settings_know_the_projection_kinds():

@@ -165,6 +165,7 @@ class TensorRTBackend(GraphedBackend):
         **kwargs: Any,
     ) -> TensorRTBackend:
         """Build (or take from the verified cache) the engines for exported graphs, then open the backend."""
+        require_gpu_loss(kwargs.get("loss", "mse"))  # before minutes of engine building
         device = torch.device(kwargs.get("device", "cuda"))
         built = build_engines(
             package_or_onnx_paths, precision=precision, profiles=profiles, cache_dir=cache_dir, force=force,
