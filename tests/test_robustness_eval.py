@@ -13,16 +13,16 @@ from helpers import tiny_generator
 
 from genorigin.commands import robustness as command
 
-SETTINGS = InversionSettings(steps=60, lr=0.05, restarts=1, optimizer="lbfgs", fresh_starts=1, stall_window=20)
-SCHEDULE = Schedule(batch_size=16, check_every=10, exit_min_step=10)
+SETTINGS = InversionSettings(steps=100, lr=0.05, restarts=1, optimizer="lbfgs", fresh_starts=2, stall_window=20)
+SCHEDULE = Schedule(batch_size=16, check_every=10, exit_min_step=30)  # stalled at the first exit, starts left
 
 
 def test_read_counts_decisions_against_the_calibration():
     cal = Calibration("m", "f", {}, scores=[1.0, 1.1, 0.9, 1.0, 1.05, 0.95])  # Grubbs threshold ≈ 1.13
-    r = read({"own": np.array([1.0, 1.0, 5.0]), "real": np.array([9.0, 0.5])}, cal)
-    assert r["fpr"] == pytest.approx(1 / 3) and r["tpr"] == {"real": 0.5}
-    assert r["accuracy"] == pytest.approx(3 / 5)
-    assert r["auc"]["real"] == pytest.approx(3 / 6)  # pairs with real > own: 9 beats all three, 0.5 none
+    r = read({"own": np.array([1.0, 1.0, 5.0]), "real": np.array([9.0, 0.5, 1.0])}, cal)
+    assert r["fpr"] == pytest.approx(1 / 3) and r["tpr"] == {"real": pytest.approx(1 / 3)}
+    assert r["accuracy"] == pytest.approx(3 / 6)
+    assert r["auc"]["real"] == pytest.approx(4 / 9)  # real > own: 9 beats three, 0.5 none; 1.0 ties two (½ each)
 
 
 def test_modes_are_the_robust_mode_and_its_halves():
@@ -56,6 +56,7 @@ def test_early_exit_reading_matches_a_live_early_exit_run():
     steps = {"own": np.mean([r.steps for r in live[:6]]), "real": np.mean([r.steps for r in live[6:]])}
     assert reading["mean_steps_per_class"] == pytest.approx(steps)
     assert reading["mean_steps"] < SETTINGS.steps  # the exit fired somewhere, or the check would be vacuous
+    assert report["transforms"]["jpeg80"]["robust"]["restarted_per_class"]["real"] > 0  # and restarts mattered
 
 
 def test_command_prints_every_transform_and_mode_and_writes_the_report(tmp_path, capsys):
