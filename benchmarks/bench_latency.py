@@ -291,8 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", type=lambda s: s.split(","), default=list(BACKENDS))
     p.add_argument("--kernels", choices=["auto", "cuda", "torch"], default="auto", help="loss/Adam kernels")
     p.add_argument("--tf32", action="store_true", help="let the CUDA-graph backend use TF32 convolutions")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="TensorRT engine precision; fp16/bf16 need TensorRT 10 (TensorRT 11 has no flag for them)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="TensorRT engine precision; fp16/bf16 need TensorRT 10 (TensorRT 11 has no flag for them)",
+    )
     p.add_argument("--trt-plan", choices=["auto", "loss", "vjp"], default="auto")
     p.add_argument("--cache-dir", type=Path, default=None, help="TensorRT engine cache (default: user cache)")
     p.add_argument("--quick", action="store_true", help="smoke run: 100 steps, 3 decisions, batches 8,32")

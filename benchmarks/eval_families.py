@@ -182,9 +182,10 @@ def inversion_attributor(gen: Any, steps: int, lr: float, restarts: int) -> Any:
 def run_family(name: str, args: argparse.Namespace, train: np.ndarray, held: np.ndarray) -> dict[str, Any]:
     """All rows of one family: {row name: metrics}."""
     from genorigin.export.diffusion import consistency_from_unet, ddim_from_unet
-    from genorigin.export.latent_diffusion import latent_diffusion_from_vae, latent_tracer
+    from genorigin.export.latent_diffusion import latent_diffusion_from_vae
     from genorigin.export.stylegan import StyleGANConfig, random_stylegan
     from genorigin.runtime.aedr import AEDRAttributor
+    from genorigin.runtime.latent_tracer import latent_tracer
 
     t0 = time.perf_counter()
     rows: dict[str, Any] = {}

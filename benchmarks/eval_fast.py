@@ -101,6 +101,11 @@ def metrics(scores: dict[str, np.ndarray], cal: Calibration) -> dict:
     return out
 
 
+def evaluations_at(r: AttributionResult, step: int, starts: int) -> int:
+    """Gradient evaluations an image has cost by ``step``: its starts, plus the fresh ones added on stalls."""
+    return starts * (step + sum(step - s for s in r.restart_steps if s < step))
+
+
 def exit_reading(
     r: AttributionResult, rule: TrajectoryStopRule, settings: InversionSettings, stall: StallDetector
 ) -> tuple[float, int]:
@@ -154,7 +159,9 @@ def evaluate(model: str, args: argparse.Namespace) -> dict:
     for b in args.budgets:
         cal_b = calibration_at(cal, b)
         scores = {k: np.array([at_step(r, b) / r.complexity for r in v]) for k, v in by_class.items()}
-        entry["budgets"][b] = metrics(scores, cal_b) | {"evaluations": b * settings.restarts}
+        main = [k for k in names if not k.startswith("near")]
+        evals = [evaluations_at(r, b, settings.restarts) for k in main for r in by_class[k]]
+        entry["budgets"][b] = metrics(scores, cal_b) | {"evaluations": float(np.mean(evals))}
     # early exit at the full budget, read off the trajectories with the loop's own rules
     stall = StallDetector(settings.stall_window, settings.stall_factor, quantization_floor(settings.loss))
     early: dict = {}
@@ -168,7 +175,8 @@ def evaluate(model: str, args: argparse.Namespace) -> dict:
         m = metrics(scores, cal)
         m["mean_steps"] = float(np.mean(np.concatenate([steps[k] for k in main])))
         m["mean_steps_per_class"] = {k: float(v.mean()) for k, v in steps.items()}
-        m["mean_evaluations"] = m["mean_steps"] * settings.restarts  # a fresh start replaces, never adds, slots
+        m["mean_evaluations"] = float(np.mean([evaluations_at(r, n, settings.restarts) for k in main
+                                               for r, (_, n) in zip(by_class[k], read[k])]))  # fmt: skip
         early[decision_rule] = (m, read)
     entry["early_exit"] = early["grubbs"][0] | {"quantile_rule": early["quantile"][0]["quantile"]}
     # the live early-exit run on a subset checks the reading and times decisions

@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -120,11 +121,17 @@ class Generator:
         device = next(iter(self.module.parameters()), torch.empty(0)).device
         return self.module(torch.from_numpy(z).to(device)).cpu().numpy()
 
-    def prepare_image(self, image: np.ndarray) -> np.ndarray:
-        """Bring an H×W×C uint8 (or float in [0, 1]) image to the attribution input: C×H×W float32 in [0, 1].
+    def prepare_image(self, image: np.ndarray | str | Path) -> np.ndarray:
+        """Bring an H×W×C uint8 (or float in [0, 1]) image, or an image file, to the attribution input: C×H×W
+        float32 in [0, 1].
 
-        Non-square images are centre-cropped to a square, then resized with Pillow's LANCZOS filter.
+        Non-square images are centre-cropped to a square, then resized with Pillow's LANCZOS filter. A file is
+        read as ``genorigin.images.read_image`` reads it (what is refused and why: docs/inputs.md).
         """
+        if isinstance(image, str | Path):
+            from genorigin.images import read_image
+
+            return read_image(image, self)[0]
         if image.ndim != 3 or image.shape[2] != self.channels:
             raise ValueError(f"expected an H×W×{self.channels} image for model {self.name!r}, got shape {image.shape}")
         if image.dtype != np.uint8:

@@ -5,12 +5,12 @@ x?" reduces to "is x in the range of the decoder?" (the paper's latent-diffusion
 diffusion model's latent z_s = (z − shift) · scaling_factor, which is ~N(0, I) for a trained pipeline, so random
 starts from N(0, I) are sensible and D receives z_s / scaling_factor + shift, as the pipelines decode.
 
-Methods (recorded in the calibration's ``method`` field):
+Methods (recorded in the calibration's ``method`` field; chosen and built in runtime/methods.py, since
+export never imports the runtime):
 
-* ``"inversion-random"``: the paper: Adam from random starts (``genorigin.runtime.attribution.Attributor``).
-* ``"inversion-encoder"``: LatentTracer: start from the encoder's posterior mean of the image, Adam with
-  lr 0.05 halved every 50 steps, 100 steps (``LatentTracer`` below; the reference for wiring it into the loop).
-* ``"aedr"``: forward-only double reconstruction (``genorigin.runtime.aedr``), using ``roundtrip`` below.
+* ``"inversion"``: the paper's inversion on the shared loop (runtime/attribution.py).
+* ``"inversion-encoder"``: LatentTracer, started from ``encode`` below (runtime/latent_tracer.py).
+* ``"aedr"``: forward-only double reconstruction (runtime/aedr.py), using ``roundtrip`` below.
 """
 
 from __future__ import annotations
@@ -18,17 +18,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from genorigin.export.diffusion import _jsonable, from_local_folder, read_json
 from genorigin.export.generator import Generator, LatentSpec, UnitRangeOutput
-from genorigin.runtime.inversion import InversionSettings, image_key
 from torch import nn
-
-Method = Literal["inversion-random", "inversion-encoder", "aedr"]
-METHODS: tuple[str, ...] = ("inversion-random", "inversion-encoder", "aedr")
 
 
 # --------------------------------------------------------------------------------------------- modules
@@ -152,56 +148,3 @@ def load_latent_diffusion(path: str | Path, *, name: str | None = None) -> Laten
     folder = autoencoder_folder(path)
     vae = from_local_folder(AutoencoderKL, folder)
     return latent_diffusion_from_vae(vae, name=name or Path(path).name)
-
-
-# --------------------------------------------------------------------------------------------- encoder init
-class EncoderInit:
-    """Initial latents from the encoder: the posterior mean for restart 0, seeded jitter around it for more.
-
-    Plug-in for the inversion loop (see the report: ``initial_latents`` callback); call as
-    ``EncoderInit(model)(image C×H×W, restarts) → restarts×latent``.
-    """
-
-    def __init__(self, model: LatentDiffusionModel, jitter: float = 0.1) -> None:
-        self.model = model
-        self.jitter = jitter
-
-    def __call__(self, image: np.ndarray, restarts: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        """``rng`` (the loop's per-image generator) is unused: the jitter has its own seed, as LatentTracer's."""
-        mean = self.model.encode(image[None])[0]
-        rng = np.random.default_rng(image_key(image))
-        extra = rng.standard_normal((restarts - 1, *mean.shape), dtype=np.float32) * self.jitter
-        return np.concatenate([mean[None], mean[None] + extra]).astype(np.float32)
-
-
-TRACER_SETTINGS = InversionSettings(
-    steps=100, lr=0.05, lr_halve_every=50, init="encoder", restarts=2, halve_starts_at=()
-)
-
-
-def latent_tracer(model: LatentDiffusionModel, settings: InversionSettings = TRACER_SETTINGS, **kwargs: Any) -> Any:
-    """LatentTracer through the shared loop: encoder-mean starts, lr halved every 50 steps, 100 steps."""
-    from genorigin.runtime.attribution import Attributor
-
-    if settings.init != "encoder":
-        raise ValueError("LatentTracer settings need init='encoder'")
-    return Attributor(
-        model.generator, settings=settings, initializer=EncoderInit(model), method="inversion-encoder", **kwargs
-    )
-
-
-def make_attributor(model: LatentDiffusionModel, method: Method = "inversion-random", **kwargs: Any) -> Any:
-    """An object with calibrate(n, alpha=…) and attribute(images) for one of the three methods."""
-    if method == "inversion-random":
-        from genorigin.runtime.attribution import Attributor
-        from genorigin.runtime.inversion import PAPER_SCHEDULE, PAPER_SETTINGS
-
-        kwargs = {"settings": PAPER_SETTINGS, "schedule": PAPER_SCHEDULE, **kwargs}  # random starts: the paper's loop
-        return Attributor(model.generator, **kwargs)
-    if method == "inversion-encoder":
-        return latent_tracer(model, **kwargs)
-    if method == "aedr":
-        from genorigin.runtime.aedr import AEDRAttributor
-
-        return AEDRAttributor(model.generator, model.roundtrip, **kwargs)
-    raise ValueError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")

@@ -25,6 +25,8 @@ from genorigin.runtime.attribution import CALIBRATION_SAMPLE_SEED, AttributionRe
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.complexity import to_grey8
 from genorigin.runtime.decision import grubbs_test, quantile_test
+from genorigin.runtime.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.file_input import AttributesFiles
 from scipy import optimize, stats
 
 Roundtrip = Callable[[np.ndarray], np.ndarray]
@@ -96,6 +98,7 @@ class AEDRScores:
     homogeneity: np.ndarray
     score: np.ndarray
     seconds: float
+    reconstruction: np.ndarray  # x* = D(E(x)), the first round trip
 
 
 def _mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,7 +112,7 @@ def aedr_scores(roundtrip: Roundtrip, images: np.ndarray, settings: AEDRSettings
     x2 = np.clip(roundtrip(x1), 0.0, 1.0)
     ratio = _mse(x1, images) / (_mse(x2, x1) + settings.eps)
     homog = np.array([glcm_homogeneity(im, settings.levels, settings.distance, settings.angle) for im in images])
-    return AEDRScores(ratio, homog, ratio * homog, time.perf_counter() - start)
+    return AEDRScores(ratio, homog, ratio * homog, time.perf_counter() - start, x1)
 
 
 def kde_threshold(scores: Sequence[float] | np.ndarray, alpha: float) -> float:
@@ -133,10 +136,18 @@ def kde_tail(scores: Sequence[float] | np.ndarray, value: float) -> float:
 
 
 # --------------------------------------------------------------------------------------------- API
-class AEDRAttributor:
-    """calibrate / attribute like ``Attributor``, for the forward-only AEDR method (calibration method "aedr")."""
+class AEDRAttributor(AttributesFiles):
+    """calibrate / attribute like ``Attributor``, for the forward-only AEDR method (calibration method "aedr").
+
+    It follows the same ``AttributionMethod`` protocol: no inversion, so no schedule, no encoder starts and
+    no early exit; ``on_done`` is called for each image once the forward passes are done.
+    """
 
     method = AEDR_METHOD
+    rule = "aedr-kde"
+    schedule = None
+    needs_encoder = False
+    encoder_digest = None
 
     def __init__(
         self,
@@ -162,12 +173,30 @@ class AEDRAttributor:
             raise ValueError("calibration was made with other AEDR settings")
         self.calibration = calibration
 
+    def use_encoder(self, encoder: FittedEncoder) -> None:
+        raise ValueError("AEDR reconstructs with the autoencoder's own encoder: it takes no fitted encoder")
+
+    def fit_encoder(self, settings: FitSettings = FitSettings(), *, seconds: float | None = None,
+                    on_step: Callable[[int, dict[str, float]], None] | None = None) -> FittedEncoder:  # fmt: skip
+        raise ValueError("AEDR reconstructs with the autoencoder's own encoder: it takes no fitted encoder")
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.method, "backend": {"backend": "torch"}, "settings": self.settings.to_dict(),
+                "schedule": None, "rule": self.rule, "encoder": None}  # fmt: skip
+
     def calibrate(
-        self, n: int = 100, *, alpha: float = 0.05, sample_seed: int = CALIBRATION_SAMPLE_SEED
+        self,
+        n: int = 100,
+        *,
+        alpha: float = 0.05,
+        sample_seed: int = CALIBRATION_SAMPLE_SEED,
+        on_done: Callable[[int], None] | None = None,
     ) -> Calibration:
         """Score N of the model's own (8-bit quantised) samples; they are the belonging distribution."""
         samples = quantize_8bit(self.generator.sample(n, seed=sample_seed))
         scores = aedr_scores(self.roundtrip, samples, self.settings).score
+        for i in range(n if on_done is not None else 0):
+            on_done(i)
         self.calibration = Calibration(
             model_name=self.generator.name,
             model_fingerprint=self.generator.fingerprint(),
@@ -184,13 +213,26 @@ class AEDRAttributor:
         cal = self._require_calibration()
         return kde_threshold(cal.scores, cal.alpha)
 
+    def accept_threshold(self) -> float:
+        """The largest score still called belonging (the KDE threshold), as ``Attributor.accept_threshold``."""
+        return self.threshold()
+
     def _require_calibration(self) -> Calibration:
         if self.calibration is None:
             raise RuntimeError("no calibration: call calibrate() or pass calibration=…")
         return self.calibration
 
-    def attribute(self, images: np.ndarray, sources: Sequence[str] | None = None) -> list[AttributionResult]:
-        """Decide for N prepared images (N×C×H×W float32 in [0, 1]); belonging iff score ≤ KDE threshold."""
+    def attribute(
+        self,
+        images: np.ndarray,
+        sources: Sequence[str] | None = None,
+        *,
+        keep_reconstructions: bool = False,
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[AttributionResult]:
+        """Decide for N prepared images (N×C×H×W float32 in [0, 1]); belonging iff score ≤ KDE threshold.
+
+        ``keep_reconstructions``: each result carries x* = D(E(x)), the first round trip."""
         cal = self._require_calibration()
         images = np.asarray(images, dtype=np.float32)
         expected = (self.generator.channels, *self.generator.image_size)
@@ -202,18 +244,15 @@ class AEDRAttributor:
         parts = aedr_scores(self.roundtrip, images, self.settings)
         threshold = self.threshold()
         ref = np.asarray(cal.scores)
-        return [
-            self._result(
-                sources[i],
-                float(parts.ratio[i]),
-                float(parts.homogeneity[i]),
-                float(parts.score[i]),
-                threshold,
-                ref,
-                parts.seconds / len(images),
-            )
-            for i in range(len(images))
-        ]
+        results = []
+        for i in range(len(images)):
+            r = self._result(sources[i], float(parts.ratio[i]), float(parts.homogeneity[i]), float(parts.score[i]),
+                             threshold, ref, parts.seconds / len(images))  # fmt: skip
+            r.reconstruction = parts.reconstruction[i] if keep_reconstructions else None
+            results.append(r)
+            if on_done is not None:
+                on_done(i)
+        return results
 
     def _result(
         self, source: str, ratio: float, homog: float, score: float, threshold: float, ref: np.ndarray, secs: float

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from genorigin.export.generator import Generator
-from genorigin.runtime.backend import Backend, TorchBackend
-from genorigin.runtime.calibration import Calibration, calibrated_score
+from genorigin.runtime.backend import Backend
+from genorigin.runtime.backends import GeneratorOnly, make_backend
+from genorigin.runtime.calibration import Calibration, calibrated_score, canonical_method
 from genorigin.runtime.complexity import complexity
 from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.encoder import Encoder, EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.file_input import AttributesFiles
 from genorigin.runtime.inversion import (
     FAST_SETTINGS,
     Initializer,
@@ -69,16 +72,22 @@ class AttributionResult:
     restart_steps: list[int] = field(default_factory=list)  # steps at which a stalled image got fresh starts
     trajectory: list[tuple[int, float]] = field(default_factory=list)
     reconstruction: np.ndarray | None = None
-    facts: dict[str, Any] | None = None  # ImageFacts.to_dict() where the image came from a file or an upload
+    input: dict[str, Any] | None = None  # what was read and done to the file (ImageFacts.to_dict()), if from one
     warning: str | None = None  # the input lies outside what the calibration covers (runtime/coverage.py)
 
     @property
     def belonging(self) -> bool:
         return self.verdict == "belonging"
 
+    @property
+    def fresh_starts(self) -> int:
+        """Fresh starts the image was given when its trajectory stalled."""
+        return len(self.restart_steps)
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "reconstruction"}
         d["trajectory"] = [[int(s), float(v)] for s, v in self.trajectory]
+        d["fresh_starts"] = self.fresh_starts
         return d
 
 
@@ -91,20 +100,7 @@ def outcome_dict(o: TestOutcome) -> dict[str, Any]:
     }
 
 
-def make_backend(generator: Generator, backend: str | Backend, loss: str) -> Backend:
-    """A backend by name ('torch', 'torch-cuda'); ONNX Runtime/TensorRT backends are built from packages."""
-    if isinstance(backend, Backend):
-        return backend
-    if generator.module is None:
-        raise ValueError(f"generator {generator.name!r} is an exported graph: pass an ONNX Runtime backend")
-    if backend in ("torch", "torch-cpu"):
-        return TorchBackend(generator, "cpu", loss)
-    if backend == "torch-cuda":
-        return TorchBackend(generator, "cuda", loss)
-    raise ValueError(f"unknown backend {backend!r} for a PyTorch generator (choose 'torch' or 'torch-cuda')")
-
-
-class Attributor:
+class Attributor(AttributesFiles):
     """Decides, per image, whether ``generator`` made it (the paper's method, batched and early-stopping)."""
 
     def __init__(
@@ -118,7 +114,7 @@ class Attributor:
         rule: DecisionRule = "grubbs",
         initializer: Initializer | None = None,
         encoder: Encoder | None = None,
-        method: str = "inversion-random",
+        method: str = "inversion",
     ) -> None:
         if rule not in ("grubbs", "quantile"):
             raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
@@ -130,8 +126,9 @@ class Attributor:
         self.rule: DecisionRule = rule
         self.initializer = initializer
         self.encoder: Encoder | None = None
-        self.method = method
-        self.backend = make_backend(generator, backend, settings.loss)
+        self.method = canonical_method(method)
+        self.backend = backend if isinstance(backend, Backend) else make_backend(GeneratorOnly(generator), backend,
+                                                                                 settings.loss)  # fmt: skip
         if encoder is not None:
             self.use_encoder(encoder)
         self.calibration: Calibration | None = None
@@ -233,6 +230,51 @@ class Attributor:
         self.calibration = cal
         return cal
 
+    def load_or_calibrate(
+        self,
+        path: str | Path,
+        n: int = 100,
+        *,
+        alpha: float = 0.05,
+        encoder_path: str | Path | None = None,
+        fit: FitSettings = FitSettings(),
+        on_done: Callable[[int], None] | None = None,
+    ) -> Calibration:
+        """The calibration at ``path`` if it is there (checked against this model, method, settings and
+        encoder), else a new one of ``n`` own samples, saved there.
+
+        With encoder starts, ``encoder_path`` is where the model's encoder lives: loaded when present, else
+        fitted with ``fit`` and saved there first (the calibration pins it).
+        """
+        if self.needs_encoder and encoder_path is not None:
+            encoder_path = Path(encoder_path)
+            if encoder_path.exists():
+                self.use_encoder(FittedEncoder.load(encoder_path))
+            else:
+                encoder_path.parent.mkdir(parents=True, exist_ok=True)
+                self.fit_encoder(fit).save(encoder_path)
+        path = Path(path)
+        if path.exists():
+            cal = Calibration.load(path, fingerprint=self.generator.fingerprint(), method=self.method)
+            self.use_calibration(cal)
+            return cal
+        if self.needs_encoder:
+            self.fit_encoder(fit)
+        cal = self.calibrate(n, alpha=alpha, on_done=on_done)
+        cal.save(path)
+        return cal
+
+    def describe(self) -> dict[str, Any]:
+        """What a report records about how the decisions were made."""
+        return {
+            "method": self.method,
+            "backend": self.backend.describe(),
+            "settings": self.settings.to_dict(),
+            "schedule": asdict(self.schedule),
+            "rule": self.rule,
+            "encoder": self.encoder_digest,
+        }
+
     def _invert(
         self,
         images: np.ndarray,
@@ -310,15 +352,23 @@ class Attributor:
         image = self._validate(np.asarray(image)[None])[0]
         return WorkItem(key, image, float(complexity(image[None])[0]), cancelled)
 
-    def stream(self, source: WorkSource, on_result: Callable[[WorkItem, AttributionResult], None]) -> None:
+    def stream(
+        self,
+        source: WorkSource,
+        on_result: Callable[[WorkItem, AttributionResult], None],
+        on_start: Callable[[InversionLoop], None] | None = None,
+    ) -> None:
         """Attribute items from a live source (``work_item``), each result delivered the moment it is known.
 
         Items join the running batch at the next checkpoint and leave at their own early exit, and each
         result equals what ``attribute`` gives for that image (the loop's batch-independence). The service
         and the Ray workers run this; it returns when the source is finished and every item is answered.
+        ``on_start`` sees the loop before it runs: the service reads its step counter and slot count.
         """
         self._require_calibration()
         loop = self._loop(self.schedule, self.stop_rule())
+        if on_start is not None:
+            on_start(loop)
         loop.run(source, lambda item, o: on_result(item, self.result(o, str(item.key), item.complexity)))
 
     def result(

@@ -6,10 +6,9 @@ refuses to load for another model or other settings: a threshold is only meaning
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,12 +18,86 @@ import numpy as np
 from genorigin.runtime.decision import empirical_threshold, grubbs_critical_value
 
 from genorigin import __version__
+from genorigin.files import atomic_write_text
 
 CALIBRATION_FORMAT = "genorigin-calibration-v1"
+# files written before the shared loop's method was renamed "inversion" (it was "inversion-random")
+LEGACY_METHODS = {"inversion-random": "inversion"}
+
+
+def canonical_method(name: str) -> str:
+    return LEGACY_METHODS.get(name, name)
 
 
 class CalibrationMismatch(ValueError):
     """The calibration file was made for another model, other settings or another method."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_scores(values: Any, what: str) -> None:
+    if not isinstance(values, list) or not all(_is_number(v) for v in values):
+        raise ValueError(f"{what} must be a list of numbers")
+    if not all(math.isfinite(v) and v >= 0.0 for v in values):
+        raise ValueError(f"{what} must be finite and ≥ 0 (a loss ÷ complexity), found {_first_bad(values)}")
+
+
+def _first_bad(values: list[float]) -> float:
+    return next(v for v in values if not (math.isfinite(v) and v >= 0.0))
+
+
+def validate_fields(cal: Calibration) -> None:
+    """The whole record, one line per problem: types, shapes, ranges, monotone trajectories.
+
+    A calibration decides every verdict: a NaN, a negative score (which flips verdicts), scores with no spread
+    (an infinite test statistic) or a trajectory table that does not match its steps (which silently changes
+    early exit) must be refused at load, not discovered as a wrong answer.
+    """
+    for name in ("model_name", "model_fingerprint", "method", "score", "genorigin_version", "created", "format"):
+        if not isinstance(getattr(cal, name), str):
+            raise ValueError(f"field {name!r} must be a string")
+    if not isinstance(cal.settings, dict):
+        raise ValueError("field 'settings' must be an object")
+    _check_scores(cal.scores, "scores")
+    if len(cal.scores) < 3:
+        raise ValueError(f"a calibration needs at least 3 belonging samples, got {len(cal.scores)}")
+    if max(cal.scores) == min(cal.scores):
+        raise ValueError("calibration scores have no spread (all equal): the test statistic would be infinite")
+    if not _is_number(cal.alpha) or not 0.0 < cal.alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {cal.alpha!r}")
+    if not isinstance(cal.sample_seed, int) or not isinstance(cal.restarted, int) or cal.restarted < 0:
+        raise ValueError("sample_seed and restarted must be integers (restarted ≥ 0)")
+    if cal.encoder is not None and not isinstance(cal.encoder, str):
+        raise ValueError("field 'encoder' must be a digest string or null")
+    _validate_checkpoints(cal)
+
+
+def _validate_checkpoints(cal: Calibration) -> None:
+    steps, table = cal.checkpoint_steps, cal.checkpoint_scores
+    if not isinstance(steps, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+        raise ValueError("checkpoint_steps must be a list of integers")
+    if not steps:  # no trajectories (a forward-only method): early exit keeps only its exact belonging exit
+        if table:
+            raise ValueError("checkpoint_scores given without checkpoint_steps")
+        return
+    if steps[0] < 1 or any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ValueError("checkpoint_steps must be increasing steps ≥ 1")
+    budget = cal.settings.get("steps")
+    if isinstance(budget, int) and steps[-1] != budget:
+        raise ValueError(f"checkpoint_steps end at {steps[-1]}, the settings' budget is {budget} (truncated?)")
+    if not isinstance(table, list) or len(table) != len(steps):
+        raise ValueError(f"checkpoint_scores must have one row per checkpoint step ({len(steps)})")
+    for step, row in zip(steps, table):
+        _check_scores(row, f"checkpoint_scores at step {step}")
+        if len(row) != len(cal.scores):
+            raise ValueError(f"checkpoint_scores at step {step} has {len(row)} samples, scores has {len(cal.scores)}")
+    per_sample = np.asarray(table, dtype=np.float64)
+    if (np.diff(per_sample, axis=0) > 1e-12 * np.maximum(per_sample[:-1], 1e-30)).any():
+        raise ValueError("checkpoint_scores rise along the steps: best-so-far scores can only fall")
+    if not np.allclose(per_sample[-1], cal.scores, rtol=1e-9, atol=0.0):
+        raise ValueError("the last checkpoint's scores differ from the final scores")
 
 
 def calibrated_score(loss: np.ndarray | float, complexity: np.ndarray | float) -> np.ndarray:
@@ -41,7 +114,7 @@ class Calibration:
     settings: dict[str, Any]
     scores: list[float]
     alpha: float = 0.05
-    method: str = "inversion-random"
+    method: str = "inversion"
     score: str = "loss/complexity"
     checkpoint_steps: list[int] = field(default_factory=list)
     checkpoint_scores: list[list[float]] = field(default_factory=list)
@@ -55,12 +128,8 @@ class Calibration:
     format: str = CALIBRATION_FORMAT
 
     def __post_init__(self) -> None:
-        if len(self.scores) < 3:
-            raise ValueError(f"a calibration needs at least 3 belonging samples, got {len(self.scores)}")
-        if not all(math.isfinite(s) for s in self.scores):
-            raise ValueError("calibration scores must be finite")
-        if not 0.0 < self.alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        validate_fields(self)
+        self.method = canonical_method(self.method)
 
     @property
     def n(self) -> int:
@@ -103,16 +172,13 @@ class Calibration:
         return d
 
     def save(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write atomically; refuse to replace an existing file unless asked."""
+        """Write atomically (a full disk leaves the old file, or none, and no temp file); refuse to replace an
+        existing file unless asked."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --force) to replace it")
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     @classmethod
     def load(
@@ -136,6 +202,8 @@ class Calibration:
             cal = cls(**data)
         except TypeError as exc:
             raise ValueError(f"{path}: malformed calibration file ({exc})") from exc
+        except ValueError as exc:
+            raise ValueError(f"{path}: invalid calibration file: {exc}") from exc
         if fingerprint is not None and cal.model_fingerprint != fingerprint:
             raise CalibrationMismatch(
                 f"{path}: calibration is for model {cal.model_name!r} "
@@ -145,6 +213,6 @@ class Calibration:
             keys = [*settings, *(k for k in cal.settings if k not in settings)]
             diff = {k: (cal.settings.get(k), settings.get(k)) for k in keys if cal.settings.get(k) != settings.get(k)}
             raise CalibrationMismatch(f"{path}: calibrated with other inversion settings (file, now): {diff}")
-        if method is not None and cal.method != method:
+        if method is not None and cal.method != canonical_method(method):
             raise CalibrationMismatch(f"{path}: calibration method {cal.method!r}, asked for {method!r}")
         return cal

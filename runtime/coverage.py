@@ -10,14 +10,15 @@ than it seems. docs/robustness.md measures how much for each case.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.robust import family
 
 from genorigin.facts import ImageFacts
+
+if TYPE_CHECKING:
+    from genorigin.runtime.attribution import AttributionResult
 
 UPSCALE_TOLERANCE = 1.01  # model size ÷ source side above this: the source was smaller than the model's output
 LARGE_DOWNSCALE = 0.25  # below this: the source is over 4× the model's size (not what the model wrote, or upscaled)
@@ -60,9 +61,8 @@ def stored_scale(facts: ImageFacts) -> float | None:
     return model_side / min(facts.width, facts.height)
 
 
-def with_facts(result: AttributionResult, facts: ImageFacts, calibration: Calibration) -> AttributionResult:
-    """``result`` with its input's facts and, when the input is outside the calibration, the warning.
-
-    The one call per result for whoever knows the facts (the CLI's file reads, the service's uploads).
-    """
-    return replace(result, facts=facts.to_dict(), warning=coverage_warning(facts, calibration))
+def record_input(result: AttributionResult, facts: ImageFacts, calibration: Calibration | None) -> None:
+    """Put the input's facts (``result.input``) and, when it lies outside ``calibration``, the warning
+    (``result.warning``) into ``result``: the one call for whoever knows the facts (file reads, uploads)."""
+    result.input = facts.to_dict()
+    result.warning = coverage_warning(facts, calibration) if calibration is not None else None

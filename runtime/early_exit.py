@@ -45,8 +45,8 @@ class TrajectoryStopRule:
         self.steps = list(calibration.checkpoint_steps)
         final = np.asarray(calibration.scores)
         accepted = final <= accept_threshold
-        per_step = np.asarray(calibration.checkpoint_scores, dtype=np.float64).reshape(len(self.steps), -1)
-        if per_step.shape[1] != len(final) or accepted.sum() < envelope_rank:
+        per_step = np.asarray(calibration.checkpoint_scores, dtype=np.float64).reshape(len(self.steps), len(final))
+        if not self.steps or accepted.sum() < envelope_rank:  # no trajectories: only the exact belonging exit
             self.envelope = np.full(len(self.steps), math.inf)
         else:  # the k-th largest accepted score at each step (k = 1: the maximum)
             self.envelope = -np.sort(-per_step[:, accepted], axis=1)[:, envelope_rank - 1]

@@ -62,3 +62,45 @@ def test_fingerprint_tracks_weights():
         b.module.inner.fc.bias.data += 1e-3
     b._fingerprint = None
     assert a.fingerprint() != b.fingerprint()
+
+
+def _tampered(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["checkpoint_scores"][0].__setitem__(0, float("nan")), "finite and ≥ 0"),
+        (lambda d: d["scores"].__setitem__(0, -1.0), "finite and ≥ 0"),
+        (lambda d: d.update(scores=[d["scores"][0]] * len(d["scores"])), "no spread"),
+        (lambda d: d.update(checkpoint_steps=d["checkpoint_steps"][:-1]), "budget is 100"),
+        (lambda d: d.update(checkpoint_steps=[50, 50]), "increasing"),
+        (lambda d: d["checkpoint_scores"][0].pop(), "samples, scores has 8"),
+        (lambda d: d.update(checkpoint_scores=d["checkpoint_scores"][::-1]), "can only fall"),
+        (lambda d: d.update(alpha="0.05"), "alpha"),
+        (lambda d: d.update(scores="fast"), "list of numbers"),
+    ],
+)
+def test_a_damaged_calibration_is_refused_in_one_line(tmp_path, calibrated, edit, message):
+    _, cal = calibrated
+    path = _tampered(cal.save(tmp_path / "c.json"), edit)
+    with pytest.raises(ValueError, match=message) as err:
+        Calibration.load(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_calibration_without_trajectories_keeps_only_the_exact_exit(calibrated):
+    """Empty checkpoints crashed the early-exit rule; now the envelope is simply off."""
+    import math
+
+    from genorigin.runtime.early_exit import TrajectoryStopRule
+
+    _, cal = calibrated
+    bare = Calibration(**{**cal.__dict__, "checkpoint_steps": [], "checkpoint_scores": []})
+    rule = TrajectoryStopRule(bare, bare.grubbs_threshold)
+    assert math.isinf(rule.reject_threshold(100))
+    assert list(rule.check(100, np.array([0.0, 1e9]), np.ones(2))) == [1, 0]

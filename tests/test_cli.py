@@ -14,7 +14,7 @@ from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.cli import main
 from genorigin.images import load_rgb8, save_png
 
-FAST = ["--steps", "400", "--check-every", "50", "--batch-size", "8"]
+FAST = ["--preset", "paper", "--steps", "400", "--check-every", "50", "--batch-size", "8"]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +87,9 @@ def test_attribute_without_or_with_mismatched_calibration(calibrated, image_fold
     assert main(args) == 2
     assert "not this model" in capsys.readouterr().err
     args = ["attribute", str(image_folder), "--model", "dcgan_a", "--calibration", str(calibrated), "--steps", "300"]
-    assert main(args) == 2
-    assert "other inversion settings" in capsys.readouterr().err
+    assert main(args) == 2  # issue 18: one line naming the flag and the calibration's value, not a raw dict
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--steps 300 contradicts the calibration, made with --steps 400" in err
 
 
 def test_recon_dir_and_figure(calibrated, image_folder, tmp_path):
@@ -99,6 +100,7 @@ def test_recon_dir_and_figure(calibrated, image_folder, tmp_path):
     assert len(list(recon.glob("*.recon.png"))) == 4 and fig.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--samples", "8", "--per-class", "2", "--quiet", *FAST]) == 0
@@ -146,3 +148,19 @@ def test_no_early_exit_reproduces_the_fixed_budget_and_records_why_each_image_st
     api = att.attribute(np.stack([gen.prepare_image(load_rgb8(s)) for s in sources]), sources)
     assert [r.loss for r in api] == [fixed[s]["loss"] for s in sources]
     assert [r.verdict for r in api] == [fixed[s]["verdict"] for s in sources]
+
+
+@pytest.mark.slow
+def test_demo_defaults_to_the_fast_preset_and_the_models_encoder(tmp_path, capsys):
+    from genorigin.models import resolve_model
+
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--samples", "4", "--per-class", "1", "--fit-steps", "3", "--steps", "20",
+            "--quiet", "--threads", "1"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "4 images: " in printed and "p-value" in printed and "called belonging" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["init"] == "encoder" and report["settings"]["optimizer"] == "lbfgs"
+    assert report["encoder_path"] == str(resolve_model("dcgan_a").encoder_path) and report["encoder"]
+    assert json.loads((out / "calibration.json").read_text())["encoder"] == report["encoder"]

@@ -142,7 +142,7 @@ def test_calibration_round_trip_records_the_method(folders: dict[str, Path], tmp
     moved = shutil.copytree(folders["cm"], tmp_path / "moved")
     again = load_model_path(moved)  # a fresh load from another place has the same fingerprint
     loaded = Calibration.load(path, fingerprint=again.fingerprint(), settings=settings.to_dict(), method=cal.method)
-    assert loaded.method == "inversion-random" and loaded.scores == cal.scores
+    assert loaded.method == "inversion" and loaded.scores == cal.scores
     with pytest.raises(CalibrationMismatch):
         Calibration.load(path, fingerprint=load_model_path(folders["bare_unet"], kind="consistency").fingerprint())
     assert (

@@ -160,9 +160,8 @@ def test_invert_with_static_buffer_backend_matches_torch_backend() -> None:
 
 def test_backends_report_the_names_they_are_chosen_by() -> None:
     """``--backend torch-cuda-graph`` must say torch-cuda-graph (it said torch-cudagraph)."""
+    from genorigin.runtime.backends import BACKENDS
     from genorigin.runtime.gpu.tensorrt import TensorRTBackend
-
-    from genorigin.models import BACKENDS
 
     assert CudaGraphTorchBackend.name == "torch-cuda-graph" and TensorRTBackend.name in BACKENDS
     assert CudaGraphTorchBackend(tiny_generator(), device="cpu").describe()["backend"] in BACKENDS

@@ -43,7 +43,7 @@ def test_cli_reports_bad_model_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "garbage.pt" in err and len(err.splitlines()) == 1
     assert main(["calibrate", "--model", "no_such_model", "--samples", "4"]) == 2
-    assert "neither a bundled model" in capsys.readouterr().err
+    assert "no_such_model does not exist (and is not a bundled model" in capsys.readouterr().err
 
 
 def test_unknown_config_key_is_one_line_naming_file_and_key(tmp_path):

@@ -73,7 +73,7 @@ def test_ort_loop_and_torch_loop_agree(exported):
     assert [r.verdict for r in a] == [r.verdict for r in b]
     assert [r.verdict for r in a[4:]] == ["non-belonging"] * 4
     for x, y in zip(a, b):
-        assert y.loss == pytest.approx(x.loss, rel=2e-2)
+        assert y.loss == pytest.approx(x.loss, rel=1e-4)  # measured ≤ 5e-6 after 200 steps: float rounding only
 
 
 def test_tampered_or_incomplete_packages_are_refused(exported, tmp_path):
@@ -170,7 +170,7 @@ def test_cli_export_then_attribute_with_onnxruntime(tmp_path, capsys):
     manifest = json.loads(capsys.readouterr().out)["manifest"]
     assert set(manifest["graphs"]) == {"forward", "vjp", "loss_mse"}
     assert main(["export", "--model", "dcgan_a", "--out", str(pkg), "--quiet"]) == 2  # never overwrites
-    fast = ["--steps", "100", "--threads", "1", "--quiet"]
+    fast = ["--preset", "paper", "--steps", "100", "--threads", "1", "--quiet"]
     assert main(["calibrate", "--model", str(pkg), "--samples", "6", *fast]) == 0
     assert (pkg / "calibration.json").exists()
     real = sorted(real_images_dir().glob("*.png"))[:2]

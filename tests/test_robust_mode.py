@@ -9,9 +9,11 @@ import pytest
 from genorigin.export.bundled import load_bundled
 from genorigin.runtime.attribution import Attributor, quantization_floor, quantize_8bit
 from genorigin.runtime.calibration import Calibration, CalibrationMismatch
-from genorigin.runtime.coverage import coverage_warning, with_facts
+from genorigin.runtime.coverage import coverage_warning
 from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.runtime.robust import robust_settings
+from genorigin.runtime.service.batching import Job
+from genorigin.runtime.service.responses import model_answer
 from genorigin.runtime.transforms import ROBUST_FAMILIES, TRANSFORMS, apply_transform
 from helpers import tiny_generator
 from PIL import Image
@@ -132,13 +134,26 @@ def test_coverage_warning_names_what_the_calibration_does_not_cover(calibrations
     assert "RGBA→RGB" in coverage_warning(facts(conversion="RGBA→RGB, alpha on white"), plain)
 
 
-def test_results_carry_the_facts_and_the_warning(calibrations):
-    gen, plain, _ = calibrations
+def test_results_carry_the_input_and_the_warning_from_files_and_uploads(calibrations, tmp_path):
+    """The command line's path (``attribute_files``) and the service's (``model_answer``) both put the facts
+    into ``input`` and the coverage warning into ``warning``."""
+    gen, plain, robust = calibrations
+    pixels = np.round(quantize_8bit(gen.sample(1, seed=3))[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "own.png")
+    Image.fromarray(pixels).save(tmp_path / "own.jpg", quality=90)
     att = Attributor(gen, settings=PLAIN, schedule=SCHEDULE, calibration=plain)
+    assert att.attribute(quantize_8bit(gen.sample(1, seed=3)))[0].warning is None  # arrays: no facts, no warning
+    png, jpeg = att.attribute_files([str(tmp_path / "own.png"), str(tmp_path / "own.jpg")]).results
+    assert png.input["format"] == "PNG" and png.warning is None
+    d = json.loads(json.dumps(jpeg.to_dict()))
+    assert d["input"]["jpeg_quality"] == 90 and d["input"]["is_jpeg"] and "plain-mode calibration" in d["warning"]
+    robust_att = Attributor(gen, settings=ROBUST, schedule=SCHEDULE, calibration=robust)
+    assert robust_att.attribute_files([str(tmp_path / "own.jpg")]).results[0].warning is None  # q90 is covered
+
     result = att.attribute(quantize_8bit(gen.sample(1, seed=3)))[0]
-    assert result.facts is None and result.warning is None
-    jpeg = with_facts(result, facts("JPEG", size=(8, 8), quality=90).prepared((8, 8)), plain)
-    d = jpeg.to_dict()
-    assert d["facts"]["jpeg_quality"] == 90 and d["facts"]["is_jpeg"] and "plain-mode calibration" in d["warning"]
-    assert json.loads(json.dumps(d))["facts"]["width"] == 8
-    assert with_facts(result, facts(size=(8, 8)).prepared((8, 8)), plain).warning is None
+    _, upload_facts = decode_upload((tmp_path / "own.jpg").read_bytes(), "own.jpg", gen)
+    answer = model_answer("tiny", Job("own.jpg", deadline=0.0), result, upload_facts, plain)
+    assert answer.status == 200 and answer.body["input"]["jpeg_quality"] == 90
+    assert "plain-mode calibration" in answer.body["warning"]
+    robust_answer = model_answer("tiny", Job("own.jpg", deadline=0.0), result, upload_facts, robust)
+    assert robust_answer.body["warning"] is None

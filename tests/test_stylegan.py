@@ -82,4 +82,4 @@ def test_calibration_in_w_space_uses_true_samples() -> None:
     gen = random_stylegan(CFG, seed=0, space="w")
     settings = InversionSettings(steps=30, lr=0.1)
     cal = Attributor(gen, settings=settings, schedule=Schedule(check_every=10)).calibrate(4)
-    assert cal.method == "inversion-random" and cal.n == 4 and cal.model_fingerprint == gen.fingerprint()
+    assert cal.method == "inversion" and cal.n == 4 and cal.model_fingerprint == gen.fingerprint()

@@ -2,13 +2,20 @@
 
 Origin attribution by inverting the generator (Wang et al., NeurIPS 2023), batched, exportable to ONNX,
 and run on PyTorch, ONNX Runtime or TensorRT.
+
+Importing genorigin sets ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a policy or torch is already
+loaded: idle OpenMP threads then sleep instead of spinning against other processes (genorigin.threads).
 """
 
 from importlib.metadata import PackageNotFoundError, version
+
+from genorigin.threads import passive_wait_policy
 
 try:
     __version__ = version("genorigin")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+source"
+
+passive_wait_policy()
 
 __all__ = ["__version__"]

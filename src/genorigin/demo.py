@@ -1,44 +1,31 @@
-"""`genorigin demo`: the whole job on bundled models and images, no downloads.
-
-Calibrates the inspected bundled model, writes a mix of its own samples, a sibling model's samples, another
-family's samples and held-out real photos as PNG files, attributes those files, prints a table, and writes a
-JSON report and a PNG figure.
+"""The demo job on bundled models and images, no downloads: calibrate the inspected bundled model (fast preset,
+starting from its shipped encoder, or one fitted now), write a mix of its own samples, the other bundled
+models' samples and held-out real photos as PNG files, and attribute those files as any user's would be.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from genorigin import workflow
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled, real_images_dir
 from genorigin.images import save_png
+from genorigin.models import ResolvedModel
+from genorigin.outputs import OutputError
+from genorigin.progress import Progress
+from genorigin.runtime.encoder import FitSettings
+from genorigin.runtime.file_input import FileAttribution
 
 DEMO_SAMPLE_SEED = 2024
 
 
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    from genorigin.cli import _add_inversion_args
-
-    p = sub.add_parser("demo", help="calibrate a bundled model and attribute a bundled mix of images")
-    p.add_argument("--model", default="dcgan_a", choices=BUNDLED_MODELS, help="the inspected model")
-    p.add_argument("--out", default="genorigin-demo", help="output folder")
-    p.add_argument("--samples", type=int, default=50, help="calibration samples (the demo uses 50 to stay quick)")
-    p.add_argument("--per-class", type=int, default=12, help="images per class in the mix")
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--force", action="store_true", help="reuse a non-empty output folder")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
-    p.add_argument("--quiet", action="store_true")
-    _add_inversion_args(p)
-    p.set_defaults(func=cmd_demo)
-
-
 def write_mix(inspected: str, folder: Path, per_class: int) -> list[str]:
-    """PNG files of four classes; returns the class label of each file in sorted-path order."""
+    """PNG files of four classes in one folder each; returns the class names in sorted-path order."""
     classes: dict[str, list[np.ndarray]] = {}
     classes[f"own-{inspected}"] = list(load_bundled(inspected).sample(per_class, seed=DEMO_SAMPLE_SEED))
     for other in BUNDLED_MODELS:
@@ -55,74 +42,70 @@ def write_mix(inspected: str, folder: Path, per_class: int) -> list[str]:
     return [*sorted(classes), "real"]
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from genorigin.cli import (
-        EXIT_OK,
-        CliError,
-        _progress,
-        _read_images,
-        _report,
-        _resolve,
-        _set_threads,
-        format_table,
-        make_attributor,
-        run_attribution,
-    )
-    from genorigin.report import attribution_figure
+@dataclass
+class DemoRun:
+    """What the demo did: the model, the loaded method, its results, each image's class, and the timings."""
 
-    _set_threads(args.threads)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.force:
-        raise CliError(f"{out} is not empty; pass --force or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    model = _resolve(args.model)
-    attributor = make_attributor(model, args, early_exit=False)
-    with _progress(args.samples, f"calibrating {args.model}", args.quiet) as bar:
-        cal = attributor.calibrate(args.samples, alpha=args.alpha, on_done=lambda _: bar.update())
-    cal.save(out / "calibration.json", overwrite=True)
-    t_cal = time.perf_counter() - t0
+    model: ResolvedModel
+    loaded: workflow.Loaded
+    found: FileAttribution
+    labels: list[str]
+    classes: list[str]
+    encoder_fitted: bool
+    seconds: dict[str, float]
 
-    classes = write_mix(args.model, out / "images", args.per_class)
-    specs = [str(out / "images" / c) for c in classes]
-    sources, images, errors = _read_images(specs, model)
-    labels = [Path(s).parent.name for s in sources]
-    attributor = make_attributor(model, args, early_exit=True)
-    attributor.use_calibration(cal)
-    t1 = time.perf_counter()
-    results = run_attribution(attributor, sources, images, args.quiet, keep_recon=True)
-    t_attr = time.perf_counter() - t1
-
-    report = _report(model, cal, attributor, results, errors)
-    truth = [lab.startswith("own-") for lab in labels]
-    per_class = {
-        c: {
-            "images": labels.count(c),
-            "called_belonging": sum(r.belonging for r, lab in zip(results, labels) if lab == c),
+    def per_class(self) -> dict[str, dict[str, int]]:
+        return {
+            c: {
+                "images": self.labels.count(c),
+                "called_belonging": sum(r.belonging for r, lab in zip(self.found.results, self.labels) if lab == c),
+            }
+            for c in self.classes
         }
-        for c in classes
-    }
-    accuracy = float(np.mean([r.belonging == t for r, t in zip(results, truth)]))
-    report["demo"] = {
-        "labels": labels,
-        "per_class": per_class,
-        "accuracy": accuracy,
-        "calibration_seconds": t_cal,
-        "attribution_seconds": t_attr,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    attribution_figure(results, images, cal, out / "figure.png", labels=labels)
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        print(format_table(results, labels))
-        print()
-        for c, d in per_class.items():
-            print(f"  {c:<16} {d['called_belonging']:>3}/{d['images']:<3} called belonging")
-        print(
-            f"accuracy {accuracy:.1%} on {len(results)} images; calibration {t_cal:.1f} s, "
-            f"attribution {t_attr:.1f} s ({t_attr / max(len(results), 1) * 1000:.0f} ms/image, "
-            f"mean {report['summary']['mean_steps']:.0f} steps)"
+
+    def accuracy(self) -> float:
+        truth = [lab.startswith("own-") for lab in self.labels]
+        return float(np.mean([r.belonging == t for r, t in zip(self.found.results, truth)]))
+
+
+def run_demo(
+    name: str,
+    out: Path,
+    choice: workflow.MethodChoice,
+    *,
+    samples: int,
+    per_class: int,
+    alpha: float,
+    fit: FitSettings,
+    fit_seconds: float | None = None,
+    quiet: bool = False,
+) -> DemoRun:
+    """Calibrate, write the mix under ``out/images``, attribute it; the calibration goes to ``out``."""
+    seconds: dict[str, float] = {}
+    model = workflow.resolve(name, threads=choice.threads)
+    method = workflow.method_for_calibration(model, choice)
+    enc_path = workflow.encoder_path(model, choice)
+    t0 = time.perf_counter()
+    fit_now = workflow.needs_fit(method, enc_path)
+    with Progress(fit.steps, "fitting encoder", "steps", quiet=quiet or not fit_now) as bar:
+        fitted = workflow.prepare_encoder(
+            method, enc_path, fit=fit, seconds=fit_seconds, on_step=lambda step, _: bar.update()
         )
-        print(f"wrote {out / 'report.json'}, {out / 'figure.png'}, {out / 'calibration.json'}")
-    return EXIT_OK
+    seconds["encoder_fit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    with Progress(samples, f"calibrating {name}", "samples", quiet=quiet) as bar:
+        cal = method.calibrate(samples, alpha=alpha, on_done=lambda _: bar.update())
+    seconds["calibration"] = time.perf_counter() - t0
+    try:
+        cal.save(out / "calibration.json", overwrite=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out / 'calibration.json'}: {exc.strerror or exc}") from exc
+    classes = write_mix(name, out / "images", per_class)
+    images = workflow.read(model, [str(out / "images" / c) for c in classes])
+    loaded = workflow.method_for_attribution(model, choice, calibration=out / "calibration.json")
+    t0 = time.perf_counter()
+    with Progress(len(images.sources), "attributing", "images", quiet=quiet) as bar:
+        found = workflow.run(loaded.method, images, keep_reconstructions=True, on_done=lambda _: bar.update())
+    seconds["attribution"] = time.perf_counter() - t0
+    labels = [Path(s).parent.name for s in images.sources]
+    return DemoRun(model, loaded, found, labels, classes, fitted, seconds)

@@ -38,6 +38,7 @@ from genorigin.decode import (
     pixel_limit,
 )
 from genorigin.facts import ImageFacts
+from genorigin.files import atomic_write_bytes
 from genorigin.inputs import IMAGE_SUFFIXES, InputScan, expand_inputs, scan_inputs
 
 __all__ = [
@@ -54,9 +55,11 @@ __all__ = [
     "UnsupportedImage",
     "decode_rgb8",
     "decode_upload",
+    "encode_png",
     "expand_inputs",
     "load_rgb8",
     "pixel_limit",
+    "read_image",
     "read_images",
     "save_png",
     "scan_inputs",
@@ -145,8 +148,7 @@ def read_images(
 
     def read(path: Path) -> tuple[np.ndarray, ImageFacts] | ImageError:
         try:
-            with _open_file(path) as f:
-                return _decode_prepared(f, str(path), generator, convert, limit)
+            return read_image(path, generator, convert=convert, max_pixels=limit)
         except ImageError as exc:
             return exc
 
@@ -180,10 +182,27 @@ def decode_rgb8(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS
         return decode_image(io.BytesIO(data), name, max_pixels=max_pixels)[0]
 
 
-def save_png(image_chw: np.ndarray, path: str | Path) -> None:
-    """C×H×W float in [0, 1] → 8-bit PNG."""
+def encode_png(image_chw: np.ndarray) -> bytes:
+    """C×H×W float in [0, 1] → the bytes of an 8-bit PNG."""
     arr = np.clip(np.round(np.asarray(image_chw) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
-    Image.fromarray(arr.squeeze(-1) if arr.shape[2] == 1 else arr).save(path)
+    buf = io.BytesIO()
+    Image.fromarray(arr.squeeze(-1) if arr.shape[2] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_png(image_chw: np.ndarray, path: str | Path) -> None:
+    """C×H×W float in [0, 1] → 8-bit PNG file, written atomically."""
+    atomic_write_bytes(path, encode_png(image_chw))
+
+
+def read_image(
+    path: str | Path, generator: Preparer, *, convert: Background | None = None, max_pixels: int | None = None
+) -> tuple[np.ndarray, ImageFacts]:
+    """One file, by its exact name (no pattern expansion) → (C×H×W float32 model input, facts), or ImageError."""
+    limit = max_pixels or pixel_limit(generator.image_size)
+    check_convert(convert)
+    with _open_file(Path(path)) as f:
+        return _decode_prepared(f, str(path), generator, convert, limit)
 
 
 def _decode_prepared(

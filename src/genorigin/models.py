@@ -1,51 +1,62 @@
-"""Resolving a ``--model`` argument to a Generator, its calibration file and a backend."""
+"""Resolving a ``--model`` argument: the one place that decides what kind of model it names, and where that
+model's calibration, encoder and exported package live.
+
+Kinds (``MODEL_KINDS``, also the ``--model`` help): a bundled name, a genorigin ``.pt`` model file, an
+attribution package folder (``genorigin export``), a local diffusers folder. Backends and methods are chosen
+by name in ``runtime/backends.py`` and ``runtime/methods.py``; this module only says where things are.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from genorigin.export.adapters import load_generator_file
-from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
+from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
 from genorigin.export.generator import Generator
-from genorigin.runtime.attribution import make_backend
-from genorigin.runtime.backend import Backend
+from genorigin.files import cache_dir
+from genorigin.runtime.calibration import canonical_method
 
-BACKENDS = ("torch", "torch-cuda", "torch-cuda-graph", "onnxruntime", "onnxruntime-cuda", "tensorrt")
+if TYPE_CHECKING:
+    from genorigin.export.latent_diffusion import LatentDiffusionModel
+    from genorigin.export.package import AttributionPackage
+    from genorigin.runtime.backend import Backend
 
-
-def cache_dir() -> Path:
-    """User cache for calibrations and packages of bundled models (the package folder may be read-only)."""
-    base = os.environ.get("GENORIGIN_CACHE") or os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "genorigin"
+MODEL_KINDS = {
+    "bundled": f"a bundled model name ({', '.join(BUNDLED_MODELS)}; docs/models.md)",
+    "file": "a genorigin .pt model file (loaded with weights_only=True)",
+    "package": "an attribution package folder (made by genorigin export; runs on ONNX Runtime/TensorRT)",
+    "diffusers": "a local diffusers folder: DDIM/DDPM or consistency pipeline, or AutoencoderKL (docs/families.md)",
+}
 
 
 @dataclass
 class ResolvedModel:
-    generator: Generator
-    calibration_path: Path
-    source: str
-    package_path: Path | None = None
-    _package: object | None = field(default=None, repr=False)
-    latent_model: Any | None = None  # LatentDiffusionModel for AutoencoderKL folders (encoder init, AEDR)
+    """A model and the places that belong to it."""
 
-    def calibration_file(self, method: str = "inversion-random") -> Path:
-        """Where this model's calibration for ``method`` lives (the random-start inversion keeps the plain name)."""
-        if method == "inversion-random":
+    generator: Generator
+    calibration_path: Path  # the calibration of the default method ("inversion")
+    source: str
+    kind: str  # a MODEL_KINDS key
+    encoder_path: Path  # where its fitted encoder (fast preset's starts) is read from and saved to
+    package_path: Path | None = None
+    _package: AttributionPackage | None = field(default=None, repr=False)
+    latent_model: LatentDiffusionModel | None = None  # AutoencoderKL folders: the encoder init and AEDR need it
+
+    def calibration_file(self, method: str = "inversion") -> Path:
+        """Where this model's calibration for ``method`` lives (the shared inversion loop keeps the plain name)."""
+        method = canonical_method(method)
+        if method == "inversion":
             return self.calibration_path
         return self.calibration_path.with_name(self.calibration_path.name.replace(".json", f".{method}.json"))
 
-    def package(self):  # -> AttributionPackage
+    def package(self) -> AttributionPackage:
         """The model's attribution package; PyTorch models are exported once into the user cache."""
         from genorigin.export.package import AttributionPackage, export_generator
 
         if self._package is None:
-            path = (
-                self.package_path
-                or cache_dir() / "packages" / f"{self.generator.name}-{self.generator.fingerprint()[:12]}"
-            )
+            path = self.package_path or cache_dir("packages") / f"{self.generator.name}-{self._fp12()}"
             if not (path / "manifest.json").exists():
                 export_generator(self.generator, path, overwrite=True)
             self._package = AttributionPackage.load(path)
@@ -53,25 +64,14 @@ class ResolvedModel:
                 raise ValueError(f"{path}: package was exported from another model")
         return self._package
 
-    def backend(self, name: str, loss: str = "mse", threads: int | None = None) -> Backend:
-        if name not in BACKENDS:
-            raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-        if name.startswith("onnxruntime"):
-            from genorigin.runtime.ort_backend import OrtBackend
+    def backend(self, name: str | None = None, loss: str = "mse", threads: int | None = None) -> Backend:
+        """``runtime.backends.make_backend`` for this model (default: torch for PyTorch models, else ORT)."""
+        from genorigin.runtime.backends import make_backend
 
-            device = "cuda" if name.endswith("cuda") else "cpu"
-            return OrtBackend(self.package(), device=device, threads=threads, loss=loss)
-        if name == "tensorrt":
-            from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+        return make_backend(self, name, loss, threads)
 
-            return TensorRTBackend.from_graphs(self.package().root, loss=loss)
-        if self.generator.module is None:
-            raise ValueError(f"{self.source} is an exported package: use --backend onnxruntime or tensorrt")
-        if name == "torch-cuda-graph":
-            from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
-
-            return CudaGraphTorchBackend(self.generator, loss=loss)
-        return make_backend(self.generator, name, loss)
+    def _fp12(self) -> str:
+        return self.generator.fingerprint()[:12]
 
 
 def _resolve_folder(path: Path, ddim_steps: int) -> ResolvedModel:
@@ -79,36 +79,48 @@ def _resolve_folder(path: Path, ddim_steps: int) -> ResolvedModel:
     from genorigin.export.model_folders import detect_kind, load_model_path
 
     kind = detect_kind(path)
-    calibration = path / "genorigin.calibration.json"
+    calibration, encoder = path / "genorigin.calibration.json", path / "genorigin.encoder.pt"
     if kind == "autoencoder":
         from genorigin.export.latent_diffusion import load_latent_diffusion
 
         ldm = load_latent_diffusion(path)
-        return ResolvedModel(ldm.generator, calibration, str(path), latent_model=ldm)
+        return ResolvedModel(ldm.generator, calibration, str(path), "diffusers", encoder, latent_model=ldm)
     gen = load_model_path(path, kind=kind, num_steps=ddim_steps)
-    if kind == "ddim":
+    if kind == "ddim":  # the generator is the sampler through K steps: another K is another model
         calibration = path / f"genorigin.ddim{ddim_steps}.calibration.json"
-    return ResolvedModel(gen, calibration, str(path))
+        encoder = path / f"genorigin.ddim{ddim_steps}.encoder.pt"
+    return ResolvedModel(gen, calibration, str(path), "diffusers", encoder)
 
 
-def resolve_model(spec: str, ddim_steps: int = 50) -> ResolvedModel:
-    """A bundled model name, a genorigin model file (.pt), an attribution package or a diffusers folder."""
+def bundled_encoder_path(name: str, generator: Generator) -> Path:
+    """The encoder shipped beside a bundled model if the package has one, else its place in the user cache."""
+    shipped = assets_dir() / "models" / f"{name}.encoder.pt"
+    return shipped if shipped.exists() else cache_dir("encoders") / f"{name}-{generator.fingerprint()[:12]}.encoder.pt"
+
+
+def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -> ResolvedModel:
+    """A bundled model name, a genorigin model file (.pt), an attribution package or a diffusers folder
+    (``threads``: ONNX Runtime threads of a package's forward session)."""
     if spec in BUNDLED_MODELS:
         gen = load_bundled(spec)
-        path = cache_dir() / "calibrations" / f"{spec}-{gen.fingerprint()[:12]}.calibration.json"
-        return ResolvedModel(gen, path, f"bundled:{spec}")
+        path = cache_dir("calibrations") / f"{spec}-{gen.fingerprint()[:12]}.calibration.json"
+        return ResolvedModel(gen, path, f"bundled:{spec}", "bundled", bundled_encoder_path(spec, gen))
     p = Path(spec)
+    if not p.exists():
+        raise FileNotFoundError(f"{spec} does not exist (and is not a bundled model: {', '.join(BUNDLED_MODELS)})")
     if p.is_dir() and (p / "manifest.json").exists():
         from genorigin.export.package import AttributionPackage
         from genorigin.runtime.ort_backend import package_generator
 
         pkg = AttributionPackage.load(p)
-        return ResolvedModel(package_generator(pkg), pkg.calibration_path, str(p), p, pkg)
+        return ResolvedModel(
+            package_generator(pkg, threads), pkg.calibration_path, str(p), "package", p / "encoder.pt", p, pkg
+        )
     if p.is_dir():
         return _resolve_folder(p, ddim_steps)
-    if not p.exists():
-        raise FileNotFoundError(f"model {spec!r} is neither a bundled model ({', '.join(BUNDLED_MODELS)}) nor a path")
     if p.suffix == ".onnx":
         raise ValueError(f"{p}: export ONNX generators first: genorigin export --onnx {p} --out PACKAGE_DIR")
     gen = load_generator_file(p)
-    return ResolvedModel(gen, p.with_name(p.name + ".calibration.json"), str(p))
+    return ResolvedModel(
+        gen, p.with_name(p.name + ".calibration.json"), str(p), "file", p.with_name(p.name + ".encoder.pt")
+    )

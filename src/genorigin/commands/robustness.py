@@ -16,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, real_images_dir
+
+from genorigin.errors import EXIT_FAILED, EXIT_OK
+from genorigin.export.bundled import real_images_dir
+from genorigin.images import load_rgb8, read_images
+from genorigin.models import ResolvedModel, resolve_model
 from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.encoder import Encoder, FittedEncoder
 from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
 from genorigin.runtime.robustness import MODES, evaluate_robustness
 from genorigin.runtime.transforms import TRANSFORMS
 
-from genorigin.images import load_rgb8, read_images
-from genorigin.models import ResolvedModel, resolve_model
-
-EXIT_OK, EXIT_FAILED = 0, 2
 OWN_SEED = 777  # fresh own samples: not the calibration's seed
 JPEG_AXIS = [("none", 100), ("jpeg95", 95), ("jpeg90", 90), ("jpeg80", 80), ("jpeg70", 70), ("jpeg50", 50)]
 
@@ -97,9 +97,8 @@ def encoder_for(model: ResolvedModel, args: argparse.Namespace) -> Encoder:
     """The encoder whose latents start every inversion: ``--encoder``, the bundled one, or one fitted now."""
     if args.encoder:
         return FittedEncoder.load(args.encoder)
-    name = model.source.removeprefix("bundled:")
-    if name in BUNDLED_MODELS and (assets_dir() / "models" / f"{name}.encoder.pt").exists():
-        return FittedEncoder.load(assets_dir() / "models" / f"{name}.encoder.pt")
+    if model.encoder_path.exists():
+        return FittedEncoder.load(model.encoder_path)
     if not args.quiet:
         print("fitting an encoder for the fast preset's starts (pass --encoder to reuse one)", file=sys.stderr)
     return Attributor(model.generator, settings=FAST_SETTINGS).fit_encoder()

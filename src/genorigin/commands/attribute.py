@@ -1,0 +1,102 @@
+"""genorigin attribute: decide for each image whether the model generated it.
+
+The settings are the calibration's. Unreadable inputs are one ``error:`` line each on stderr (exit 1, the
+others attributed), what the path expansion passed over a ``note:`` line. Every output file is checked
+before the first inversion step, results are printed before any file is written, and each file is written
+atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from genorigin import workflow
+from genorigin.commands import args as common
+from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from genorigin.images import encode_png
+from genorigin.outputs import OutputPlan, unique_names, write_bytes, write_text
+from genorigin.progress import Progress
+from genorigin.runtime.file_input import FileAttribution
+from genorigin.tables import format_table, summary_line, to_csv
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (PNG, JPEG, WebP; docs/inputs.md)")
+    common.add_model(p, "the model whose images to recognise")
+    common.add_calibration_choice(p)
+    p.add_argument("--no-early-exit", action="store_true", help="spend the full step budget on every image")
+    p.add_argument(
+        "--convert",
+        choices=["white", "black"],
+        default=None,
+        help="read greyscale, palette and transparent images as RGB on this background, recorded in each "
+        "result (default: refuse them)",
+    )
+    g = p.add_argument_group("outputs (checked before any compute; never replaced without --force)")
+    g.add_argument("--report", type=Path, help="write the JSON report here")
+    g.add_argument("--csv", type=Path, help="write one CSV row per image here")
+    g.add_argument("--figure", type=Path, help="write a PNG figure (reconstructions, loss curves, scores) here")
+    g.add_argument("--recon-dir", type=Path, help="write each best reconstruction as <name>.recon.png here")
+    g.add_argument("--force", action="store_true", help="allow replacing existing output files")
+    g.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
+    g.add_argument("--quiet", action="store_true", help="no progress")
+    common.add_method_options(p, attributing=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
+    files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
+    OutputPlan(files=files).check(args.force)
+    images = workflow.read(model, args.inputs, args.convert)
+    for line in images.errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in images.skipped:
+        print(f"note: {line}", file=sys.stderr)
+    if not images.sources:
+        print("error: no image could be read", file=sys.stderr)
+        return EXIT_FAILED
+    plan = OutputPlan(files=files)
+    if args.recon_dir:
+        plan.folders["recon"] = args.recon_dir
+        plan.recon = [args.recon_dir / n for n in unique_names(images.sources, ".recon.png")]
+    plan.check(args.force)
+    with Progress(len(images.sources), "attributing", "images", quiet=args.quiet) as bar:
+        found = workflow.run(
+            loaded.method,
+            images,
+            keep_reconstructions=bool(args.recon_dir or args.figure),
+            on_done=lambda _: bar.update(),
+        )
+    report = workflow.build_report(model, loaded, found)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(format_table(found.results, loaded.method.accept_threshold(), loaded.calibration))
+        print(summary_line(found.results, len(found.errors), len(found.skipped)))
+    sys.stdout.flush()
+    for r in found.results:  # outside what the calibration covers (runtime/coverage.py); also in --json, --csv
+        if r.warning:
+            print(f"warning: {r.source}: {r.warning}", file=sys.stderr)
+    write_outputs(plan, report, found, loaded)
+    return EXIT_PARTIAL if found.errors else EXIT_OK
+
+
+def write_outputs(plan: OutputPlan, report: dict, found: FileAttribution, loaded: workflow.Loaded) -> None:
+    """Each planned file, atomically (results are already on stdout if one fails)."""
+    if "report" in plan.files:
+        write_text(plan.files["report"], json.dumps(report, indent=1))
+    if "csv" in plan.files:
+        write_text(plan.files["csv"], to_csv(found.results))
+    if "figure" in plan.files:
+        from genorigin.report import figure_png
+
+        write_bytes(
+            plan.files["figure"],
+            figure_png(found.results, found.images, loaded.calibration, threshold=loaded.method.accept_threshold()),
+        )
+    for result, target in zip(found.results, plan.recon):
+        if result.reconstruction is not None:
+            write_bytes(target, encode_png(result.reconstruction))

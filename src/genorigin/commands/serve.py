@@ -1,0 +1,144 @@
+"""``genorigin serve``: the attribution service for one or several models (runtime/service, docs/serving.md).
+
+Exit codes: 0 after a clean shutdown (SIGTERM drains in-flight requests first); 2 when nothing could be served
+(a model, calibration, encoder or token problem, named in one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+from genorigin.runtime.backends import backend_names
+
+EXIT_OK, EXIT_FAILED = 0, 2
+_NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]SPEC",
+        help="bundled name, .pt file or package (repeatable: several models in one process)",
+    )
+    p.add_argument(
+        "--calibration",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="calibration file of a model (default: the model's own); NAME= needed with several models",
+    )
+    p.add_argument(
+        "--encoder",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="encoder of a model calibrated with encoder starts (default: beside the model)",
+    )
+    p.add_argument("--alpha", type=float, default=None, help="override the calibrations' test level")
+    p.add_argument("--rule", choices=["grubbs", "quantile"], default="grubbs")
+    p.add_argument("--backend", choices=backend_names(), default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the backends")
+    g = p.add_argument_group("network")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=8080, help="0: a free port (printed)")
+    g.add_argument("--backlog", type=int, default=2048, help="listen backlog: connections waiting to be accepted")
+    g.add_argument("--token-file", help="bearer token for /v1/* and /metrics (required off loopback)")
+    g.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    g = p.add_argument_group("batching and admission")
+    g.add_argument("--max-batch", type=int, default=32, help="images in the running inversion at most")
+    g.add_argument("--max-queue", type=int, default=None, help="jobs waiting for a slot at most (default: "
+                   "--max-batch, one batch); beyond it: 503 with Retry-After")  # fmt: skip
+    g.add_argument("--batching", choices=["continuous", "complete"], default="continuous",
+                   help="continuous: join the running inversion at the next checkpoint; complete: the old "
+                   "batch-to-completion worker (for comparison)")  # fmt: skip
+    g.add_argument("--max-wait-ms", type=float, default=5.0, help="complete batching: wait for company this long")
+    g.add_argument("--deadline-ms", type=float, default=30_000.0, help="default per-request deadline")
+    g.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit")
+    g.add_argument("--max-files", type=int, default=16, help="images in one multipart request at most")
+    g.add_argument("--read-timeout-s", type=float, default=10.0, help="silence allowed while a request arrives")
+    g.add_argument("--drain-timeout-s", type=float, default=60.0, help="SIGTERM: wait this long for in-flight")
+    g = p.add_argument_group("schedule (default: the calibration's preset; must match `attribute` for equal verdicts)")
+    g.add_argument("--check-every", type=int, default=None)
+    g.add_argument("--exit-margin", type=float, default=None)
+    g.add_argument("--exit-envelope-rank", type=int, default=None)
+    g.add_argument("--exit-min-step", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+
+
+def _named(values: list[str], names: list[str], flag: str) -> dict[str, str]:
+    """``NAME=PATH`` values by model name; a bare PATH is allowed with one model."""
+    out: dict[str, str] = {}
+    for v in values:
+        m = _NAMED.match(v)
+        if m and m.group(1) in names:
+            out[m.group(1)] = m.group(2)
+        elif len(names) == 1:
+            out[names[0]] = v
+        else:
+            raise ValueError(f"{flag} {v!r}: with several models write NAME=PATH (models: {', '.join(names)})")
+    return out
+
+
+def _models(args: argparse.Namespace) -> list:
+    from genorigin.runtime.service.loading import load_served_model, served_name
+
+    specs = []
+    for v in args.model:
+        m = _NAMED.match(v)
+        specs.append((m.group(1), m.group(2)) if m and not Path(v).exists() else (served_name(v), v))
+    names = [n for n, _ in specs]
+    cals, encs = _named(args.calibration, names, "--calibration"), _named(args.encoder, names, "--encoder")
+    schedule = {k: getattr(args, k) for k in ("check_every", "exit_margin", "exit_envelope_rank", "exit_min_step",
+                                              "seed")}  # fmt: skip
+    return [load_served_model(spec, cals.get(name), args.backend, args.threads, args.alpha, name=name,
+                              rule=args.rule, encoder=encs.get(name), max_batch=args.max_batch, schedule=schedule)
+            for name, spec in specs]  # fmt: skip
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    from genorigin.runtime.service.server import is_loopback
+
+    if args.token_file is None:
+        if not is_loopback(args.host):
+            raise ValueError(f"--host {args.host} is not a loopback address: pass --token-file (a bearer token)")
+        return None
+    token = Path(args.token_file).read_text().strip()
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ValueError(f"{args.token_file}: the token must be one word of at least 16 characters")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from genorigin.runtime.service import Limits, Service, serve
+    from genorigin.runtime.service.loading import ServiceLoadError
+
+    try:
+        limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_files=args.max_files,
+                        deadline_ms=args.deadline_ms, read_timeout_s=args.read_timeout_s,
+                        drain_timeout_s=args.drain_timeout_s, token=_token(args))  # fmt: skip
+        models = _models(args)
+        service = Service(models, limits, max_queue=args.max_queue, batching=args.batching,
+                          max_wait_ms=args.max_wait_ms)  # fmt: skip
+    except (ServiceLoadError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    names = ", ".join(f"{m.name} ({m.source})" for m in models)
+
+    def listening(url: str) -> None:
+        print(f"serving {names} on {url} (POST /v1/attribute, GET /v1/models, /docs, /healthz, /readyz, "
+              f"/metrics)", flush=True)  # fmt: skip
+
+    return serve(service, args.host, args.port, backlog=args.backlog, log_level=args.log_level,
+                 on_listening=listening)  # fmt: skip

@@ -1,0 +1,243 @@
+"""The job, step by step, for every front end (command line, demo, the HTTP service's loading path):
+resolve the model → build the method with its encoder and calibration → read images → run → report.
+
+Nothing here parses arguments or prints. Every failure a user can fix (a missing model, calibration or
+encoder, contradicting settings) is one ``WorkflowError`` line; the command line turns it into exit 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genorigin import __version__
+from genorigin.choices import InversionChoices
+from genorigin.decode import Background
+from genorigin.errors import GenoriginError
+from genorigin.images import ReadResult, read_images
+from genorigin.models import ResolvedModel, resolve_model
+from genorigin.runtime.attribution import AttributionResult
+from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.file_input import FileAttribution, attribute_read
+from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
+
+
+class WorkflowError(GenoriginError):
+    """Nothing could be done: a one-line reason naming what to fix."""
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    """Which method, on which backend, with which settings and encoder (as the user asked)."""
+
+    method: str = "inversion"
+    inversion: InversionChoices = field(default_factory=InversionChoices)
+    backend: str | None = None
+    threads: int | None = None
+    rule: str = "grubbs"
+    encoder: Path | None = None  # --encoder: overrides where the model's encoder lives
+
+
+@dataclass
+class Loaded:
+    """A method ready to attribute: calibration in, encoder (if any) in."""
+
+    method: AttributionMethod
+    calibration: Calibration
+    calibration_path: Path
+    encoder_path: Path | None
+
+
+def resolve(spec: str, ddim_steps: int = 50, threads: int | None = None) -> ResolvedModel:
+    """``resolve_model`` with its failures as one line."""
+    try:
+        return resolve_model(spec, ddim_steps=ddim_steps, threads=threads)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        raise WorkflowError(str(exc).strip("'\"")) from exc
+
+
+def _spec(choice: MethodChoice) -> tuple[MethodSpec, str | None]:
+    try:
+        return resolve_method(choice.method)
+    except ValueError as exc:
+        raise WorkflowError(str(exc)) from exc
+
+
+def _refuse_inversion_flags(spec: MethodSpec, choice: MethodChoice) -> None:
+    given = choice.inversion.given()
+    if given:
+        raise WorkflowError(f"{', '.join(given)} apply to inversion methods, not --method {spec.name}")
+
+
+def _build(model: ResolvedModel, spec: MethodSpec, choice: MethodChoice, **options: Any) -> AttributionMethod:
+    try:
+        options = {"backend": choice.backend, "threads": choice.threads, "rule": choice.rule, **options}
+        return build_method(spec.name, model, MethodOptions(**options))
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise WorkflowError(str(exc)) from exc
+
+
+def method_for_calibration(model: ResolvedModel, choice: MethodChoice) -> AttributionMethod:
+    """The method with the preset's settings and the explicit flags on top (calibration makes the record)."""
+    spec, alias_preset = _spec(choice)
+    if not spec.inverts:
+        _refuse_inversion_flags(spec, choice)
+        return _build(model, spec, choice)
+    try:
+        settings, schedule = choice.inversion.for_calibration(spec.presets, alias_preset or spec.default_preset or "")
+    except ValueError as exc:
+        raise WorkflowError(str(exc)) from exc
+    return _build(model, spec, choice, settings=settings, schedule=schedule)
+
+
+def encoder_path(model: ResolvedModel, choice: MethodChoice) -> Path:
+    """Where the model's encoder is read from and saved to (``--encoder`` wins)."""
+    return choice.encoder or model.encoder_path
+
+
+def load_encoder(path: Path) -> FittedEncoder:
+    try:
+        return FittedEncoder.load(path)
+    except (ValueError, OSError) as exc:
+        raise WorkflowError(str(exc)) from exc
+
+
+def needs_fit(method: AttributionMethod, path: Path) -> bool:
+    """The method starts from an encoder and none is at ``path`` yet."""
+    return method.needs_encoder and not path.exists()
+
+
+def prepare_encoder(
+    method: AttributionMethod,
+    path: Path,
+    *,
+    fit: FitSettings,
+    seconds: float | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> bool:
+    """Give ``method`` the encoder at ``path`` if it needs one: loaded if present, else fitted and saved there
+    (atomically). Returns whether one was fitted."""
+    if not method.needs_encoder:
+        return False
+    if path.exists():
+        method.use_encoder(load_encoder(path))
+        return False
+    fitted = method.fit_encoder(fit, seconds=seconds, on_step=on_step)
+    save_encoder(fitted, path)
+    return True
+
+
+def save_encoder(fitted: FittedEncoder, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fitted.save(path)
+    except OSError as exc:
+        raise WorkflowError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def method_for_attribution(
+    model: ResolvedModel,
+    choice: MethodChoice,
+    *,
+    calibration: Path | None = None,
+    alpha: float | None = None,
+    early_exit: bool = True,
+) -> Loaded:
+    """The method as the calibration made it: its settings (explicit flags must agree), its encoder, its alpha
+    unless ``alpha`` overrides."""
+    spec, _ = _spec(choice)
+    path = calibration or model.calibration_file(spec.name)
+    if not path.exists():
+        raise WorkflowError(
+            f"no calibration at {path}: run `genorigin calibrate --model {model.source.split(':')[-1]}"
+            f"{'' if spec.name == 'inversion' else ' --method ' + spec.name}` first"
+        )
+    try:
+        cal = Calibration.load(path, fingerprint=model.generator.fingerprint(), method=spec.name)
+        cal = cal.with_alpha(alpha) if alpha is not None else cal
+    except ValueError as exc:
+        raise WorkflowError(str(exc)) from exc
+    options: dict[str, Any] = {}
+    if spec.inverts:
+        try:
+            settings, schedule = choice.inversion.for_attribution(
+                InversionSettings.from_dict(cal.settings),
+                spec.presets,
+                cal.checkpoint_steps[0] if cal.checkpoint_steps else None,
+            )
+        except (ValueError, TypeError) as exc:
+            raise WorkflowError(f"{path}: {exc}") from exc
+        options = {"settings": settings, "schedule": replace(schedule, early_exit=early_exit)}
+    else:
+        _refuse_inversion_flags(spec, choice)
+    method = _build(model, spec, choice, **options)
+    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice)) if method.needs_encoder else None
+    try:
+        method.use_calibration(cal)
+    except ValueError as exc:
+        raise WorkflowError(f"{path}: {exc}") from exc
+    return Loaded(method, cal, path, enc_path)
+
+
+def _attach_encoder(method: AttributionMethod, cal: Calibration, cal_path: Path, path: Path) -> Path:
+    """The calibration pins its encoder: the one at ``path`` must be it."""
+    pinned = str(cal.encoder)[:12]
+    if not path.exists():
+        raise WorkflowError(
+            f"{cal_path} starts inversions from encoder {pinned}…, expected at {path}, which does "
+            "not exist: pass --encoder FILE, or recalibrate"
+        )
+    encoder = load_encoder(path)
+    if encoder.digest() != cal.encoder:
+        raise WorkflowError(
+            f"{cal_path} was calibrated with encoder {pinned}…, but {path} is encoder "
+            f"{encoder.digest()[:12]}…: recalibrate (calibrate --force), or pass --encoder with "
+            "the calibration's encoder"
+        )
+    method.use_encoder(encoder)
+    return path
+
+
+def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None) -> ReadResult:
+    """Expand and read the inputs for this model (``genorigin.images.read_images``)."""
+    try:
+        return read_images(list(specs), model.generator, convert=convert)
+    except ValueError as exc:
+        raise WorkflowError(str(exc)) from exc
+
+
+# attribute what ``read`` gave; each result carries its input's facts (the same path as ``attribute_files``)
+run = attribute_read
+
+
+def build_report(model: ResolvedModel, loaded: Loaded, found: FileAttribution) -> dict[str, Any]:
+    """The JSON report: model, method (backend, settings, schedule), calibration summary, results, errors."""
+    cal = loaded.calibration
+    described = loaded.method.describe()
+    results: list[AttributionResult] = found.results
+    return {
+        "genorigin_version": __version__,
+        "model": model.generator.describe() | {"source": model.source},
+        **described,
+        "calibration": {k: v for k, v in cal.to_dict().items() if k not in ("scores", "checkpoint_scores")}
+        | {"path": str(loaded.calibration_path)},
+        "encoder_path": None if loaded.encoder_path is None else str(loaded.encoder_path),
+        "results": [r.to_dict() for r in results],
+        "errors": list(found.errors),
+        "skipped": list(found.skipped),
+        "summary": {
+            "images": len(results),
+            "belonging": sum(r.belonging for r in results),
+            "non_belonging": sum(not r.belonging for r in results),
+            "unreadable": len(found.errors),
+            "skipped": len(found.skipped),
+            "mean_steps": float(np.mean([r.steps for r in results])) if results else 0.0,
+            "mean_evaluations": float(np.mean([r.evaluations for r in results])) if results else 0.0,
+        },
+    }

@@ -1,0 +1,160 @@
+"""`genorigin serve` against `genorigin attribute`: the same verdicts bit for bit; refusals at start-up; SIGTERM.
+
+Two small real DCGAN model files (their step is batch-exact on the CPU: one image alone or in a batch gives
+the same floats), calibrated and attributed by the command line, served by the service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from genorigin.export.adapters import load_generator_file
+from genorigin.runtime.attribution import quantize_8bit
+from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.multimodel import decide_across
+from genorigin.runtime.service import Service, ServiceLoadError, ServiceThread, load_served_model
+from service_helpers import budget_for, metric, png, post, request, wait_until, write_tiny_dcgan
+
+from genorigin.cli import main
+from genorigin.client import Client
+
+STEPS = ["--preset", "paper", "--steps", "150", "--lr", "0.1", "--check-every", "10", "--batch-size", "8"]
+SCHEDULE = {"check_every": 10}  # the rest of the CLI's schedule is the paper preset's, as `load_served_model`'s
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("serve")
+    out = {}
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        model = write_tiny_dcgan(folder / f"{name}.pt", seed)
+        cal = folder / f"{name}.calibration.json"
+        assert main(["calibrate", "--model", str(model), "--samples", "6", "--out", str(cal), "--quiet", *STEPS]) == 0
+        out[name] = (model, cal)
+    images = folder / "images"
+    images.mkdir()
+    for name, (model, _) in out.items():
+        (images / f"{name}_own.png").write_bytes(png(quantize_8bit(load_generator_file(model).sample(1, seed=9))[0]))
+    (images / "noise.png").write_bytes(png(np.random.default_rng(5).random((3, 32, 32))))
+    return out, images
+
+
+def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path, capsys):
+    models, images = files
+    cli = {}
+    for name, (model, cal) in models.items():
+        report = tmp_path / f"{name}.json"
+        assert main(["attribute", str(images), "--model", str(model), "--calibration", str(cal), "--quiet",
+                     "--report", str(report), *STEPS]) == 0  # fmt: skip
+        cli[name] = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    capsys.readouterr()
+    served = [load_served_model(str(m), c, name=n, schedule=SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
+    st = ServiceThread(Service(served))
+    with st as url:
+        st.wait_ready()
+        for path in sorted(images.iterdir()):
+            status, _, answer = post(url, path.read_bytes(), headers={"X-Image-Name": path.name})
+            assert status == 200
+            for name in models:
+                want = cli[name][path.name]
+                got = {k: answer["models"][name][k] for k in want if k not in ("source", "seconds")}
+                got_input, want_input = got.pop("input"), dict(want["input"])
+                assert got_input.pop("source") == path.name  # the upload's name where the CLI has its path
+                assert want_input.pop("source") == str(path) and got_input == want_input
+                kept = {k: v for k, v in want.items() if k not in ("source", "seconds", "input")}
+                assert got == kept, (path.name, name)
+            decision = decide_across({n: _Result(cli[n][path.name]) for n in models})
+            assert answer["decision"] == decision.model and answer["accepting"] == list(decision.accepting)
+        own = post(url, (images / "alpha_own.png").read_bytes(), "model=alpha")[2]
+        assert own["verdict"] == "belonging" and own["model"] == "alpha"
+
+
+class _Result:
+    """A CLI report entry as the cross-model rule reads it."""
+
+    def __init__(self, d: dict) -> None:
+        self.belonging = d["verdict"] == "belonging"
+        self.p_value, self.calibrated_loss = d["p_value"], d["calibrated_loss"]
+        self.statistic, self.critical_value = d["statistic"], d["critical_value"]
+
+
+def test_serve_refuses_what_every_request_would_fail_on(files, tmp_path, capsys):
+    models, _ = files
+    model, cal = models["alpha"]
+    data = json.loads(cal.read_text())
+    bare = tmp_path / "no_checkpoints.json"
+    bare.write_text(json.dumps(data | {"checkpoint_steps": [], "checkpoint_scores": []}))
+    Calibration.load(bare)  # a valid calibration file, but early exit cannot run on it
+    with pytest.raises(ServiceLoadError, match="no checkpoint scores"):
+        load_served_model(str(model), bare)
+    assert main(["serve", "--model", str(model), "--calibration", str(bare), "--port", "0"]) == 2
+    assert "no checkpoint scores" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model), "--calibration", str(cal), "--host", "0.0.0.0"]) == 2
+    assert "--token-file" in capsys.readouterr().err
+    assert main(["serve", "--model", str(model), "--calibration", str(tmp_path / "missing.json")]) == 2
+    assert "no calibration" in capsys.readouterr().err
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(files, tmp_path):
+    models, _ = files
+    model = models["alpha"][0]
+    budget = budget_for(load_generator_file(model), 2.0, lr=0.1, least=100)  # a request stays in flight ~2 s
+    cal = tmp_path / "long.calibration.json"
+    steps = [*STEPS[:2], "--steps", str(budget), *STEPS[4:]]
+    assert main(["calibrate", "--model", str(model), "--samples", "3", "--out", str(cal), "--quiet", *steps]) == 0
+    cmd = [
+        sys.executable,
+        "-m",
+        "genorigin",
+        "serve",
+        "--model",
+        f"alpha={model}",
+        "--calibration",
+        str(cal),
+        "--port",
+        "0",
+        "--max-batch",
+        "4",
+        "--max-queue",
+        "4",
+        "--check-every",
+        "10",
+        "--exit-margin",
+        "1e9",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        url = proc.stdout.readline().split(" on ")[1].split()[0]
+        client = Client(url)
+        wait_until(client.ready, timeout=120, every=0.1)
+        noise = np.random.default_rng(6).random((8, 3, 32, 32))
+        answers: list = [None] * 8
+
+        def send(i: int) -> None:
+            answers[i] = post(url, png(noise[i]), "model=alpha")
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: metric(url, "genorigin_jobs_in_flight", model="alpha") == 8, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: request(url, "GET", "/readyz")[0] == 503, timeout=10)
+        status, headers, body = post(url, png(noise[0]), "model=alpha")
+        assert status == 503 and body["error"]["code"] == "draining" and headers["connection"] == "close"
+        for t in threads:
+            t.join(timeout=120)
+        assert [a[0] for a in answers] == [200] * 8 and all(a[2]["steps"] == budget for a in answers)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    err = proc.stderr.read()
+    assert err.count('"POST /v1/attribute?model=alpha"') == 9  # one access-log line per request
