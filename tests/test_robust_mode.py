@@ -3,6 +3,7 @@ input-coverage warning (runtime/coverage.py)."""
 
 import io
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from genorigin.export.bundled import load_bundled
 from genorigin.runtime.attribution import Attributor, quantization_floor, quantize_8bit
 from genorigin.runtime.calibration import Calibration, CalibrationMismatch
 from genorigin.runtime.coverage import coverage_warning
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.inversion import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
 from genorigin.runtime.robust import robust_settings
 from genorigin.runtime.service.batching import Job
 from genorigin.runtime.service.responses import model_answer
@@ -18,6 +19,8 @@ from genorigin.runtime.transforms import ROBUST_FAMILIES, TRANSFORMS, apply_tran
 from helpers import tiny_generator
 from PIL import Image
 
+from genorigin.choices import InversionChoices, SettingsConflict
+from genorigin.cli import build_parser
 from genorigin.facts import ImageFacts
 from genorigin.images import decode_upload
 
@@ -157,3 +160,20 @@ def test_results_carry_the_input_and_the_warning_from_files_and_uploads(calibrat
     assert "plain-mode calibration" in answer.body["warning"]
     robust_answer = model_answer("tiny", Job("own.jpg", deadline=0.0), result, upload_facts, robust)
     assert robust_answer.body["warning"] is None
+
+
+def test_the_robust_flag_turns_the_mode_on_and_must_agree_with_the_calibration():
+    argv = ["calibrate", "--model", "dcgan_a", "--robust", "jpeg", "--steps", "30"]
+    args = build_parser(["calibrate"]).parse_args(argv)
+    choices = InversionChoices.from_namespace(vars(args))
+    settings, _ = choices.for_calibration(PRESETS, "fast")
+    assert settings == robust_settings(replace(FAST_SETTINGS, steps=30), "jpeg")  # the family and the loss
+    with pytest.raises(SettingsConflict, match="--robust jpeg contradicts the calibration, made with --robust none"):
+        choices.for_attribution(replace(FAST_SETTINGS, steps=30), PRESETS, None)
+    recorded = robust_settings(FAST_SETTINGS, "jpeg")
+    agreeing = InversionChoices.from_namespace({"preset": "fast", "robust": "jpeg"})
+    assert agreeing.for_attribution(recorded, PRESETS, None)[0] == recorded
+    with pytest.raises(SettingsConflict, match="made with --loss mse-dct8, --robust jpeg"):
+        InversionChoices.from_namespace({"preset": "fast"}).for_attribution(recorded, PRESETS, None)
+    with pytest.raises(SettingsConflict, match="drop --loss l1"):
+        InversionChoices.from_namespace({"robust": "jpeg", "loss": "l1"}).for_calibration(PRESETS, "fast")
