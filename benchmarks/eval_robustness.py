@@ -28,7 +28,7 @@ from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionS
 from genorigin.runtime.robustness import MODES, evaluate_robustness
 from genorigin.runtime.transforms import TRANSFORMS
 
-from genorigin.commands.robustness import jpeg_figure
+from genorigin.commands.robustness import JPEG_AXIS, jpeg_figure
 
 OTHER_MODEL = {"dcgan_a": "dcgan_b", "dcgan_b": "dcgan_a", "vae": "dcgan_a"}
 
@@ -75,6 +75,27 @@ def table(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+def headline(paths: list[str]) -> str:
+    """The goal's view: per model and mode, AUC vs real photos along the JPEG axis (full budget), the worst at
+    quality ≥ 80, and the early exit's FPR / TPR vs real on the unmodified PNGs and at JPEG q80."""
+    axis = [t for t, _ in JPEG_AXIS]
+    head = ("| model | mode | " + " | ".join(f"AUC real {t}" for t in axis) + " | worst AUC, q ≥ 80 | "
+            "FPR / TPR none | FPR / TPR jpeg80 |")  # fmt: skip
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in paths:
+        for model, entry in json.loads(Path(path).read_text())["models"].items():
+            ts = entry["transforms"]
+            for mode in entry["modes"]:
+                aucs = [ts[t][mode]["full_budget"]["auc"]["real"] for t in axis if t in ts]
+                worst = min(ts[t][mode]["full_budget"]["auc"]["real"] for t in ("none", "jpeg95", "jpeg90", "jpeg80"))
+                rates = [f"{ts[t][mode]['early_exit']['fpr']:.2f} / {ts[t][mode]['early_exit']['tpr']['real']:.2f}"
+                         for t in ("none", "jpeg80")]  # fmt: skip
+                rows.append(
+                    "| " + " | ".join([model, mode, *(f"{a:.3f}" for a in aucs), f"{worst:.3f}", *rates]) + " |"
+                )
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
@@ -90,9 +111,10 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/robust/robustness.json")
     p.add_argument("--table", nargs="+", metavar="RESULTS", help="print the table of these result files and stop")
     p.add_argument("--figure", help="with --table: write the AUC-vs-JPEG-quality plot here")
+    p.add_argument("--headline", action="store_true", help="with --table: only the goal's view (AUC along JPEG)")
     args = p.parse_args()
     if args.table:
-        print(table(args.table))
+        print(headline(args.table) if args.headline else table(args.table))
         if args.figure:
             models = {m: e for path in args.table for m, e in json.loads(Path(path).read_text())["models"].items()}
             jpeg_figure(models, args.figure, against="real")
