@@ -117,9 +117,11 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def jpeg_figure(reports: dict[str, dict[str, Any]], out: str | Path, against: str | None = None) -> None:
-    """AUC (full budget) vs JPEG quality, one line per mode, one panel per model; ``against``: the
-    non-belonging class (default: each report's only or "real" class)."""
+def jpeg_figure(reports: dict[str, dict[str, Any]], out: str | Path, against: str | None = None,
+                modes: tuple[str, ...] = ("plain", "robust")) -> None:  # fmt: skip
+    """AUC (full budget) vs JPEG quality, one line per mode of ``modes``, one panel per model; ``against``: the
+    non-belonging class (default: each report's only or "real" class). AUC is threshold-free, so it depends
+    on the loss only: ``calibration-only`` would hide under ``plain``, ``loss-only`` under ``robust``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +130,7 @@ def jpeg_figure(reports: dict[str, dict[str, Any]], out: str | Path, against: st
     fig, axes = plt.subplots(1, len(reports), figsize=(4.2 * len(reports), 3.4), sharey=True, squeeze=False)
     for ax, (name, report) in zip(axes[0], reports.items()):
         points = [(q, report["transforms"][t]) for t, q in JPEG_AXIS if t in report["transforms"]]
-        for mode in MODES:
+        for mode in modes:
             ys = [(q, _auc(r[mode], against)) for q, r in points if mode in r]
             if ys:
                 ax.plot(*zip(*ys), marker="o", label=mode)
@@ -136,7 +138,7 @@ def jpeg_figure(reports: dict[str, dict[str, Any]], out: str | Path, against: st
         ax.set_xlabel("JPEG quality (100: the unmodified PNG)")
         ax.axhline(0.95, color="grey", lw=0.8, ls="--")
         ax.invert_xaxis()
-    axes[0][0].set_ylabel("AUC, own vs non-belonging")
+    axes[0][0].set_ylabel(f"AUC, own vs {against or 'non-belonging'}")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=120)
