@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 import onnx
+from genorigin.kernels.projection import BLOCK, PROJECTIONS, padded_size, projection_weights
+from genorigin.kernels.reference import loss_kinds
 from onnx import NodeProto, TensorProto, helper
 
 from .onnx_graph import (
@@ -39,7 +41,7 @@ from .vjp.registry import nearest_supported
 
 __all__ = ["UnsupportedOpError", "build_loss_graph", "build_vjp_graph", "supported_ops"]
 
-LossKind = Literal["mse", "l1"]
+LossKind = Literal["mse", "l1", "mse-dct8"]
 AUTODIFF_KEY = "genorigin.autodiff"
 
 
@@ -81,12 +83,14 @@ def build_loss_graph(
 ) -> onnx.ModelProto:
     """Graph from (wrt, target) to per-sample ``loss`` (N,) and ``grad_z`` = d(Σₙ lossₙ)/d wrt.
 
-    ``lossₙ`` is the mean over C·H·W of (y − target)² (``mse``) or |y − target| (``l1``), computed in float32
-    (float64 for double models) exactly as ``genorigin.kernels.reference.loss_and_grad`` with ``scale=1``.
-    ``image`` (the forward output) is appended to the outputs when ``include_image`` is set.
+    ``lossₙ`` is the mean over C·H·W of (y − target)² (``mse``) or |y − target| (``l1``), or ‖P(y − target)‖²
+    over C·H·W for a projection kind (``mse-dct8``: a fixed strided Conv, its gradient the ConvTranspose with
+    the same weights; kernels/projection.py), computed in float32 (float64 for double models) exactly as
+    ``genorigin.kernels.reference.loss_and_grad`` with ``scale=1``. ``image`` (the forward output) is appended
+    to the outputs when ``include_image`` is set.
     """
-    if kind not in ("mse", "l1"):
-        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
+    if kind not in loss_kinds():
+        raise ValueError(f"unknown loss kind {kind!r}; expected one of {', '.join(loss_kinds())}")
     prep = _Prepared.from_model(forward, wrt, output)
     names = {key: prep.claim(key) for key in ("target", "loss", "grad_z")}
     image = prep.claim("image") if include_image and prep.output != "image" else prep.output
@@ -360,6 +364,9 @@ def _loss_nodes(prep: _Prepared, e: Emitter, target: str, kind: LossKind, work_t
     y_type = prep.types.get(y, TensorProto.FLOAT)
     y_work = y if y_type == work_type else e.op("Cast", [y], to=work_type)
     diff = e.op("Sub", [y_work, target])
+    if kind in PROJECTIONS:
+        loss, gy = _projection_nodes(e, diff, kind, dims, work_type)
+        return loss, (e.op("Cast", [gy], to=y_type) if y_type != work_type else gy)
     per_element = e.op("Mul", [diff, diff]) if kind == "mse" else e.op("Abs", [diff])
     if dims is None:  # rank unknown (a third-party graph inference cannot follow): mean over the flattened sample
         loss = e.reduce("ReduceMean", e.op("Reshape", [per_element, e.ints([0, -1])]), [1], keepdims=False)
@@ -376,3 +383,24 @@ def _loss_nodes(prep: _Prepared, e: Emitter, target: str, kind: LossKind, work_t
     if y_type != work_type:
         gy = e.op("Cast", [gy], to=y_type)
     return loss, gy
+
+
+def _projection_nodes(e: Emitter, diff: str, kind: str, dims: tuple[Dim, ...] | None, work_type: int
+                      ) -> tuple[str, str]:  # fmt: skip
+    """‖P·diff‖²/(C·H·W) per sample and 2·Pᵀ·P·diff/(C·H·W): P a Conv with stride 8 (zero-padded to whole
+    blocks), Pᵀ the ConvTranspose with the same weights (cropped back), as kernels/reference.project."""
+    static = [int(d) for d in dims[1:] if d is not None and d >= 0] if dims is not None else []
+    if dims is None or len(dims) != 4 or len(static) != 3:
+        raise ValueError(f"loss {kind!r} needs a generator output of static shape N×C×H×W, got {dims}")
+    c, h, w = static
+    weights = e.const(projection_weights(kind, c), work_type)
+    ph, pw = padded_size(h) - h, padded_size(w) - w
+    padded = e.op("Pad", [diff, e.ints([0, 0, 0, 0, 0, 0, ph, pw])]) if ph or pw else diff
+    coef = e.op("Conv", [padded, weights], kernel_shape=[BLOCK, BLOCK], strides=[BLOCK, BLOCK])
+    count = float(c * h * w)
+    loss = e.op("Mul", [e.reduce("ReduceSum", e.op("Mul", [coef, coef]), [1, 2, 3], keepdims=False),
+                        e.const(1.0 / count, work_type)])  # fmt: skip
+    back = e.op("ConvTranspose", [coef, weights], kernel_shape=[BLOCK, BLOCK], strides=[BLOCK, BLOCK])
+    if ph or pw:
+        back = e.op("Slice", [back, e.ints([0, 0]), e.ints([h, w]), e.ints([2, 3])])
+    return loss, e.op("Mul", [back, e.const(2.0 / count, work_type)])

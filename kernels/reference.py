@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-LossKind = Literal["mse", "l1"]
+from .projection import BLOCK, PROJECTIONS, padded_size, projection_weights
+
+LossKind = Literal["mse", "l1", "mse-dct8"]
+
+
+def loss_kinds() -> tuple[str, ...]:
+    """Every loss kind the reference defines: the pointwise ones and the projections (kernels/projection.py)."""
+    return ("mse", "l1", *PROJECTIONS)
 Array = Any  # numpy.ndarray or torch.Tensor
 
 
@@ -100,10 +107,55 @@ def loss_and_grad(
     elif kind == "l1":
         loss = _abs(flat).sum(1) / count
         gy = _sign(diff) * (1.0 / count)
+    elif kind in PROJECTIONS:
+        coef = project(diff, kind)
+        loss = (coef * coef).reshape(n, -1).sum(1) / count
+        gy = project_transpose(coef, kind, diff.shape) * (2.0 / count)
     else:
-        raise ValueError(f"unknown loss kind {kind!r}; expected 'mse' or 'l1'")
+        raise ValueError(f"unknown loss kind {kind!r}; expected one of {', '.join(loss_kinds())}")
     factor = scale if weight is None else _per_sample(weight, gy) * scale
     return loss, gy * factor
+
+
+def _weights_like(kind: str, channels: int, like: Array) -> Array:
+    """The projection's weights in ``like``'s array type, dtype and device."""
+    w = projection_weights(kind, channels)
+    if _is_torch(like):
+        import torch
+
+        return torch.tensor(w, dtype=like.dtype, device=like.device)
+    return w.astype(like.dtype)
+
+
+def project(r: Array, kind: str) -> Array:
+    """P·r for N×C×H×W residuals: N×K×⌈H/8⌉×⌈W/8⌉ kept block-DCT coefficients (kernels/projection.py)."""
+    n, c, h, w = r.shape
+    ph, pw = padded_size(h) - h, padded_size(w) - w
+    if ph or pw:
+        if _is_torch(r):
+            import torch
+
+            r = torch.nn.functional.pad(r, (0, pw, 0, ph))
+        else:
+            r = np.pad(r, ((0, 0), (0, 0), (0, ph), (0, pw)))
+    blocks = r.reshape(n, c, (h + ph) // BLOCK, BLOCK, (w + pw) // BLOCK, BLOCK)
+    return _einsum("ncaibj,kcij->nkab", blocks, _weights_like(kind, c, r))
+
+
+def project_transpose(coef: Array, kind: str, shape: tuple[int, ...]) -> Array:
+    """Pᵀ·coef back to an N×C×H×W image (the padding cropped off): the adjoint of ``project``."""
+    n, c, h, w = (int(s) for s in shape)
+    blocks = _einsum("nkab,kcij->ncaibj", coef, _weights_like(kind, c, coef))
+    full = blocks.reshape(n, c, coef.shape[2] * BLOCK, coef.shape[3] * BLOCK)
+    return full[:, :, :h, :w]
+
+
+def _einsum(spec: str, a: Array, b: Array) -> Array:
+    if _is_torch(a):
+        import torch
+
+        return torch.einsum(spec, a, b)
+    return np.einsum(spec, a, b, optimize=True)
 
 
 def adam_step(

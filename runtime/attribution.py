@@ -28,6 +28,7 @@ from genorigin.runtime.inversion import (
     WorkSource,
     default_schedule,
 )
+from genorigin.runtime.robust import calibration_samples, quantization_floor
 
 DecisionRule = Literal["grubbs", "quantile"]
 CALIBRATION_SAMPLE_SEED = 1_000_003  # calibration samples never coincide with evaluation samples
@@ -36,16 +37,6 @@ CALIBRATION_SAMPLE_SEED = 1_000_003  # calibration samples never coincide with e
 def quantize_8bit(images: np.ndarray) -> np.ndarray:
     """What saving as PNG does to a generated image; calibration sees what attribution will see."""
     return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
-
-
-def quantization_floor(loss: str) -> float:
-    """The loss below which an 8-bit target cannot be matched: the rounding noise, uniform on ±1/510.
-
-    A trajectory near this floor has converged, not stalled (``StallDetector``); twice the noise leaves room
-    for the part of it the latent cannot absorb either way.
-    """
-    step = 1.0 / 255.0
-    return 2.0 * (step * step / 12.0 if loss == "mse" else step / 4.0)
 
 
 def scores_on_grid(outcomes: Sequence[InversionOutcome], grid: Sequence[int]) -> np.ndarray:
@@ -82,6 +73,7 @@ class AttributionResult:
     trajectory: list[tuple[int, float]] = field(default_factory=list)
     reconstruction: np.ndarray | None = None
     input: dict[str, Any] | None = None  # what was read and done to the file (ImageFacts.to_dict()), if from one
+    warning: str | None = None  # the input lies outside what the calibration covers (runtime/coverage.py)
 
     @property
     def belonging(self) -> bool:
@@ -179,6 +171,10 @@ class Attributor(AttributesFiles):
             raise ValueError(f"calibration is for model {calibration.model_name!r}, not {self.generator.name!r}")
         if calibration.method != self.method:
             raise ValueError(f"calibration method is {calibration.method!r}, not {self.method!r}")
+        made_in = calibration.settings.get("robust", "none")
+        if made_in != self.settings.robust:
+            raise ValueError(f"calibration was made in robust mode {made_in!r}, these settings are in "
+                             f"{self.settings.robust!r}: calibrate in the mode you attribute in")  # fmt: skip
         if calibration.settings != self.settings.to_dict():
             raise ValueError("calibration was made with other inversion settings")
         if calibration.encoder != self.encoder_digest:
@@ -202,7 +198,8 @@ class Attributor(AttributesFiles):
         """
         if self.needs_encoder:
             self.fit_encoder()
-        samples = quantize_8bit(self.generator.sample(n, seed=sample_seed))
+        clean = quantize_8bit(self.generator.sample(n, seed=sample_seed))
+        samples, drawn, floor = calibration_samples(self.settings, clean, sample_seed)
         comp = complexity(samples)
         schedule = Schedule(
             batch_size=self.schedule.batch_size,
@@ -210,7 +207,7 @@ class Attributor(AttributesFiles):
             seed=self.schedule.seed + 7,
             early_exit=False,
         )
-        outcomes = self._invert(samples, comp, schedule, None, on_done)
+        outcomes = self._loop(schedule, None, floor).invert(samples, comp, on_done)
         scores = calibrated_score([o.best_loss for o in outcomes], comp)
         every = schedule.check_every
         steps = [*range(every, self.settings.steps, every), self.settings.steps]
@@ -227,6 +224,8 @@ class Attributor(AttributesFiles):
             method=self.method,
             encoder=self.encoder_digest,
             restarted=sum(o.fresh_starts > 0 for o in outcomes),
+            transforms=drawn,
+            stall_floor=floor,
         )
         self.calibration = cal
         return cal
@@ -286,7 +285,14 @@ class Attributor(AttributesFiles):
     ) -> list[InversionOutcome]:
         return self._loop(schedule, stop_rule).invert(images, comp, on_done)
 
-    def _loop(self, schedule: Schedule, stop_rule: TrajectoryStopRule | None) -> InversionLoop:
+    def stall_floor(self) -> float:
+        """The stall detector's floor: the calibration's (robust mode raises it), else the 8-bit one."""
+        recorded = self.calibration.stall_floor if self.calibration is not None else None
+        return quantization_floor(self.settings.loss, self.generator.channels) if recorded is None else recorded
+
+    def _loop(
+        self, schedule: Schedule, stop_rule: TrajectoryStopRule | None, stall_floor: float | None = None
+    ) -> InversionLoop:
         if self.needs_encoder:
             raise RuntimeError("encoder starts need an encoder: fit_encoder() or pass encoder=… (CLI: genorigin "
                                "calibrate fits one)")  # fmt: skip
@@ -297,7 +303,7 @@ class Attributor(AttributesFiles):
             schedule,
             stop_rule=stop_rule,
             initializer=self.initializer,
-            stall_floor=quantization_floor(self.settings.loss),
+            stall_floor=self.stall_floor() if stall_floor is None else stall_floor,
         )
 
     def _require_calibration(self) -> Calibration:

@@ -123,6 +123,8 @@ class Calibration:
     sample_seed: int = 0
     encoder: str | None = None  # digest of the encoder whose starts the inversion used (settings.init="encoder")
     restarted: int = 0  # own samples whose stalled trajectory needed fresh starts
+    transforms: list[str] | None = None  # robust mode: the transform each own sample went through
+    stall_floor: float | None = None  # the loss the stall detector counts as converged (None: the 8-bit floor)
     format: str = CALIBRATION_FORMAT
 
     def __post_init__(self) -> None:
@@ -208,7 +210,8 @@ class Calibration:
                 f"(fingerprint {cal.model_fingerprint[:12]}…), not this model ({fingerprint[:12]}…)"
             )
         if settings is not None and cal.settings != settings:
-            diff = {k: (cal.settings.get(k), v) for k, v in settings.items() if cal.settings.get(k) != v}
+            keys = [*settings, *(k for k in cal.settings if k not in settings)]
+            diff = {k: (cal.settings.get(k), settings.get(k)) for k in keys if cal.settings.get(k) != settings.get(k)}
             raise CalibrationMismatch(f"{path}: calibrated with other inversion settings (file, now): {diff}")
         if method is not None and cal.method != canonical_method(method):
             raise CalibrationMismatch(f"{path}: calibration method {cal.method!r}, asked for {method!r}")

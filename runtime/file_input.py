@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from genorigin.runtime.coverage import record_input
 
 from genorigin.images import ReadResult, read_images
 
 if TYPE_CHECKING:
     from genorigin.export.generator import Generator
     from genorigin.runtime.attribution import AttributionResult
+    from genorigin.runtime.calibration import Calibration
 
     from genorigin.decode import Background
 
@@ -32,9 +34,11 @@ class FileAttribution:
 
 
 class Attributes(Protocol):
-    """What attributing files needs of a method: its generator (to read for) and ``attribute``."""
+    """What attributing files needs of a method: its generator (to read for), its calibration (what an input
+    is compared with: ``coverage_warning``) and ``attribute``."""
 
     generator: Generator
+    calibration: Calibration | None
 
     def attribute(
         self,
@@ -53,14 +57,15 @@ def attribute_read(
     keep_reconstructions: bool = False,
     on_done: Callable[[int], None] | None = None,
 ) -> FileAttribution:
-    """Attribute images already read; each result carries its input's facts (``result.input``)."""
+    """Attribute images already read; each result carries its input's facts (``result.input``) and, when the
+    input lies outside what the method's calibration covers, a warning (``result.warning``)."""
     results: list[AttributionResult] = []
     if read.sources:
         results = method.attribute(
             read.images, read.sources, keep_reconstructions=keep_reconstructions, on_done=on_done
         )
         for r, facts in zip(results, read.facts):
-            r.input = facts.to_dict()
+            record_input(r, facts, method.calibration)
     return FileAttribution(results, list(read.errors), list(read.skipped), read.images)
 
 

@@ -26,10 +26,11 @@ from typing import Any, Protocol
 
 import numpy as np
 from genorigin.export.generator import LatentSpec
-from genorigin.kernels.reference import AdamConfig
+from genorigin.kernels.reference import AdamConfig, loss_kinds
 from genorigin.runtime.backend import Backend
 from genorigin.runtime.optimizers import LBFGSConfig, Optimizer, make_optimizer
 from genorigin.runtime.slots import FreshSlots, SlotPool
+from genorigin.runtime.transforms import ROBUST_FAMILIES
 
 
 class Decision(IntEnum):
@@ -63,6 +64,7 @@ class InversionSettings:
     fresh_starts: int = 0  # adaptive restarts: fresh starts an image may get when its trajectory stalls
     stall_window: int = 50  # steps over which a stalled trajectory has not improved ...
     stall_factor: float = 1.5  # ... by this factor (see ``StallDetector``)
+    robust: str = "none"  # calibrate on own samples through this transform family (runtime/robust.py)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.restarts < 1:
@@ -73,17 +75,25 @@ class InversionSettings:
             raise ValueError("lr_halve_every must be ≥ 0")
         if not self.lr > 0:
             raise ValueError("lr must be > 0")
-        if self.loss not in ("mse", "l1"):
-            raise ValueError(f"loss must be 'mse' or 'l1', got {self.loss!r}")
+        if self.loss not in loss_kinds():
+            raise ValueError(f"loss must be one of {', '.join(loss_kinds())}, got {self.loss!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.fresh_starts < 0 or self.stall_window < 1 or not self.stall_factor > 1.0:
             raise ValueError("fresh_starts must be ≥ 0, stall_window ≥ 1 and stall_factor > 1")
+        if self.robust not in ROBUST_FAMILIES:
+            raise ValueError(f"robust must be one of {', '.join(ROBUST_FAMILIES)}, got {self.robust!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped (lists, not tuples), so it compares equal to what a calibration file stores."""
+        """JSON-shaped (lists, not tuples), so it compares equal to what a calibration file stores.
+
+        ``robust`` is written only when on: a plain-mode dict is the one calibrations made before the robust
+        mode existed recorded, so they stay valid, and a robust calibration never equals a plain one.
+        """
         d = asdict(self)
         d["halve_starts_at"] = list(self.halve_starts_at)
+        if self.robust == "none":
+            del d["robust"]
         return d
 
     @classmethod

@@ -102,10 +102,15 @@ def test_csv_and_convert_white_recorded_in_the_result(model, tmp_path, capsys):
     table, report = tmp_path / "r.csv", tmp_path / "r.json"
     args = [*_attribute(model, str(rgba)), "--convert", "white", "--csv", str(table), "--report", str(report)]
     assert main(args) == 0
+    # a conversion lies outside what the calibration covers: the warning below the table, in the CSV and the report
+    assert any(ln.startswith("warning: ") and "alpha.png: converted (RGBA→RGB" in ln
+               for ln in capsys.readouterr().out.splitlines())  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(table.read_text())))
     assert len(rows) == 1 and rows[0]["conversion"] == "RGBA→RGB, alpha on white"
+    assert rows[0]["warning"].startswith("converted (RGBA→RGB")
     result = json.loads(report.read_text())["results"][0]
     assert result["input"]["conversion"] == "RGBA→RGB, alpha on white" and result["evaluations"] > 0
+    assert result["warning"] == rows[0]["warning"]
     assert json.loads(report.read_text())["skipped"] == []
 
 

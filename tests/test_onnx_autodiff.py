@@ -777,7 +777,7 @@ def _torch_loss_grad(module: torch.nn.Module, z: torch.Tensor, x: torch.Tensor, 
 
 
 @pytest.mark.parametrize("name", ["dcgan", "vae"])
-@pytest.mark.parametrize("kind,batch", [("mse", 3), ("mse", 1), ("l1", 5)])
+@pytest.mark.parametrize("kind,batch", [("mse", 3), ("mse", 1), ("l1", 5), ("mse-dct8", 2)])
 def test_end_to_end_loss_graph(exported: dict, name: str, kind: str, batch: int) -> None:
     module, forward, latent = exported[name]
     start = time.perf_counter()

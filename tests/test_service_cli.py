@@ -1,4 +1,5 @@
-"""`genorigin serve` against `genorigin attribute`: the same verdicts bit for bit; refusals at start-up; SIGTERM.
+"""`genorigin serve` against `genorigin attribute`: the same verdicts (and coverage warnings) bit for bit;
+refusals at start-up; SIGTERM.
 
 Two small real DCGAN model files (their step is batch-exact on the CPU: one image alone or in a batch gives
 the same floats), calibrated and attributed by the command line, served by the service.
@@ -20,6 +21,7 @@ from genorigin.runtime.attribution import quantize_8bit
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.multimodel import decide_across
 from genorigin.runtime.service import Service, ServiceLoadError, ServiceThread, load_served_model
+from PIL import Image
 from service_helpers import budget_for, metric, png, post, request, wait_until, write_tiny_dcgan
 
 from genorigin.cli import main
@@ -43,6 +45,8 @@ def files(tmp_path_factory):
     for name, (model, _) in out.items():
         (images / f"{name}_own.png").write_bytes(png(quantize_8bit(load_generator_file(model).sample(1, seed=9))[0]))
     (images / "noise.png").write_bytes(png(np.random.default_rng(5).random((3, 32, 32))))
+    own = np.round(quantize_8bit(load_generator_file(out["beta"][0]).sample(1, seed=9))[0] * 255).astype(np.uint8)
+    Image.fromarray(own.transpose(1, 2, 0)).save(images / "beta_own_q85.jpg", quality=85)  # a coverage warning
     return out, images
 
 
@@ -70,6 +74,7 @@ def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path,
                 assert want_input.pop("source") == str(path) and got_input == want_input
                 kept = {k: v for k, v in want.items() if k not in ("source", "seconds", "input")}
                 assert got == kept, (path.name, name)
+                assert ("plain-mode calibration" in (want["warning"] or "")) == path.name.endswith(".jpg")
             decision = decide_across({n: _Result(cli[n][path.name]) for n in models})
             assert answer["decision"] == decision.model and answer["accepting"] == list(decision.accepting)
         own = post(url, (images / "alpha_own.png").read_bytes(), "model=alpha")[2]

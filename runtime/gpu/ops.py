@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from genorigin.kernels import reference
+from genorigin.kernels.plan import LOSS_KINDS
 from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.gpu.slots import SlotBuffers
 
@@ -44,6 +45,17 @@ def resolve_kernels(choice: str, device: torch.device) -> tuple[Any | None, str 
         why = f"{type(e).__name__}: {e}"
         warn_fallback(why)
         return None, why
+
+
+GPU_LOSS_KINDS = tuple(LOSS_KINDS)  # what the CUDA loss kernel and the TensorRT loss engines compute
+
+
+def require_gpu_loss(loss: str) -> None:
+    """Refuse, before any GPU work, a loss kind the GPU backends do not compute (the projection losses of the
+    robust mode run on the torch and onnxruntime backends only)."""
+    if loss not in GPU_LOSS_KINDS:
+        raise ValueError(f"loss {loss!r} has no CUDA kernel or TensorRT loss graph (GPU backends compute "
+                         f"{', '.join(GPU_LOSS_KINDS)}): use --backend torch, torch-cuda or onnxruntime")  # fmt: skip
 
 
 def warn_fallback(why: str) -> None:

@@ -30,7 +30,7 @@ from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.gpu.engine_io import TensorSpec, assign_io, buffer_shapes
 from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend
 from genorigin.runtime.gpu.graphs import GraphSource, usable_role_sets
-from genorigin.runtime.gpu.ops import adam_into
+from genorigin.runtime.gpu.ops import adam_into, require_gpu_loss
 from genorigin.runtime.gpu.profiles import BatchProfile, choose_profile
 from genorigin.runtime.gpu.slots import SlotBuffers, bucket_sizes, choose_bucket
 from genorigin.runtime.gpu.trt_build import BuiltEngine, build_engines
@@ -117,6 +117,7 @@ class TensorRTBackend(GraphedBackend):
         plan: str = "auto",
         generator: Generator | None = None,
     ) -> None:
+        require_gpu_loss(loss)
         if not torch.cuda.is_available():
             raise TensorRTUnavailableError("no CUDA GPU visible to torch; the TensorRT backend needs one")
         dev = torch.device(device)
@@ -164,6 +165,7 @@ class TensorRTBackend(GraphedBackend):
         **kwargs: Any,
     ) -> TensorRTBackend:
         """Build (or take from the verified cache) the engines for exported graphs, then open the backend."""
+        require_gpu_loss(kwargs.get("loss", "mse"))  # before minutes of engine building
         device = torch.device(kwargs.get("device", "cuda"))
         built = build_engines(
             package_or_onnx_paths, precision=precision, profiles=profiles, cache_dir=cache_dir, force=force,

@@ -19,7 +19,7 @@ from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import TorchBackend
 from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend
 from genorigin.runtime.gpu.numerics import fp32_math
-from genorigin.runtime.gpu.ops import adam_into, loss_into, warn_fallback
+from genorigin.runtime.gpu.ops import adam_into, loss_into, require_gpu_loss, warn_fallback
 from genorigin.runtime.gpu.slots import SlotBuffers, pow2_bucket
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class CudaGraphTorchBackend(GraphedBackend, TorchBackend):
     ) -> None:
         if generator.module is None:
             raise ValueError(f"{generator.name!r} has no PyTorch module (an exported package): use TensorRT or ORT")
+        require_gpu_loss(loss)
         TorchBackend.__init__(self, generator, device, loss)
         on_cuda = self.device.type == "cuda"
         if capture and not on_cuda:

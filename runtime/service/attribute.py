@@ -116,7 +116,8 @@ async def _answers(service: Service, prepared: list[Prepared], receive: Receive,
         out[i] = {}
         for name, job in p.jobs.items():
             result = None if id(job) in unanswered else job.future.result()
-            out[i][name] = model_answer(name, job, result, p.facts[name], id(job) not in unanswered)
+            calibration = service.workers[name].served.attributor.calibration
+            out[i][name] = model_answer(name, job, result, p.facts[name], calibration, id(job) not in unanswered)
     return out
 
 

@@ -1,8 +1,9 @@
 """Answers as JSON: one model's result, the cross-model decision, several files; errors in the one error shape.
 
-A model's answer is ``AttributionResult.to_dict()`` (what ``genorigin attribute --json`` reports per image)
-plus the model name, the image's facts, where the time went and the loop steps at which the job joined and
-left the batch. Non-finite floats become null: the body is always strict JSON.
+A model's answer is ``AttributionResult.to_dict()`` (what ``genorigin attribute --json`` reports per image:
+the image's facts as ``input``, and ``warning`` when it lies outside the calibration) plus the model name,
+where the time went and the loop steps at which the job joined and left the batch. Non-finite floats become
+null: the body is always strict JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from genorigin.runtime.attribution import AttributionResult
+from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.coverage import record_input
 from genorigin.runtime.multimodel import decide_across
 from genorigin.runtime.service.batching import Job
 from genorigin.runtime.service.errors import error_payload
@@ -54,8 +57,9 @@ def _progress(job: Job, result: AttributionResult | None) -> dict[str, Any]:
 
 
 def model_answer(model: str, job: Job, result: AttributionResult | None, facts: ImageFacts,
-                 answered: bool = True) -> ModelAnswer:  # fmt: skip
-    """200 with the verdict; 504 with the best score so far when the deadline cancelled it; 500 if it failed."""
+                 calibration: Calibration | None, answered: bool = True) -> ModelAnswer:  # fmt: skip
+    """200 with the verdict (and the coverage warning when the upload lies outside ``calibration``); 504 with
+    the best score so far when the deadline cancelled it; 500 if it failed."""
     if job.error is not None:
         return ModelAnswer(500, error_payload(500, "internal", f"inversion failed: {job.error}", {"model": model}))
     if result is None or result.stop_reason == "cancelled":
@@ -68,7 +72,7 @@ def model_answer(model: str, job: Job, result: AttributionResult | None, facts: 
             message += "; its slots are freed at the loop's next checkpoint"
         details = {"model": model, "source": job.name, "stage": stage, **known, **_progress(job, result)}
         return ModelAnswer(504, error_payload(504, "deadline_exceeded", message, details))
-    result.input = facts.to_dict()  # the same place the command line's results keep them
+    record_input(result, facts, calibration)  # the same places the command line's results keep them
     body = {"model": model, **result.to_dict(), "timing": _progress(job, result)}
     return ModelAnswer(200, body, result)
 

@@ -9,10 +9,11 @@ flag that contradicts them is refused in one line naming the flag and the calibr
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from genorigin.runtime.inversion import InversionSettings, Schedule, default_schedule
+from genorigin.runtime.robust import robust_settings
 
 # InversionSettings field → its flag, and the same for Schedule (the flags' dest is the field name)
 SETTINGS_FLAGS = {
@@ -24,6 +25,7 @@ SETTINGS_FLAGS = {
     "optimizer": "--optimizer",
     "init": "--init",
     "fresh_starts": "--fresh-starts",
+    "robust": "--robust",
 }
 SCHEDULE_FLAGS = {
     "batch_size": "--batch-size",
@@ -67,10 +69,19 @@ class InversionChoices:
         preset = ["--preset"] if self.preset else []
         return preset + [SETTINGS_FLAGS[k] for k in self.settings] + [SCHEDULE_FLAGS[k] for k in self.schedule]
 
+    def applied(self, base: InversionSettings) -> InversionSettings:
+        """``base`` with the explicit flags on top; ``--robust MODE`` last, as ``robust_settings`` turns it on
+        (its transform family and its loss, so ``--loss`` beside it is refused)."""
+        flags = dict(self.settings)
+        mode = flags.pop("robust", "none")
+        if mode != "none" and "loss" in flags:
+            raise SettingsConflict(f"--robust {mode} sets the loss itself: drop --loss {flags['loss']}")
+        return robust_settings(replace(base, **flags), mode)
+
     def for_calibration(self, presets: Presets, default: str) -> tuple[InversionSettings, Schedule]:
         """The preset's settings and schedule with the explicit flags on top."""
         base_settings, base_schedule = _preset(presets, self.preset or default)
-        settings = replace(base_settings, **self.settings)
+        settings = self.applied(base_settings)
         same_procedure = (settings.init, settings.optimizer) == (base_settings.init, base_settings.optimizer)
         schedule = base_schedule if same_procedure else default_schedule(settings)
         return settings, replace(schedule, **self.schedule)
@@ -89,12 +100,12 @@ class InversionChoices:
                     f"or recalibrate with it"
                 )
         if self.preset is not None:
-            wanted = replace(_preset(presets, self.preset)[0], **self.settings)
+            wanted = self.applied(_preset(presets, self.preset)[0])
             if wanted != recorded:
                 differ = [
-                    f"{SETTINGS_FLAGS.get(k, k)} {flag_value(v)}"
-                    for k, v in recorded.to_dict().items()
-                    if v != wanted.to_dict()[k]
+                    f"{SETTINGS_FLAGS.get(f.name, f.name)} {flag_value(getattr(recorded, f.name))}"
+                    for f in fields(recorded)
+                    if getattr(recorded, f.name) != getattr(wanted, f.name)
                 ]
                 raise SettingsConflict(
                     f"--preset {self.preset} contradicts the calibration, made with {', '.join(differ)}: drop "

@@ -41,6 +41,10 @@ COMMANDS: dict[str, Command] = {
     "build-engine": Command("genorigin.commands.build_engine", "build (or reuse cached) TensorRT engines (GPU)"),
     "serve": Command("genorigin.commands.serve", "HTTP service: POST image bytes to /v1/attribute, get a verdict"),
     "demo": Command("genorigin.commands.demo", "calibrate a bundled model and attribute a bundled mix of images"),
+    "robustness": Command(
+        "genorigin.commands.robustness",
+        "how attribution holds up under JPEG, resizing, cropping, noise and WebP, plain vs robust mode",
+    ),
 }
 
 

@@ -81,11 +81,12 @@ def summary_line(results: Sequence[AttributionResult], unreadable: int, skipped:
 
 
 def to_csv(results: Sequence[AttributionResult]) -> str:
-    """One row per result (the table's columns and the rest of the numbers), plus how the input was converted."""
+    """One row per result (the table's columns and the rest of the numbers), plus how the input was converted and
+    the warning when it lies outside what the calibration covers."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*CSV_FIELDS, "conversion"])
+    writer.writerow([*CSV_FIELDS, "conversion", "warning"])
     for r in results:
         row = r.to_dict()
-        writer.writerow([*(row[k] for k in CSV_FIELDS), (r.input or {}).get("conversion") or ""])
+        writer.writerow([*(row[k] for k in CSV_FIELDS), (r.input or {}).get("conversion") or "", r.warning or ""])
     return buf.getvalue()

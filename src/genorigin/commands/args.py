@@ -20,6 +20,7 @@ from genorigin.runtime.backends import BACKENDS
 from genorigin.runtime.encoder import FitSettings
 from genorigin.runtime.inversion import OPTIMIZERS, PRESETS
 from genorigin.runtime.methods import METHODS, method_choices
+from genorigin.runtime.robust import ROBUST_MODES
 from genorigin.threads import WORKERS_ENV, use_threads
 
 ENCODER_HELP = (
@@ -49,6 +50,13 @@ SETTINGS = (
     Flag("optimizer", "per-slot optimiser", str, OPTIMIZERS),
     Flag("init", "where starts come from: the latent prior or the model's fitted encoder", str, ("prior", "encoder")),
     Flag("fresh_starts", "new starts an image gets when its loss stalls"),
+    Flag(
+        "robust",
+        "robust mode for JPEG'd inputs: calibrate on own samples through JPEG q50-95 (25 %% unmodified) and "
+        "compare a block-DCT projection of the residual (docs/robustness.md)",
+        str,
+        ROBUST_MODES,
+    ),
 )
 SCHEDULE = (
     Flag("batch_size", "images in flight at once"),

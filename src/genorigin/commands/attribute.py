@@ -83,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(found.results, loaded.method.accept_threshold(), loaded.calibration))
         print(summary_line(found.results, len(found.errors), len(found.skipped)))
+        for r in found.results:  # outside what the calibration covers (runtime/coverage.py); --json has them too
+            if r.warning:
+                print(f"warning: {r.source}: {r.warning}")
     sys.stdout.flush()
     write_outputs(plan, report, found, loaded)
     return EXIT_PARTIAL if found.errors else EXIT_OK
