@@ -3,6 +3,9 @@ before it has loaded anything heavy)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
+
 EXIT_OK = 0  # every input attributed (or the command did all it was asked)
 EXIT_PARTIAL = 1  # some inputs unreadable, each named on stderr; the others attributed
 EXIT_FAILED = 2  # nothing done, or an output could not be written: bad arguments, model, calibration, disk
@@ -14,3 +17,11 @@ class GenoriginError(Exception):
 
 class CliError(GenoriginError):
     """Arguments that cannot work together."""
+
+
+def print_problems(errors: Iterable[str], notes: Iterable[str] = ()) -> None:
+    """One ``error:`` line per unreadable input, one ``note:`` line per input passed over, on stderr."""
+    for line in errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from genorigin import workflow
 from genorigin.commands import args as common
-from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL
+from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, print_problems
 from genorigin.images import encode_png
 from genorigin.outputs import OutputPlan, unique_names, write_bytes, write_text
 from genorigin.progress import Progress
@@ -58,10 +58,7 @@ def run(args: argparse.Namespace) -> int:
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
     OutputPlan(files=files).check(args.force)
     images = workflow.read(model, args.inputs, args.convert)
-    for line in images.errors:
-        print(f"error: {line}", file=sys.stderr)
-    for line in images.skipped:
-        print(f"note: {line}", file=sys.stderr)
+    print_problems(images.errors, images.skipped)
     if not images.sources:
         print("error: no image could be read", file=sys.stderr)
         return EXIT_FAILED

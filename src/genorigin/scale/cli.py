@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CliError
+from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CliError, print_problems
 from genorigin.progress import Progress
 
 if TYPE_CHECKING:
@@ -78,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def report(summary: ScaleSummary) -> int:
     """The job's errors and notes on stderr, its summary line on stdout; the exit code."""
-    for line in summary.errors:
-        print(f"error: {line}", file=sys.stderr)
-    for line in summary.notes:
-        print(f"note: {line}", file=sys.stderr)
+    print_problems(summary.errors, summary.notes)
     for source in summary.missing:
         print(f"error: {source}: no result after {summary.passes} passes (a re-run retries it)", file=sys.stderr)
     if not summary.images:
