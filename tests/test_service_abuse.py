@@ -93,34 +93,45 @@ def test_a_25_mb_upload_gets_its_413_not_a_broken_pipe(server, model):
     assert request(server, "GET", "/readyz")[0] == 200
 
 
-async def _one(url: str, body: bytes) -> tuple[int, float, str | None]:
-    """One connection, one request: (status, or 0 on a connection error; seconds; Retry-After)."""
+async def _one(url: str, body: bytes) -> tuple[int, float, str | None, float]:
+    """One connection, one request: (status, 0 on a connection error, -1 when closed unanswered; seconds;
+    Retry-After; seconds from connected to the request written)."""
     u = urllib.parse.urlsplit(url)
     t0 = time.monotonic()
     try:
         reader, writer = await asyncio.open_connection(u.hostname, u.port)
+        connected = time.monotonic()
         writer.write(f"POST /v1/attribute?model=tiny HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
                      "Connection: close\r\n\r\n".encode() + body)  # fmt: skip
         await writer.drain()
+        sent_after = time.monotonic() - connected
         raw = await asyncio.wait_for(reader.read(), 120)
         writer.close()
     except (ConnectionError, asyncio.TimeoutError):
-        return 0, time.monotonic() - t0, None
+        return 0, time.monotonic() - t0, None, 0.0
+    if not raw:
+        return -1, time.monotonic() - t0, None, sent_after
     status, headers, _ = split_response(raw)
-    return status, time.monotonic() - t0, headers.get("retry-after")
+    return status, time.monotonic() - t0, headers.get("retry-after"), sent_after
 
 
 def test_a_burst_of_300_connections_is_answered_every_one(server, model):
     """The old server reset connections (a listen backlog of 5) and timed clients out. Here every connection
-    gets an answer: 200, or 503 with Retry-After sent at once."""
+    gets an answer: 200, or 503 with Retry-After sent at once. The one exception is the idle-connection guard:
+    a connection that sent nothing for the read timeout is closed unanswered, which on a loaded machine can
+    happen to a client of this very burst (its own event loop is busy with 299 others), so it is allowed only
+    where the client itself took that long to write its request."""
 
-    async def burst() -> list[tuple[int, float, str | None]]:
+    async def burst() -> list[tuple[int, float, str | None, float]]:
         return await asyncio.gather(*(_one(server, model[1]) for _ in range(300)))
 
     answers = asyncio.run(burst())
-    statuses = [s for s, _, _ in answers]
+    idle = [sent for s, _, _, sent in answers if s == -1]
+    assert all(sent >= TIMEOUT for sent in idle), idle
+    statuses = [s for s, _, _, _ in answers if s != -1]
     assert set(statuses) <= {200, 503} and statuses.count(200) >= 12, sorted(set(statuses))
-    refused = [(t, ra) for s, t, ra in answers if s == 503]
+    assert len(idle) <= 30  # a few stragglers at most: a burst is answered, not dropped
+    refused = [(t, ra) for s, t, ra, _ in answers if s == 503]
     assert refused and all(ra is not None and int(ra) >= 1 for _, ra in refused)
     assert np.median([t for t, _ in refused]) < 2.0  # refused without waiting for the work (a loaded 2-core box)
     assert request(server, "GET", "/readyz")[0] == 200
