@@ -117,8 +117,9 @@ async def _one(url: str, body: bytes) -> tuple[int, float, str | None, float]:
 
 @pytest.mark.xfail(
     strict=False,
-    reason="known bug, open: in 2 of 5 fresh-clone CI runs on 2026-12-01 some connections of the burst were "
-    "closed unanswered although their request was written at once (docs/serving.md, Known issues)",
+    reason="known bug, open: in both fresh-clone CI runs of 2026-12-01 (not in two other whole-suite runs) "
+    "some connections of the burst were closed unanswered although their request was written at once "
+    "(docs/serving.md, Known issues)",
 )
 def test_a_burst_of_300_connections_is_answered_every_one(server, model):
     """The old server reset connections (a listen backlog of 5) and timed clients out. Here every connection
