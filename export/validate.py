@@ -29,6 +29,8 @@ import torch
 from genorigin.kernels.reference import loss_and_grad
 
 from .generator import LatentSpec
+from .memory import release_freed_memory
+from .sessions import SharedWeights, open_session
 
 # Against PyTorch autograd: both sides float32, kernels differ (summation order, fused ops).
 MODULE_TOLERANCE = 1e-3
@@ -85,9 +87,10 @@ def validate_against_module(
     *,
     tolerance: float | None = None,
     seed: int = SEED,
+    weights: SharedWeights | None = None,
 ) -> ValidationReport:
     """The ``loss_mse`` and ``vjp`` graphs against ``module`` (z → image in [0, 1]) and torch.autograd."""
-    loss_session, vjp_session = _session(graphs["loss_mse"]), _session(graphs["vjp"])
+    loss_session, vjp_session = _session(graphs["loss_mse"], weights), _session(graphs["vjp"], weights)
     device = next(iter(module.parameters()), torch.empty(0)).device
     rng = np.random.default_rng(seed)
     loss_errors, grad_errors, vjp_errors = [], [], []
@@ -98,8 +101,12 @@ def validate_against_module(
         image = module(zt)
         ref_loss, g_image = loss_and_grad(image.detach(), torch.from_numpy(x).to(device))
         (ref_grad,) = torch.autograd.grad(image, zt, g_image)
+        del image
+        release_freed_memory()  # each phase's activations go before the next one's arrive
         loss, grad = loss_session.run(["loss", "grad_z"], {"z": z, "target": x})
+        release_freed_memory()
         (vjp_grad,) = vjp_session.run(["g_z"], {"z": z, "g_image": g_image.cpu().numpy()})
+        release_freed_memory()
         ref_loss_np, ref_grad_np = ref_loss.detach().cpu().numpy(), ref_grad.cpu().numpy()
         loss_errors.append(_max_relative(loss, ref_loss_np))
         grad_errors.append(_norm_relative(grad, ref_grad_np))
@@ -123,9 +130,10 @@ def validate_by_finite_differences(
     tolerance: float | None = None,
     seed: int = SEED,
     directions: int = FD_DIRECTIONS,
+    weights: SharedWeights | None = None,
 ) -> ValidationReport:
     """grad_z of the ``loss_mse`` graph against central differences of the ``forward`` graph's loss."""
-    forward, loss_session, vjp_session = (_session(graphs[k]) for k in ("forward", "loss_mse", "vjp"))
+    forward, loss_session, vjp_session = (_session(graphs[k], weights) for k in ("forward", "loss_mse", "vjp"))
     rng = np.random.default_rng(seed)
     z = latent.sample(2, rng)
     x = rng.random((2, *image_shape), dtype=np.float32)
@@ -179,12 +187,13 @@ def _norm_relative(value: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(value, dtype=np.float64) - reference) / floor)
 
 
-def _session(path: Path) -> Session:
-    import onnxruntime
+def _session(path: Path, weights: SharedWeights | None) -> Session:
+    """A few runs only: basic optimisations, lean memory and the memory-first node order keep export's peak
+    near one run's activations."""
+    return open_session(
+        path, "cpu", weights=weights, optimization="basic", lean=True, quiet=True, order="priority"
+    )
 
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-
-Validator = Callable[[Mapping[str, Path]], ValidationReport]
+# (graph files by role, the package's shared weights or None) → report
+Validator = Callable[[Mapping[str, Path], SharedWeights | None], ValidationReport]

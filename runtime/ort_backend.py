@@ -2,7 +2,8 @@
 
 CPU execution provider by default. When CUDA is asked for, the session must really run on CUDA: ONNX Runtime
 silently falls back to the CPU when the CUDA provider cannot load, so the providers are checked and a
-fallback raises.
+fallback raises. The package's weights are read once and shared by the loss and forward sessions (and the
+package's Generator view): ``AttributionPackage.session``.
 """
 
 from __future__ import annotations
@@ -12,42 +13,15 @@ from typing import Any
 import numpy as np
 from genorigin.export.generator import Generator
 from genorigin.export.package import AttributionPackage
+from genorigin.export.sessions import open_session
 from genorigin.runtime.backend import Backend
 
 
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise RuntimeError(
-            "onnxruntime is not installed: pip install 'genorigin[cpu]' (or '[gpu]' for onnxruntime-gpu)"
-        ) from exc
-    return onnxruntime
-
-
-def make_session(path: str, device: str = "cpu", threads: int | None = None) -> Any:
-    """An InferenceSession on the asked device; raises instead of silently falling back to the CPU."""
-    ort = _ort()
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if device == "cpu":
-        providers = ["CPUExecutionProvider"]
-    elif device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise RuntimeError(
-                "CUDA was asked for but this onnxruntime has no CUDAExecutionProvider "
-                f"(available: {ort.get_available_providers()}); install onnxruntime-gpu instead of onnxruntime"
-            )
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    else:
-        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    session = ort.InferenceSession(path, options, providers=providers)
-    if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-        raise RuntimeError(f"onnxruntime fell back to {session.get_providers()} for {path}: CUDA is not usable")
-    return session
+def make_session(path: str | bytes, device: str = "cpu", threads: int | None = None) -> Any:
+    """An InferenceSession on the asked device for a self-contained graph (the encoder attachment); raises
+    instead of silently falling back to the CPU. A package's graphs go through ``AttributionPackage.session``,
+    which shares the package's weights between its sessions."""
+    return open_session(path, device, threads)
 
 
 class OrtBackend(Backend):
@@ -63,14 +37,16 @@ class OrtBackend(Backend):
         self.threads = threads
         self.loss = loss
         if loss == "mse":
-            self.loss_session = make_session(str(package.graph_path("loss_mse")), device, threads)
-        else:
+            self.loss_session = package.session("loss_mse", device, threads)
+        else:  # built from the weight-less forward header; its weights come from the package's shared buffer
             import onnx
             from genorigin.export.onnx_autodiff import build_loss_graph
 
-            graph = build_loss_graph(onnx.load(str(package.graph_path("forward"))), wrt="z", kind=loss)
-            self.loss_session = make_session(graph.SerializeToString(), device, threads)
-        self.forward_session = make_session(str(package.graph_path("forward")), device, threads)
+            v1 = package.weights_path is None  # a self-contained v1 package: its weights are inside the graph
+            header = onnx.load(str(package.graph_path("forward")), load_external_data=v1)
+            graph = build_loss_graph(header, wrt="z", kind=loss)
+            self.loss_session = open_session(graph, device, threads, weights=package.shared_weights())
+        self.forward_session = package.session("forward", device, threads)
 
     def asarray(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a, dtype=np.float32)
@@ -96,7 +72,7 @@ class OrtBackend(Backend):
 def package_generator(package: AttributionPackage, threads: int | None = None) -> Generator:
     """The Generator view of a package: latent and image size from the manifest, render via ORT, and as its
     identity the fingerprint of the graph files' bytes (so a calibration follows the graphs, not the manifest)."""
-    session = make_session(str(package.graph_path("forward")), "cpu", threads)
+    session = package.session("forward", "cpu", threads)
     image = package.manifest["image"]
 
     def render(z: np.ndarray) -> np.ndarray:
