@@ -163,6 +163,28 @@ def validate_by_finite_differences(
     )
 
 
+def storage_effect(
+    reference: tuple[Path, SharedWeights | None],
+    stored: tuple[Path, SharedWeights | None],
+    latent: LatentSpec,
+    image_shape: tuple[int, int, int],
+    *,
+    seed: int = SEED,
+) -> dict[str, float]:
+    """How far half-precision weight storage moves the loss graph: ``stored`` against the float32 ``reference``
+    on seeded latents and targets (batch 2), as relative errors (informative; the graphs are validated in
+    float32 before storage is reduced)."""
+    rng = np.random.default_rng(seed)
+    z = latent.sample(2, rng)
+    x = rng.random((2, *image_shape), dtype=np.float32)
+    results = []
+    for path, weights in (reference, stored):
+        results.append(_session(path, weights).run(["loss", "grad_z"], {"z": z, "target": x}))
+        release_freed_memory()
+    (ref_loss, ref_grad), (loss, grad) = results
+    return {"max_loss_change": _max_relative(loss, ref_loss), "grad_change": _norm_relative(grad, ref_grad)}
+
+
 def _unit_directions(grad: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
     """The gradient's direction (the largest, best-resolved derivative) and ``count - 1`` random ones."""
     out = []
@@ -190,9 +212,7 @@ def _norm_relative(value: np.ndarray, reference: np.ndarray) -> float:
 def _session(path: Path, weights: SharedWeights | None) -> Session:
     """A few runs only: basic optimisations, lean memory and the memory-first node order keep export's peak
     near one run's activations."""
-    return open_session(
-        path, "cpu", weights=weights, optimization="basic", lean=True, quiet=True, order="priority"
-    )
+    return open_session(path, "cpu", weights=weights, optimization="basic", lean=True, quiet=True, order="priority")
 
 
 # (graph files by role, the package's shared weights or None) → report

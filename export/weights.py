@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 
 WEIGHTS_FILE = "weights.bin"
 INLINE_LIMIT = 1024  # bytes: smaller tensors (axes, shapes, scalars) stay inside each graph, where rules read them
+CHUNK = 1 << 26  # bytes per copy step (a multiple of every element size): one tensor is never copied whole
 ALIGNMENT = 64  # every tensor starts on a 64-byte boundary (SIMD loads, and numpy views of any dtype)
 STORAGE_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 STORED_SUFFIX = "__stored"  # a weight kept in reduced precision is renamed; a Cast gives back the original name
@@ -78,8 +79,7 @@ class WeightsWriter:
     """Appends tensors to ``weights.bin`` (aligned, deduplicated) and points the graphs' initializers at them."""
 
     def __init__(self, folder: str | Path, storage: str = "float32") -> None:
-        if storage not in STORAGE_TYPES:
-            raise ValueError(f"weight storage must be one of {', '.join(STORAGE_TYPES)}, got {storage!r}")
+        self.check_storage(storage)
         self.path = Path(folder) / WEIGHTS_FILE
         self.storage = storage
         self._file: BinaryIO = open(self.path, "wb")  # noqa: SIM115 - closed by close()
@@ -87,29 +87,36 @@ class WeightsWriter:
         self._stored: dict[tuple[int, str], tuple[int, int]] = {}  # (data type, content digest) → (offset, length)
         self._sources: dict[Path, _Source] = {}
 
+    @staticmethod
+    def check_storage(storage: str) -> None:
+        if storage not in STORAGE_TYPES:
+            raise ValueError(f"weight storage must be one of {', '.join(STORAGE_TYPES)}, got {storage!r}")
+
     def externalize(
-        self, model: onnx.ModelProto, source_dir: str | Path | None = None, *, reduce: bool = False
+        self, model: onnx.ModelProto, source_dir: str | Path | None = None, *, reduce: Collection[str] = ()
     ) -> onnx.ModelProto:
         """Move ``model``'s large initializers into the file, in place; returns ``model``.
 
         Initializers already external (in ``source_dir``, as an exporter wrote them) are copied from there;
         small external ones come back inline. Without ``source_dir``, external ones must already be in this
-        file (a gradient graph built from an externalised forward). With ``reduce`` (the model's own weights,
-        not the gradient pass's constants), float32 weights are stored in the writer's storage type behind a
-        Cast node.
+        file (a gradient graph built from an externalised forward). Float32 initializers named in ``reduce``
+        (the model's own weights, not the gradient pass's constants) are stored in the writer's storage type
+        behind a Cast node that gives the graph back their float32 values under their own names.
         """
         casts = []
         for tensor in model.graph.initializer:
             data = self._take_bytes(tensor, source_dir)
             if data is None:  # already in this file (a gradient graph built from an externalised forward)
                 continue
-            if len(data) < INLINE_LIMIT:
-                _set_inline(tensor, data)
-                continue
-            if reduce and tensor.data_type == TensorProto.FLOAT and self.storage != "float32":
-                casts.append(_reduce(tensor, self.storage))
-                data = _to_storage(np.frombuffer(data, dtype=np.float32), self.storage)
-            offset, length = self._append(tensor.data_type, data)
+            with data:
+                if data.nbytes < INLINE_LIMIT:
+                    _set_inline(tensor, data.tobytes())
+                    continue
+                convert = None
+                if tensor.name in reduce and tensor.data_type == TensorProto.FLOAT and self.storage != "float32":
+                    casts.append(_reduce(tensor, self.storage))
+                    convert = self._convert
+                offset, length = self._append(tensor.data_type, data, convert)
             _set_external(tensor, offset, length)
         if casts:
             nodes = list(model.graph.node)
@@ -125,10 +132,10 @@ class WeightsWriter:
             WEIGHTS_FILE, self._hash.hexdigest(), self.path.stat().st_size, len(self._stored), self.storage
         )
 
-    def _take_bytes(self, tensor: TensorProto, source_dir: str | Path | None) -> bytes | None:
+    def _take_bytes(self, tensor: TensorProto, source_dir: str | Path | None) -> memoryview | None:
         ref = external_ref(tensor)
         if ref is None:
-            return _inline_bytes(tensor)
+            return memoryview(_inline_bytes(tensor))
         if source_dir is None:
             if ref.location != WEIGHTS_FILE:
                 raise WeightsError(
@@ -142,16 +149,28 @@ class WeightsWriter:
             self._sources[path] = _Source(path)
         return self._sources[path].read(ref.offset, ref.length)
 
-    def _append(self, data_type: int, data: bytes) -> tuple[int, int]:
-        key = (data_type, hashlib.sha256(data).hexdigest())
+    def _append(
+        self, data_type: int, data: memoryview, convert: Callable[[memoryview], bytes] | None
+    ) -> tuple[int, int]:
+        """Store ``data`` (converted chunk by chunk) unless identical bytes are stored already: one pass to
+        hash, one to copy, never the whole tensor in memory at once."""
+        digest = hashlib.sha256()
+        for chunk in _chunks(data, convert):
+            digest.update(chunk)
+        key = (data_type, digest.hexdigest())
         if key not in self._stored:
             pad = -self._file.tell() % ALIGNMENT
             self._write(b"\0" * pad)
-            self._stored[key] = (self._file.tell(), len(data))
-            self._write(data)
+            start = self._file.tell()
+            for chunk in _chunks(data, convert):
+                self._write(chunk)
+            self._stored[key] = (start, self._file.tell() - start)
         return self._stored[key]
 
-    def _write(self, data: bytes) -> None:
+    def _convert(self, chunk: memoryview) -> bytes:
+        return _to_storage(np.frombuffer(chunk, dtype=np.float32), self.storage)
+
+    def _write(self, data: bytes | memoryview) -> None:
         self._file.write(data)
         self._hash.update(data)
 
@@ -163,15 +182,22 @@ class _Source:
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if path.stat().st_size else None
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> memoryview:
+        """A view of the bytes (release it before close)."""
         if self._map is None or offset + length > len(self._map):
-            raise ValueError(f"{self._file.name}: external data {offset}+{length} lies past the end of the file")
-        return self._map[offset : offset + length]
+            raise WeightsError(f"{self._file.name}: external data {offset}+{length} lies past the end of the file")
+        return memoryview(self._map)[offset : offset + length]
 
     def close(self) -> None:
         if self._map is not None:
             self._map.close()
         self._file.close()
+
+
+def _chunks(data: memoryview, convert: Callable[[memoryview], bytes] | None) -> Iterator[bytes | memoryview]:
+    for start in range(0, data.nbytes, CHUNK):
+        part = data[start : start + CHUNK]
+        yield part if convert is None else convert(part)
 
 
 def _nbytes(tensor: TensorProto) -> int:

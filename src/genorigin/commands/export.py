@@ -48,14 +48,14 @@ def output_range(text: str) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genorigin.export.package import EXPORT_STEPS, AttributionPackage, export_generator, export_onnx_file
+    from genorigin.export.package import AttributionPackage, export_generator, export_onnx_file, export_steps
 
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise CliError(f"{out} exists and is not an empty folder; pass --force to replace it")
     low_high = output_range(args.output_range) if args.onnx else None
     t0 = time.perf_counter()
-    steps = EXPORT_STEPS["onnx" if args.onnx else "module"]
+    steps = export_steps("onnx" if args.onnx else "module", args.weights)
     with Progress(len(steps), "export", "steps", quiet=args.quiet) as bar:
         kw = {"storage": args.weights, "overwrite": args.force, "progress": lambda _: bar.update()}
         try:
