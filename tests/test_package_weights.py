@@ -5,6 +5,7 @@ run, tampering with the weights is refused, half-precision storage, export progr
 whose weights pass protobuf's 2 GB limit.
 """
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -21,7 +22,7 @@ from genorigin.export.package import (
     export_onnx_file,
     export_steps,
 )
-from genorigin.export.package_checks import LEGACY_FORMAT, content_fingerprint
+from genorigin.export.package_checks import LEGACY_FORMAT
 from genorigin.export.weights import INLINE_LIMIT, STORAGE_TYPES, WEIGHTS_FILE, bfloat16_bits_to_float32, external_ref
 from genorigin.runtime.ort_backend import OrtBackend
 from helpers import UnflattenDecoder, export_legacy_onnx
@@ -103,8 +104,10 @@ def test_a_v1_package_still_loads_and_runs(dcgan, tmp_path):
     _, pkg = dcgan
     old = AttributionPackage.load(_as_v1(pkg, tmp_path / "v1.pkg"))
     assert old.weights_path is None and old.shared_weights() is None
-    digests = {key: sha256_file(old.graph_path(key)) for key in GRAPHS}
-    assert old.fingerprint == content_fingerprint(digests)  # v1's identity rule: its calibrations still apply
+    v1_rule = hashlib.sha256(b"genorigin-package-v1")  # the identity rule of v1 releases, written out
+    for key in sorted(GRAPHS):
+        v1_rule.update(f"\n{key}={sha256_file(old.graph_path(key))}".encode())
+    assert old.fingerprint == v1_rule.hexdigest()  # so calibrations made for v1 packages still apply
     loss, grad = _loss_and_grad(old)
     loss2, grad2 = _loss_and_grad(pkg)
     np.testing.assert_allclose(loss, loss2, rtol=1e-5)
@@ -261,3 +264,16 @@ def _third_party_with_big_initializer(folder: Path, elements: int) -> Path:
     path = folder / "big.onnx"
     onnx.save(model, str(path))
     return path
+
+
+def test_weights_changed_after_loading_are_refused_when_read(dcgan, tmp_path):
+    """The bytes sessions use are hashed as they are read, so a file swapped after the load check is caught."""
+    from genorigin.export.weights import WeightsError
+
+    _, genuine = dcgan
+    pkg = AttributionPackage.load(shutil.copytree(genuine.root, tmp_path / "pkg"))
+    data = bytearray(pkg.weights_path.read_bytes())
+    data[-1] ^= 1
+    pkg.weights_path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match=r"weights\.bin: SHA-256 does not match the manifest"):
+        pkg.session("forward")
