@@ -26,7 +26,7 @@ from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder, OnnxEncoder, attach_encoder
 from genorigin.runtime.file_input import FileAttribution, attribute_read
-from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
 
 
@@ -87,15 +87,23 @@ def _build(model: ResolvedModel, spec: MethodSpec, choice: MethodChoice, **optio
 
 def method_for_calibration(model: ResolvedModel, choice: MethodChoice) -> AttributionMethod:
     """The method with the preset's settings and the explicit flags on top (calibration makes the record)."""
+    spec, settings = calibration_settings(choice)
+    if settings is None:
+        return _build(model, spec, choice)
+    return _build(model, spec, choice, settings=settings[0], schedule=settings[1])
+
+
+def calibration_settings(choice: MethodChoice) -> tuple[MethodSpec, tuple[InversionSettings, Schedule] | None]:
+    """The method and (for an inverting one) its settings, checked without the model: a bad flag is refused
+    before anything is loaded or computed."""
     spec, alias_preset = _spec(choice)
     if not spec.inverts:
         _refuse_inversion_flags(spec, choice)
-        return _build(model, spec, choice)
+        return spec, None
     try:
-        settings, schedule = choice.inversion.for_calibration(spec.presets, alias_preset or spec.default_preset or "")
+        return spec, choice.inversion.for_calibration(spec.presets, alias_preset or spec.default_preset or "")
     except ValueError as exc:
         raise WorkflowError(str(exc)) from exc
-    return _build(model, spec, choice, settings=settings, schedule=schedule)
 
 
 def encoder_path(model: ResolvedModel, choice: MethodChoice) -> Path:

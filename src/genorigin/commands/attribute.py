@@ -54,9 +54,10 @@ def run(args: argparse.Namespace) -> int:
         from genorigin.scale import cli as scale_cli
 
         return scale_cli.run(args)
-    model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
+    common.check_ranges(args)
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
-    OutputPlan(files=files).check(args.force)
+    OutputPlan(files=files).check(args.force)  # before the model loads: a taken target costs nothing
+    model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
     images = workflow.read(model, args.inputs, args.convert)
     print_problems(images.errors, images.skipped)
     if not images.sources:

@@ -48,8 +48,10 @@ def output_range(text: str) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genorigin.commands.args import check_ranges
     from genorigin.export.package import AttributionPackage, export_generator, export_onnx_file, export_steps
 
+    check_ranges(args)
     out: Path = args.out
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise CliError(f"{out} exists and is not an empty folder; pass --force to replace it")
