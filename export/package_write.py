@@ -23,7 +23,7 @@ from typing import Any
 import onnx
 import torch
 from genorigin.export.generator import Generator, LatentSpec
-from genorigin.export.memory import release_freed_memory
+from genorigin.export.memory import release_freed_memory, return_large_blocks
 from genorigin.export.onnx_autodiff import build_loss_graph, build_vjp_graph
 from genorigin.export.onnx_forward import export_forward
 from genorigin.export.onnx_import import normalised_forward
@@ -92,6 +92,7 @@ def write_package(
     if storage != "float32":
         WeightsWriter.check_storage(storage)
     say = progress or (lambda _msg: None)
+    return_large_blocks()  # validation's activations go back to the system when freed (memory.py)
     out.parent.mkdir(parents=True, exist_ok=True)  # staging beside the target: the final rename stays atomic
     staging = Path(tempfile.mkdtemp(prefix=".genorigin-pkg-", dir=out.parent))
     try:
