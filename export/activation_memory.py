@@ -40,19 +40,21 @@ def peak_activation(model: onnx.ModelProto, batch: int = 1) -> ActivationEstimat
     """Liveness walk over ``model``'s nodes in graph order with shapes at ``batch`` (weights excluded)."""
     shapes = infer_static_shapes(model, batch)
     weights = {t.name for t in model.graph.initializer}
+    inputs = {v.name for v in model.graph.input}
     outputs = {v.name for v in model.graph.output}
+    held = weights | inputs | outputs  # the caller's inputs and the results are alive throughout
     last_read: dict[str, int] = {}
     for index, node in enumerate(model.graph.node):
         for name in node.input:
             last_read[name] = index
-    live = sum(_bytes(shapes, v.name) for v in model.graph.input if v.name not in weights)
+    live = sum(_bytes(shapes, name) for name in inputs - weights)
     peak, peak_node = live, "(inputs)"
     for index, node in enumerate(model.graph.node):
         live += sum(_bytes(shapes, name) for name in node.output if name)
         if live > peak:
             peak, peak_node = live, node.name or node.op_type
         for name in set(node.input) | set(node.output):
-            if name and name not in weights and name not in outputs and last_read.get(name, -1) <= index:
+            if name and name not in held and last_read.get(name, -1) <= index:
                 live -= _bytes(shapes, name)
     return ActivationEstimate(batch, peak, peak_node)
 

@@ -53,7 +53,9 @@ def rematerialise(model: onnx.ModelProto, segments: int) -> onnx.ModelProto:
     kept = {v.name for v in model.graph.output}
     shapes = infer_static_shapes(model, 1)
     bounds = _segment_bounds(forward, saved, shapes, segments)
-    floats = {name for name, (elem, _) in shapes.items() if elem == TensorProto.FLOAT}
+    weights = {t.name for t in model.graph.initializer}
+    # what recomputation reads from outside its segment (earlier checkpoints, z) and must wait for
+    floats = {name for name, (elem, _) in shapes.items() if elem == TensorProto.FLOAT and name not in weights}
     recompute: list[NodeProto] = []
     renamed: dict[str, str] = {}
     for seg, (start, stop) in enumerate(itertools.pairwise(bounds)):
@@ -183,7 +185,7 @@ def _recompute_segment(
         for name in node.input:
             if name in renamed:
                 inputs.append(renamed[name])
-            elif name in produced_at and produced_at[name] < start and name in floats:  # a checkpoint: gated
+            elif name in floats:  # a checkpoint or z (a weight never is): read once the gate opens
                 if name not in gated:
                     gated[name] = f"{name}{tag}_gated"
                     copies.append(helper.make_node("Mul", [name, one], [gated[name]], name=f"remat{seg}/{name}/gate"))
