@@ -5,6 +5,8 @@ Real exported graphs (a small AutoencoderKL decoder: GroupNorm, attention, upsam
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import pytest
@@ -87,8 +89,22 @@ def test_recomputation_waits_for_the_gradient(forward):
     assert float_reading and all(any(reaches_backward(i, set()) for i in n.input) for n in float_reading)
 
 
+def _saved_bytes(model: onnx.ModelProto, plain: onnx.ModelProto) -> int:
+    """Bytes of the plain graph's forward tensors that nodes outside its forward pass read (kept alive)."""
+    from genorigin.export.activation_memory import _bytes
+    from genorigin.export.static_shapes import infer_static_shapes
+
+    n_forward = int(_meta(plain)["forward_nodes"])
+    forward_names = {o for n in plain.graph.node[:n_forward] for o in n.output}
+    forward_ids = {tuple(n.output) for n in plain.graph.node[:n_forward]}
+    readers = [n for n in model.graph.node if tuple(n.output) not in forward_ids and n.op_type not in ("Shape", "Size")]
+    shapes = infer_static_shapes(plain, 1)
+    return sum(_bytes(shapes, name) for name in {i for n in readers for i in n.input} & forward_names)
+
+
 def test_rematerialisation_lowers_the_estimated_peak(forward):
     plain = build_loss_graph(forward)
+    assert _saved_bytes(rematerialise(plain, 4), plain) < 0.5 * _saved_bytes(plain, plain)  # copies read instead
     peaks = [peak_activation(rematerialise(plain, k), 1).peak_bytes for k in (2, 4)]
     assert max(peaks) < 0.8 * peak_activation(plain, 1).peak_bytes
     budget = int(0.9 * peak_activation(plain, 1).peak_bytes)
@@ -125,3 +141,17 @@ def test_peak_activation_of_a_known_chain():
     assert peak_activation(model, 3).peak_bytes == 3 * 4 * 4000
     assert peak_activation(model, 1).peak_node == "Add"
     assert batch_for_memory(model, 10 * 16000) == 10 and batch_for_memory(model, 15999) == 0
+
+
+def test_peak_activation_frees_what_is_read_no_more():
+    """z → a → b → c → d, each a Relu: at most the input z and two neighbours are live (3 × 4000 B)."""
+    names = ["z", "a", "b", "c", "d"]
+    nodes = [helper.make_node("Relu", [x], [y]) for x, y in itertools.pairwise(names)]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 1000])],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, ["n", 1000])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert peak_activation(model, 1).peak_bytes == 3 * 4000
