@@ -22,6 +22,11 @@ from onnx import helper
 
 from .static_shapes import infer_static_shapes
 
+# Resident memory of a run over this estimate, measured (docs/large_models.md): ONNX Runtime lean sessions
+# 0.9-1.5x, torch autograd ~1.2x, with export's fixed mmap threshold. Budgets divide by this.
+OVERHEAD = 1.5
+EXPORT_MEMORY_FRACTION = 0.6  # of the memory available when export starts: the rest is the machine's
+
 
 @dataclass(frozen=True)
 class ActivationEstimate:

@@ -22,6 +22,7 @@ from typing import Any
 
 import onnx
 import torch
+from genorigin.export.activation_memory import EXPORT_MEMORY_FRACTION, OVERHEAD, available_memory, peak_activation
 from genorigin.export.generator import Generator, LatentSpec
 from genorigin.export.memory import release_freed_memory, return_large_blocks
 from genorigin.export.onnx_autodiff import build_loss_graph, build_vjp_graph
@@ -35,6 +36,7 @@ from genorigin.export.package_checks import (
     io_names,
     probe_output_shape,
 )
+from genorigin.export.remat import rematerialise_to_fit
 from genorigin.export.sessions import SharedWeights
 from genorigin.export.validate import (
     Validator,
@@ -75,6 +77,7 @@ def write_package(
     source: dict[str, Any],
     forward_dir: str | Path | None = None,
     storage: str = "float32",
+    activation_budget: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     validate: Validator | None = None,
@@ -85,6 +88,8 @@ def write_package(
     moved into the package's weights file one tensor at a time, and the gradient graphs are built from the
     weight-less header. ``validate`` checks the staged graphs numerically; past its tolerance it raises and
     nothing is written. ``storage`` float16/bfloat16 then stores the model's weights at half precision.
+    The gradient graphs are rematerialised where a batch of 2 would not fit ``activation_budget`` bytes
+    (default: a share of the memory available now), and their estimated activations are recorded.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -97,6 +102,7 @@ def write_package(
     staging = Path(tempfile.mkdtemp(prefix=".genorigin-pkg-", dir=out.parent))
     try:
         graphs, weights = _stage_graphs(forward, forward_dir, staging, say)
+        activations = _fit_activations(graphs, activation_budget)
         say("writing the graphs")
         manifest = {
             "format": PACKAGE_FORMAT,
@@ -107,6 +113,7 @@ def write_package(
             "opset": _opset(forward),
             "graphs": _write_graphs(graphs, staging),
             WEIGHTS_ROLE: weights.to_dict(),
+            "activations": activations,
             "source": {"fingerprint": source_fingerprint, **source},
         }
         release_freed_memory()
@@ -145,6 +152,24 @@ def _stage_graphs(
     finally:
         weights = writer.close()
     return graphs, weights
+
+
+def _fit_activations(graphs: dict[str, onnx.ModelProto], budget: int | None) -> dict[str, Any]:
+    """Rematerialise the gradient graphs (in place in ``graphs``) where a batch of 2, which validation runs,
+    would not fit ``budget``; returns the manifest's ``activations`` entry (estimates per image, bytes)."""
+    budget = budget or int(EXPORT_MEMORY_FRACTION * available_memory())
+    entry: dict[str, Any] = {"budget_bytes": budget, "overhead": OVERHEAD}
+    entry.update(per_image_bytes={}, plain_per_image_bytes={}, segments={})
+    for key in ("vjp", "loss_mse"):
+        plain = graphs[key]
+        entry["plain_per_image_bytes"][key] = peak_activation(plain, 1).peak_bytes
+        try:
+            graphs[key], segments = rematerialise_to_fit(plain, int(budget / OVERHEAD), batch=2)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: export on a machine with more free memory, or pass a larger budget") from exc
+        entry["segments"][key] = segments
+        entry["per_image_bytes"][key] = peak_activation(graphs[key], 1).peak_bytes
+    return entry
 
 
 def _store_reduced(
@@ -205,6 +230,7 @@ def export_generator(
     out: str | Path,
     *,
     storage: str = "float32",
+    activation_budget: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     validation_tolerance: float | None = None,
@@ -235,6 +261,7 @@ def export_generator(
             source={"kind": "torch", "family": generator.family, "config": generator.config},
             forward_dir=tmp,
             storage=storage,
+            activation_budget=activation_budget,
             overwrite=overwrite,
             progress=progress,
             validate=lambda graphs, weights: validate_against_module(
@@ -250,6 +277,7 @@ def export_onnx_file(
     output_range: tuple[float, float] = (-1.0, 1.0),
     name: str | None = None,
     storage: str = "float32",
+    activation_budget: int | None = None,
     overwrite: bool = False,
     progress: Callable[[str], None] | None = None,
     validation_tolerance: float | None = None,
@@ -294,6 +322,7 @@ def export_onnx_file(
         source={"kind": "onnx", "file": path.name, "output_range": list(output_range)},
         forward_dir=path.parent,
         storage=storage,
+        activation_budget=activation_budget,
         overwrite=overwrite,
         progress=progress,
         validate=lambda graphs, weights: validate_by_finite_differences(

@@ -16,6 +16,11 @@ from genorigin.export.package import AttributionPackage
 from genorigin.export.sessions import open_session
 from genorigin.runtime.backend import Backend
 
+# Activations one session call may take (bytes): larger batches run in chunks of rows. Resident memory of a run
+# is ~RUN_OVERHEAD × the static estimate with ONNX Runtime's arena (measured, docs/large_models.md).
+STEP_MEMORY_BUDGET = 4 * 2**30
+RUN_OVERHEAD = 2.0
+
 
 def make_session(path: str | bytes, device: str = "cpu", threads: int | None = None) -> Any:
     """An InferenceSession on the asked device for a self-contained graph (the encoder attachment); raises
@@ -25,35 +30,48 @@ def make_session(path: str | bytes, device: str = "cpu", threads: int | None = N
 
 
 class OrtBackend(Backend):
-    """Loss and gradient from the package's loss graph (one session call per step)."""
+    """Loss and gradient from the package's loss graph (one session call per step, or per chunk of rows).
+
+    A step over more rows than fit ``memory_budget`` bytes of activations (estimated from the graph, times the
+    measured run-time overhead) runs in chunks of rows: each row's loss and gradient are its own, so the
+    results are those of one call, and a 512 px model's batch cannot exhaust the machine. The chunk size
+    follows the package and the budget only, never the memory free at the moment, so a run is repeatable.
+    """
 
     name = "onnxruntime"
 
     def __init__(
-        self, package: AttributionPackage, device: str = "cpu", threads: int | None = None, loss: str = "mse"
+        self,
+        package: AttributionPackage,
+        device: str = "cpu",
+        threads: int | None = None,
+        loss: str = "mse",
+        memory_budget: int = STEP_MEMORY_BUDGET,
     ) -> None:
         self.package = package
         self.device = device
         self.threads = threads
         self.loss = loss
         if loss == "mse":
-            self.loss_session = package.session("loss_mse", device, threads)
-        else:  # built from the weight-less forward header; its weights come from the package's shared buffer
-            import onnx
-            from genorigin.export.onnx_autodiff import build_loss_graph
-
-            v1 = package.weights_path is None  # a self-contained v1 package: its weights are inside the graph
-            header = onnx.load(str(package.graph_path("forward")), load_external_data=v1)
-            graph = build_loss_graph(header, wrt="z", kind=loss)
-            self.loss_session = open_session(graph, device, threads, weights=package.shared_weights())
+            graph: Any = package.graph_path("loss_mse")
+        else:  # built from the weight-less forward header, rematerialised as the package's own loss graph
+            graph = _other_loss_graph(package, loss)
+        self.loss_session = open_session(graph, device, threads, weights=package.shared_weights())
         self.forward_session = package.session("forward", device, threads)
+        self.rows = rows_for_budget(graph, memory_budget)
 
     def asarray(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a, dtype=np.float32)
 
     def loss_and_grad(self, z: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        loss, grad = self.loss_session.run(["loss", "grad_z"], {"z": z, "target": x})
-        return loss, grad
+        if len(z) <= self.rows:
+            loss, grad = self.loss_session.run(["loss", "grad_z"], {"z": z, "target": x})
+            return loss, grad
+        parts = [
+            self.loss_session.run(["loss", "grad_z"], {"z": z[i : i + self.rows], "target": x[i : i + self.rows]})
+            for i in range(0, len(z), self.rows)
+        ]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def render(self, z: np.ndarray) -> np.ndarray:
         (y,) = self.forward_session.run(["image"], {"z": self.asarray(z)})
@@ -65,8 +83,31 @@ class OrtBackend(Backend):
             "device": self.device,
             "providers": self.loss_session.get_providers(),
             "threads": self.threads,
+            "rows_per_call": self.rows,
             "package": str(self.package.root),
         }
+
+
+def rows_for_budget(graph: Any, budget: int) -> int:
+    """Rows per session call whose estimated activations, times the run-time overhead, fit ``budget`` (≥ 1)."""
+    import onnx
+    from genorigin.export.activation_memory import peak_activation
+
+    model = graph if isinstance(graph, onnx.ModelProto) else onnx.load(str(graph), load_external_data=False)
+    per_image = max(peak_activation(model, 1).peak_bytes, 1)
+    return max(1, int(budget // (RUN_OVERHEAD * per_image)))
+
+
+def _other_loss_graph(package: AttributionPackage, kind: str) -> Any:
+    import onnx
+    from genorigin.export.onnx_autodiff import build_loss_graph
+    from genorigin.export.remat import rematerialise
+
+    v1 = package.weights_path is None  # a self-contained v1 package: its weights are inside the graph
+    header = onnx.load(str(package.graph_path("forward")), load_external_data=v1)
+    graph = build_loss_graph(header, wrt="z", kind=kind)
+    segments = package.manifest.get("activations", {}).get("segments", {}).get("loss_mse", 0)
+    return rematerialise(graph, segments) if segments else graph
 
 
 def package_generator(package: AttributionPackage, threads: int | None = None) -> Generator:

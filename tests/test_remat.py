@@ -155,3 +155,62 @@ def test_peak_activation_frees_what_is_read_no_more():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert peak_activation(model, 1).peak_bytes == 3 * 4000
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """The same decoder exported plainly and under a budget its plain gradient graphs do not fit."""
+    from genorigin.export.latent_diffusion import latent_diffusion_from_vae
+    from genorigin.export.package import AttributionPackage, export_generator
+
+    torch.manual_seed(3)
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), layers_per_block=2,
+        latent_channels=4, norm_num_groups=4, sample_size=32,
+    )  # fmt: skip
+    gen = latent_diffusion_from_vae(vae).generator
+    root = tmp_path_factory.mktemp("budget")
+    plain = AttributionPackage.load(export_generator(gen, root / "plain.pkg"))
+    need = 2 * plain.manifest["activations"]["plain_per_image_bytes"]["loss_mse"] * 1.5
+    tight = AttributionPackage.load(export_generator(gen, root / "tight.pkg", activation_budget=int(0.8 * need)))
+    return gen, plain, tight
+
+
+def test_export_rematerialises_what_does_not_fit_its_budget(packages):
+    from genorigin.runtime.ort_backend import OrtBackend
+
+    gen, plain, tight = packages
+    assert plain.manifest["activations"]["segments"] == {"vjp": 0, "loss_mse": 0}
+    act = tight.manifest["activations"]
+    assert (
+        act["segments"]["loss_mse"] > 0
+        and act["per_image_bytes"]["loss_mse"] < act["plain_per_image_bytes"]["loss_mse"]
+    )
+    loss_graph = onnx.load(str(tight.graph_path("loss_mse")), load_external_data=False)
+    assert REMAT_KEY in {p.key for p in loss_graph.metadata_props}
+    assert tight.manifest["validation"]["max_grad_error"] <= 1e-5  # the rematerialised graphs were validated
+    rng = np.random.default_rng(1)
+    z, x = gen.latent.sample(3, rng), rng.random((3, 3, 32, 32), dtype=np.float32)
+    for got, want in zip(
+        OrtBackend(tight, threads=1).loss_and_grad(z, x), OrtBackend(plain, threads=1).loss_and_grad(z, x)
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
+    from genorigin.runtime.ort_backend import _other_loss_graph
+
+    robust = _other_loss_graph(tight, "mse-dct8")  # other losses are rematerialised like the package's own
+    assert REMAT_KEY in {p.key for p in robust.metadata_props}
+
+
+def test_a_step_over_the_memory_budget_runs_in_chunks_of_rows(packages):
+    from genorigin.runtime.ort_backend import OrtBackend
+
+    gen, plain, _ = packages
+    whole = OrtBackend(plain, threads=1)
+    chunked = OrtBackend(plain, threads=1, memory_budget=1)
+    assert whole.rows >= 5 and chunked.rows == 1 and chunked.describe()["rows_per_call"] == 1
+    rng = np.random.default_rng(2)
+    z, x = gen.latent.sample(5, rng), rng.random((5, 3, 32, 32), dtype=np.float32)
+    for got, want in zip(chunked.loss_and_grad(z, x), whole.loss_and_grad(z, x), strict=True):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)

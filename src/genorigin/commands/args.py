@@ -199,6 +199,7 @@ def check_ranges(args: argparse.Namespace) -> None:
         "ddim_steps": (lambda v: v >= 1, "at least 1"),
         "threads": (lambda v: v >= 0, "at least 1 (0: the default)"),
         "workers": (lambda v: v >= 1, "at least 1"),
+        "activation_budget": (lambda v: v > 0, "more than 0"),
     }
     for name, (ok, what) in limits.items():
         value = getattr(args, name, None)

@@ -33,6 +33,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how weights.bin stores float32 weights: float16/bfloat16 halve the package (the package is then the "
         "model with rounded weights; export validates against exactly that)",
     )
+    p.add_argument(
+        "--activation-budget",
+        type=float,
+        default=None,
+        metavar="GIB",
+        help="memory (GiB) a batch of 2 may take for activations on the target machine: where the plain gradient "
+        "graphs would need more, they are rematerialised (recompute instead of keep; default: 60%% of what this "
+        "machine has free)",
+    )
     p.add_argument("--out", type=Path, required=True, help="package folder")
     p.add_argument("--force", action="store_true", help="replace a non-empty package folder")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -59,7 +68,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     steps = export_steps("onnx" if args.onnx else "module", args.weights)
     with Progress(len(steps), "export", "steps", quiet=args.quiet) as bar:
-        kw = {"storage": args.weights, "overwrite": args.force, "progress": lambda _: bar.update()}
+        budget = None if args.activation_budget is None else int(args.activation_budget * 2**30)
+        kw = {
+            "storage": args.weights,
+            "activation_budget": budget,
+            "overwrite": args.force,
+            "progress": lambda _: bar.update(),
+        }
         try:
             if args.onnx:
                 export_onnx_file(args.onnx, out, output_range=low_high, **kw)
