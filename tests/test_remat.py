@@ -209,8 +209,19 @@ def test_a_step_over_the_memory_budget_runs_in_chunks_of_rows(packages):
     whole = OrtBackend(plain, threads=1)
     chunked = OrtBackend(plain, threads=1, memory_budget=1)
     assert whole.rows >= 5 and chunked.rows == 1 and chunked.describe()["rows_per_call"] == 1
+    batches: list[int] = []
+    session = chunked.loss_session  # the real session, watched: which batch sizes reach it
+
+    class Watched:
+        def run(self, names, feed):
+            batches.append(len(feed["z"]))
+            return session.run(names, feed)
+
+    chunked.loss_session = Watched()
     rng = np.random.default_rng(2)
     z, x = gen.latent.sample(5, rng), rng.random((5, 3, 32, 32), dtype=np.float32)
-    for got, want in zip(chunked.loss_and_grad(z, x), whole.loss_and_grad(z, x), strict=True):
+    got_all = chunked.loss_and_grad(z, x)
+    assert batches == [1, 1, 1, 1, 1]
+    for got, want in zip(got_all, whole.loss_and_grad(z, x), strict=True):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
