@@ -69,4 +69,5 @@ run bench_kernels 70 "$PY" benchmarks/bench_kernels.py --out "$OUT/bench_kernels
 run bench_latency 115 "$PY" benchmarks/bench_latency.py --quick --out "$OUT/bench_latency.json" \
   --cache-dir "$OUT/engines"
 
+run large_models 600 bash benchmarks/gpu_large.sh "$OUT/large" # the 512 px decoder on every GPU backend
 "$PY" benchmarks/gpu_report.py "$OUT"

@@ -78,7 +78,9 @@ def add_method(p: argparse.ArgumentParser) -> None:
         default="inversion",
         choices=method_choices(),
         metavar="METHOD",
-        help=f"{methods}; inversion-random: the old name of inversion with --preset paper",
+        help=f"{methods}; inversion-random: the old name of inversion with --preset paper. At 512 px and above "
+        "on a CPU only aedr (forward passes) is practical; the inversion methods need a GPU there "
+        "(docs/large_models.md)",
     )
     p.add_argument(
         "--ddim-steps", type=int, default=50, help="DDIM/DDPM pipeline folders only: sampler steps K inverted through"
