@@ -39,6 +39,15 @@ GPUS = {  # fp32 CUDA-core peaks from the vendors' datasheets, and the efficienc
 GPU_EFFICIENCY = 0.4
 
 
+OUT: list[Path] = []  # where save() writes: set by main
+
+
+def save(report: dict) -> None:
+    """Write the report as it grows: a stopped run keeps what it measured."""
+    OUT[0].parent.mkdir(parents=True, exist_ok=True)
+    OUT[0].write_text(json.dumps(report, indent=1))
+
+
 def load() -> dict[str, float]:
     one, five, fifteen = os.getloadavg()
     return {"load1": one, "load5": five, "load15": fifteen}
@@ -133,6 +142,7 @@ def phase_steps(report: dict, work: Path, names: list[str], rounds: int) -> None
         entry["projected_ms_per_step"] = {gpu: flops / (peak * GPU_EFFICIENCY) * 1e3 for gpu, peak in GPUS.items()}
         report.setdefault("steps", {})[name] = entry
         print(name, {b: round(entry[b]["median_seconds"], 2) for b in rows}, flush=True)
+        save(report)
 
 
 def errors_vs_torch(work: Path, name: str, backend: str) -> dict[str, float]:
@@ -206,6 +216,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/genorigin-large"))
     p.add_argument("--out", type=Path, default=HERE / "results" / "large_models.json")
     args = p.parse_args()
+    OUT.append(args.out)
     report = json.loads(args.out.read_text()) if args.out.exists() else {}
     from common import machine
 
@@ -221,8 +232,7 @@ def main() -> None:
             phase_activations(report, args.work)
         else:
             phase_aedr(report, args.work)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1))
+        save(report)
 
 
 def _cpu_flags() -> list[str]:
