@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from genorigin.export.generator import Generator
 from genorigin.export.latent_diffusion import LatentDiffusionModel
-from genorigin.runtime.aedr import AEDRAttributor
+from genorigin.runtime.aedr import AEDRAttributor, AEDRSettings
 from genorigin.runtime.attribution import Attributor, DecisionRule
 from genorigin.runtime.backend import Backend
 from genorigin.runtime.backends import BackendTarget, GeneratorOnly, make_backend
@@ -222,7 +222,13 @@ def _aedr(model: ModelHandle, o: MethodOptions) -> AEDRAttributor:
     assert model.latent_model is not None  # build_method checked
     if o.encoder is not None:
         raise ValueError("AEDR reconstructs with the autoencoder's own encoder: it takes no fitted encoder")
-    return AEDRAttributor(model.generator, model.latent_model.roundtrip, calibration=o.calibration)
+    compute = "bfloat16" if o.backend == "torch-bf16" else "float32"  # forward passes only: the bf16 backend's mode
+    return AEDRAttributor(
+        model.generator,
+        model.latent_model.roundtrip_in(compute),
+        settings=AEDRSettings(compute=compute),
+        calibration=o.calibration,
+    )
 
 
 register_method(
