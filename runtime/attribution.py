@@ -17,6 +17,7 @@ from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.encoder import Encoder, EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
 from genorigin.runtime.file_input import AttributesFiles
+from genorigin.runtime.invariant import exact_rows
 from genorigin.runtime.inversion import (
     FAST_SETTINGS,
     Initializer,
@@ -198,7 +199,8 @@ class Attributor(AttributesFiles):
         """
         if self.needs_encoder:
             self.fit_encoder()
-        clean = quantize_8bit(self.generator.sample(n, seed=sample_seed))
+        with exact_rows():  # own samples the same bits whatever torch's threads
+            clean = quantize_8bit(self.generator.sample(n, seed=sample_seed))
         samples, drawn, floor = calibration_samples(self.settings, clean, sample_seed)
         comp = complexity(samples)
         schedule = Schedule(
