@@ -53,6 +53,11 @@ class Backend:
         """Host array → backend array."""
         raise NotImplementedError
 
+    @property
+    def state_device(self) -> torch.device:
+        """Where an optimiser keeps its own per-slot state (torch tensors, their dtype kept): beside z."""
+        return torch.device("cpu")
+
     def loss_and_grad(self, z: Array, x: Array) -> tuple[Array, Array]:
         """Per-sample loss (N,) between G(z) and x, and d(Σ loss)/dz (same shape as z)."""
         raise NotImplementedError
@@ -115,6 +120,10 @@ class TorchBackend(Backend):
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    @property
+    def state_device(self) -> torch.device:
+        return self.device
 
     def loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rows is not None:

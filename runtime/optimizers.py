@@ -118,12 +118,12 @@ class LBFGS:
         state.best_loss = _where(improved, loss, state.best_loss)
         state.best_z = _where(improved.reshape(-1, *([1] * (state.z.ndim - 1))), state.z, state.best_z)
         z = _torch(state.z)
-        e = {k: _torch(state.extra[k]) for k in self.FIELDS}  # the history lives beside z (GPU or CPU)
-        new_z = self.update(z.reshape(len(z), -1), _torch(loss, e["f_prev"].device),
-                            _torch(grad, e["f_prev"].device).reshape(len(z), -1), e)  # fmt: skip
+        e = dict(state.extra)  # torch tensors beside z (SlotPool keeps an optimiser's state so)
+        device = e["f_prev"].device
+        new_z = self.update(z.reshape(len(z), -1), _torch(loss, device), _torch(grad, device).reshape(len(z), -1), e)
         new_z = new_z.to(z.device).reshape(z.shape)
         state.z = new_z if isinstance(state.z, torch.Tensor) else new_z.numpy()
-        state.extra = {k: v if isinstance(state.extra[k], torch.Tensor) else v.numpy() for k, v in e.items()}
+        state.extra = e
 
     def update(self, z: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, e: dict[str, torch.Tensor]
                ) -> torch.Tensor:  # fmt: skip

@@ -160,6 +160,10 @@ class GraphedBackend(Backend):
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
+    @property
+    def state_device(self) -> torch.device:
+        return self.device
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
