@@ -314,14 +314,13 @@ class Attributor(AttributesFiles):
         return self.calibration
 
     def accept_threshold(self) -> float:
-        cal = self._require_calibration()
-        return cal.grubbs_threshold if self.rule == "grubbs" else cal.quantile_threshold
+        return self._require_calibration().threshold(self.rule)
 
     def stop_rule(self) -> TrajectoryStopRule:
         """The early-exit rule for this calibration, decision rule and schedule."""
         return TrajectoryStopRule(
             self._require_calibration(),
-            self.accept_threshold(),
+            self.rule,
             margin=self.schedule.exit_margin,
             min_step=self.schedule.exit_min_step,
             envelope_rank=self.schedule.exit_envelope_rank,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genorigin.runtime.decision import empirical_threshold, grubbs_critical_value
+from genorigin.runtime.decision import empirical_threshold, grubbs_accepts, grubbs_critical_value, quantile_accepts
 
 from genorigin import __version__
 from genorigin.files import atomic_write_text
@@ -155,6 +155,18 @@ class Calibration:
     @property
     def quantile_threshold(self) -> float:
         return empirical_threshold(np.asarray(self.scores), self.alpha)
+
+    def threshold(self, rule: str) -> float:
+        """The largest score ``rule`` ("grubbs" or "quantile") accepts, for display and figures."""
+        return self.grubbs_threshold if rule == "grubbs" else self.quantile_threshold
+
+    def accepts(self, scores: np.ndarray | float, rule: str) -> np.ndarray:
+        """Which scores ``rule`` calls belonging: the verdict's own comparison (runtime/decision.py)."""
+        if rule == "grubbs":
+            return grubbs_accepts(scores, self.mean, self.std, self.n, self.alpha)
+        if rule == "quantile":
+            return quantile_accepts(scores, self.quantile_threshold)
+        raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
 
     def with_alpha(self, alpha: float) -> Calibration:
         return Calibration(**{**asdict(self), "alpha": alpha})
