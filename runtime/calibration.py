@@ -71,6 +71,8 @@ def validate_fields(cal: Calibration) -> None:
         raise ValueError("sample_seed and restarted must be integers (restarted ≥ 0)")
     if cal.encoder is not None and not isinstance(cal.encoder, str):
         raise ValueError("field 'encoder' must be a digest string or null")
+    if cal.band is not None and not (_is_number(cal.band) and math.isfinite(cal.band) and cal.band >= 0.0):
+        raise ValueError(f"band must be a finite number ≥ 0 or null, got {cal.band!r}")
     _validate_checkpoints(cal)
 
 
@@ -125,6 +127,10 @@ class Calibration:
     restarted: int = 0  # own samples whose stalled trajectory needed fresh starts
     transforms: list[str] | None = None  # robust mode: the transform each own sample went through
     stall_floor: float | None = None  # the loss the stall detector counts as converged (None: the 8-bit floor)
+    # reproducibility band: the largest |log(score′/score)| of own samples replayed under float32 rounding
+    # perturbations (another CPU's arithmetic); None: not measured (files written before it existed)
+    band: float | None = None
+    band_samples: int = 0
     format: str = CALIBRATION_FORMAT
 
     def __post_init__(self) -> None:

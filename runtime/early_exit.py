@@ -62,8 +62,11 @@ class TrajectoryStopRule:
         return float(self.margin * self.envelope[j])
 
     def check(self, step: int, best_loss: np.ndarray, complexity: np.ndarray) -> np.ndarray:
+        """Belonging once even the top of the score's reproducibility band is accepted (the verdict at the
+        budget would be ``belonging`` on any machine); non-belonging above the envelope."""
         score = calibrated_score(best_loss, complexity)
         out = np.full(len(score), CONTINUE, dtype=np.int64)
-        out[self.calibration.accepts(score, self.rule)] = BELONGING
+        top = score * math.exp(self.calibration.band or 0.0)
+        out[self.calibration.accepts(top, self.rule)] = BELONGING
         out[(out == CONTINUE) & (score > self.reject_threshold(step))] = NON_BELONGING
         return out

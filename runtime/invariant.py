@@ -117,7 +117,10 @@ def exact_rows() -> Iterator[None]:
     """Run torch at one intra-op thread (threads split work by shape) with lone rows padded, then restore.
 
     torch's thread count is process-wide: forward-only work (AEDR, rendering) keeps the caller's threads.
+    Denormals are flushed in every thread that evaluates rows: the flag is per thread (a thread without it
+    computed other bits late in an inversion, where gradients reach the denormal range — measured).
     """
+    torch.set_flush_denormal(True)
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -128,7 +131,11 @@ def exact_rows() -> Iterator[None]:
 
 
 def _in_worker(fn: Callable[..., tuple[torch.Tensor, ...]], *arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    with PadLoneRows():  # the mode is per thread; the thread count was set by the caller
+    # per thread, like the mode: OpenMP keeps a thread count per thread (a pool thread ran convolutions on 2
+    # threads although torch reported 1 — measured), and denormal flushing is a per-thread CPU flag
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(1)
+    with PadLoneRows():
         return fn(*arrays)
 
 

@@ -192,6 +192,11 @@ class TensorRTBackend(GraphedBackend):
     def bucket_for(self, n: int) -> int:
         return choose_bucket(n, self.buckets)
 
+    @property
+    def max_slots(self) -> int:  # type: ignore[override]
+        """The engines' largest batch: the loop admits no more slots than this (``images_in_flight``)."""
+        return max(self.buckets)
+
     def _alloc(self, bucket: int) -> TrtBucket:
         b = TrtBucket(SlotBuffers(bucket, self.latent_shape, self.image_shape, self.device))
         for role, eng in self.engines.items():
