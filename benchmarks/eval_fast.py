@@ -171,7 +171,7 @@ def evaluate(model: str, args: argparse.Namespace) -> dict:
     # early exit at the full budget, read off the trajectories with the loop's own rules
     stall = StallDetector(settings.stall_window, settings.stall_factor, quantization_floor(settings.loss))
     early: dict = {}
-    for decision_rule, threshold in (("grubbs", cal.grubbs_threshold), ("quantile", cal.quantile_threshold)):
+    for decision_rule in ("grubbs", "quantile"):
         rule = TrajectoryStopRule(cal, decision_rule, margin=FAST_SCHEDULE.exit_margin,
                                   min_step=FAST_SCHEDULE.exit_min_step)  # fmt: skip
         read = {k: [exit_reading(r, rule, settings, stall) for r in v] for k, v in by_class.items()}

@@ -14,7 +14,6 @@ import pytest
 import torch
 from genorigin.export.bundled import real_images_dir
 from genorigin.export.package import AttributionPackage, export_generator
-from genorigin.models import resolve_model
 from genorigin.runtime.attribution import AttributionResult, Attributor, quantize_8bit
 from genorigin.runtime.backend import TorchBackend
 from genorigin.runtime.encoder import FittedEncoder
@@ -24,6 +23,7 @@ from genorigin.runtime.optimizers import LBFGS
 from genorigin.runtime.ort_backend import OrtBackend, package_generator
 
 from genorigin.images import load_rgb8
+from genorigin.models import resolve_model
 
 MODELS = ("dcgan_a", "vae")
 PAPER = (InversionSettings(steps=40, restarts=2), Schedule(batch_size=8, check_every=10, exit_min_step=10))
