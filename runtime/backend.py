@@ -79,6 +79,12 @@ class Backend:
             adam.lr_at(state.t), adam.beta1, adam.beta2, adam.eps,
         )  # fmt: skip
 
+    def fuses(self, update: object) -> bool:
+        """Whether ``step(state, update)`` runs this optimiser update inside the backend's own iteration
+        (the graph-capturing GPU backends do, for Adam and L-BFGS); otherwise the optimiser steps eagerly
+        over ``loss_and_grad``."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
 

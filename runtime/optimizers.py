@@ -112,6 +112,9 @@ class LBFGS:
         }
 
     def step(self, backend: Backend, state: SlotState) -> None:
+        if backend.fuses(self):  # a GPU backend replays loss, gradient and this update as one captured graph
+            backend.step(state, self)
+            return
         state.t = state.t + 1
         loss, grad = backend.loss_and_grad(state.z, state.x)
         improved = loss < state.best_loss
