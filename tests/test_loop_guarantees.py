@@ -144,9 +144,11 @@ def test_adaptive_restarts_stay_within_the_backend_capacity_and_never_wait():
 class CountHostReads(TorchFunctionMode):
     """Counts the tensor calls that read device memory on the host (each a GPU→CPU synchronisation)."""
 
-    READS = frozenset({torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist,
-             torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.__array__,
-             torch.Tensor.nonzero, torch.Tensor.any, torch.Tensor.all})  # fmt: skip
+    READS = frozenset({
+        torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.tolist,
+        torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.__array__,
+        torch.Tensor.nonzero, torch.Tensor.any, torch.Tensor.all,
+    })  # fmt: skip
 
     def __init__(self) -> None:
         super().__init__()
