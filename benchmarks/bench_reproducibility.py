@@ -15,7 +15,7 @@ The cost of batch invariance is timed in the native process: the same decisions 
 evaluation and L-BFGS reductions, and with them switched off (plain batched evaluation, ``tensor.sum``),
 alternating rounds in one process.
 
-    .venv/bin/python benchmarks/bench_reproducibility.py --n 16 --calibration 40
+    .venv/bin/python benchmarks/bench_reproducibility.py --n 12 --calibration 30
 """
 
 from __future__ import annotations
@@ -99,25 +99,27 @@ def time_cost(att, images: np.ndarray, rounds: int, torch) -> dict:
             "overhead_vs_1_thread": med["invariant"] / med["plain-1-thread"] - 1.0}
 
 
-def drive(args: argparse.Namespace) -> dict:
-    runs = {}
-    for config, env in CONFIGS.items():
-        for threads in (1, 2):
-            key = f"{config}/{threads}"
-            cmd = [sys.executable, __file__, "--worker", "--threads", str(threads), "--n", str(args.n),
-                   "--calibration", str(args.calibration), "--models", *args.models,
-                   "--alone-every", str(args.alone_every), "--rounds", str(args.rounds)]  # fmt: skip
-            if key == "native/2":
-                cmd.append("--cost")
-            started = time.time()
-            proc = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, check=True)
-            runs[key] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"{key}: {time.time() - started:.0f} s (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
-    return {"runs": runs, "summary": summarise(runs), "load_after": os.getloadavg()}
+def drive(args: argparse.Namespace, save) -> dict:
+    """Each configuration in its own process; results saved after each (a long run can be read as it goes)."""
+    runs: dict = {}
+    for key in args.configs:
+        config, threads = key.split("/")
+        cmd = [sys.executable, __file__, "--worker", "--threads", threads, "--n", str(args.n),
+               "--calibration", str(args.calibration), "--models", *args.models,
+               "--alone-every", str(args.alone_every), "--rounds", str(args.rounds)]  # fmt: skip
+        if key == "native/2":
+            cmd.append("--cost")
+        started = time.time()
+        proc = subprocess.run(cmd, env={**os.environ, **CONFIGS[config]}, capture_output=True, text=True, check=True)
+        runs[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        runs[key]["seconds"], runs[key]["load_after"] = time.time() - started, os.getloadavg()
+        print(f"{key}: {time.time() - started:.0f} s (load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
+        save({"runs": runs, "summary": summarise(runs)})
+    return {"runs": runs, "summary": summarise(runs)}
 
 
 def summarise(runs: dict) -> dict:
-    ref = runs["native/1"]["models"]
+    ref = next(iter(runs.values()))["models"]
     summary: dict = {}
     for key, run in runs.items():
         for name, m in run["models"].items():
@@ -125,7 +127,7 @@ def summarise(runs: dict) -> dict:
             moves = [abs(math.log(a / b)) for a, b in zip(m["scores"], r["scores"]) if a > 0 and b > 0]
             flips = sum(a != b for a, b in zip(m["verdicts"], r["verdicts"]))
             summary.setdefault(name, {})[key] = {
-                "identical_to_native_1": m["scores"] == r["scores"] and m["cal_scores"] == r["cal_scores"],
+                "identical_to_reference": m["scores"] == r["scores"] and m["cal_scores"] == r["cal_scores"],
                 "max_log_move": max(moves), "median_log_move": float(np.median(moves)),
                 "verdict_flips": flips, "uncertain": sum(v == "uncertain" for v in m["verdicts"]),
                 "band": m["band"], "moves_within_band": sum(x <= m["band"] for x in moves), "images": len(moves),
@@ -146,6 +148,8 @@ def main() -> None:
     p.add_argument("--alone-every", type=int, default=4, help="attribute every k-th image alone too")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (native/2 only)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "reproducibility.json")
+    p.add_argument("--configs", nargs="+", default=["native/1", "native/2", "avx2/1", "default/1"],
+                   help="CONFIG/THREADS to run (native, avx2, default); the first is the reference")
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -153,9 +157,13 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from common import machine
 
-    result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, **drive(args)}
+    head = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+
+    def save(part: dict) -> None:
+        args.out.write_text(json.dumps({**head, **part}, indent=1))
+
+    result = drive(args, save)
     print(json.dumps(result["summary"], indent=1))
 
 
