@@ -72,7 +72,8 @@ class Service:
             try:
                 job = w.job("warm-up", quantize_8bit(gen.sample(1, seed=WARMUP_SEED))[0], time.monotonic() + 3600)
                 job.internal = True
-                w.try_reserve(1)  # released when answered, like a request's
+                w.try_reserve(1, bounded=False)  # released when answered, like a request's; requests may fill
+                # the bound first, and an uncounted job's release would drive the count negative
                 w.submit([job])
                 result = job.future.result()
                 if result is None or result.stop_reason == "cancelled":
