@@ -39,7 +39,10 @@ COMMANDS: dict[str, Command] = {
         negative_values=("--output-range",),
     ),
     "build-engine": Command("genorigin.commands.build_engine", "build (or reuse cached) TensorRT engines (GPU)"),
-    "serve": Command("genorigin.commands.serve", "HTTP service: POST image bytes to /v1/attribute, get a verdict"),
+    "serve": Command(
+        "genorigin.commands.serve",
+        "HTTP service: POST image bytes to /v1/attribute (or the Open Inference Protocol, /v2), get a verdict",
+    ),
     "demo": Command("genorigin.commands.demo", "calibrate a bundled model and attribute a bundled mix of images"),
     "robustness": Command(
         "genorigin.commands.robustness",

@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
     def listening(url: str) -> None:
         print(f"serving {names} on {url} (POST /v1/attribute, GET /v1/models, /docs, /healthz, /readyz, "
-              f"/metrics)", flush=True)  # fmt: skip
+              f"/metrics; Open Inference Protocol under /v2)", flush=True)  # fmt: skip
 
     return serve(service, args.host, args.port, backlog=args.backlog, log_level=args.log_level,
                  on_listening=listening)  # fmt: skip
