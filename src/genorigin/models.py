@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genorigin.export.adapters import load_generator_file
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
-from genorigin.export.generator import Generator
 from genorigin.files import cache_dir
 from genorigin.runtime.calibration import canonical_method
 
 if TYPE_CHECKING:
+    from genorigin.export.generator import Generator
     from genorigin.export.latent_diffusion import LatentDiffusionModel
     from genorigin.export.package import AttributionPackage
     from genorigin.runtime.backend import Backend
@@ -127,6 +126,8 @@ def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -
         return _resolve_folder(p, ddim_steps)
     if p.suffix == ".onnx":
         raise ValueError(f"{p}: export ONNX generators first: genorigin export --onnx {p} --out PACKAGE_DIR")
+    from genorigin.export.adapters import load_generator_file  # torch: only once a model file is loaded
+
     gen = load_generator_file(p)
     return ResolvedModel(
         gen, p.with_name(p.name + ".calibration.json"), str(p), "file", p.with_name(p.name + ".encoder.pt")

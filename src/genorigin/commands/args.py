@@ -2,7 +2,8 @@
 
 Inversion flags default to None ("not given"): the preset supplies the value when calibrating and the
 calibration when attributing, and only a flag the user typed can contradict a calibration. Their help says
-each preset's value, read from ``runtime.inversion.PRESETS``.
+each preset's value, read from ``runtime.settings.PRESETS``. Declaring the options imports no torch (``--help``
+answers at once); turning them into a job imports the workflow.
 """
 
 from __future__ import annotations
@@ -10,18 +11,20 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from genorigin import workflow
 from genorigin.choices import SCHEDULE_FLAGS, SETTINGS_FLAGS, InversionChoices
 from genorigin.errors import CliError
-from genorigin.models import MODEL_KINDS, ResolvedModel
+from genorigin.models import MODEL_KINDS
 from genorigin.runtime.backends import BACKENDS
-from genorigin.runtime.encoder import FitSettings
-from genorigin.runtime.inversion import OPTIMIZERS, PRESETS
 from genorigin.runtime.methods import METHODS, method_choices
 from genorigin.runtime.robust import ROBUST_MODES
+from genorigin.runtime.settings import OPTIMIZERS, PRESETS, FitSettings
 from genorigin.threads import WORKERS_ENV, use_threads
+
+if TYPE_CHECKING:
+    from genorigin import workflow
+    from genorigin.models import ResolvedModel
 
 ENCODER_HELP = (
     "the encoder file the starts come from (default: the model's: shipped beside a bundled model, else in the "
@@ -196,6 +199,8 @@ def fit_settings(args: argparse.Namespace) -> FitSettings:
 
 def method_choice(args: argparse.Namespace, threads: int | None, rule: str = "grubbs") -> workflow.MethodChoice:
     """The workflow's MethodChoice from parsed options (every command that builds a method has these)."""
+    from genorigin import workflow
+
     return workflow.MethodChoice(
         method=args.method,
         inversion=InversionChoices.from_namespace(vars(args)),
@@ -216,6 +221,8 @@ def configure_threads(args: argparse.Namespace) -> int:
 
 def load_for_attribution(args: argparse.Namespace, early_exit: bool = True) -> tuple[ResolvedModel, workflow.Loaded]:
     """Threads, the model, and its method as the calibration made it (attribute, serve)."""
+    from genorigin import workflow
+
     threads = configure_threads(args)
     model = workflow.resolve(args.model, args.ddim_steps, threads)
     choice = method_choice(args, threads, rule=args.rule)
