@@ -75,6 +75,39 @@ def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path,
         assert own["verdict"] == "belonging" and own["model"] == "alpha"
 
 
+def test_several_models_on_the_command_line_equal_the_services_decision(files, tmp_path, capsys):
+    """`attribute --model A --model B`: one row per image with each model's verdict and the decision across
+    them, equal to the service's model=all answer field by field (and in the table and the CSV)."""
+    models, images = files
+    report, table = tmp_path / "across.json", tmp_path / "across.csv"
+    argv = ["attribute", str(images), "--quiet", "--report", str(report), "--csv", str(table), *STEPS]
+    for name, (model, cal) in models.items():
+        argv += ["--model", f"{name}={model}", "--calibration", f"{name}={cal}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    cli = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    rows = {line.split(",")[0].split("/")[-1]: line.split(",") for line in table.read_text().splitlines()[1:]}
+    assert set(cli) == {p.name for p in images.iterdir()} == set(rows)
+    served = [load_served_model(str(m), c, name=n, schedule=SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
+    st = ServiceThread(Service(served))
+    with st as url:
+        st.wait_ready()
+        for path in sorted(images.iterdir()):
+            status, _, answer = post(url, path.read_bytes(), headers={"X-Image-Name": path.name})
+            want = cli[path.name]
+            assert status == 200
+            for key in ("decision", "verdict", "accepting", "ambiguous", "rule"):
+                assert want[key] == answer[key], (path.name, key)
+            for name in models:
+                skip = ("source", "seconds", "input", "timing")
+                got = {k: v for k, v in answer["models"][name].items() if k not in skip}
+                assert got == {k: v for k, v in want["models"][name].items() if k not in skip}, (path.name, name)
+            assert rows[path.name][1] == (answer["decision"] or "")
+            decided = answer["decision"] or "none"  # the table's row: image, decision (* when ambiguous), verdicts
+            assert any(path.name in line and line.split()[1].rstrip("*") == decided for line in out.splitlines())
+    assert {r["decision"] for r in cli.values()} >= {"alpha", "beta", None}  # each own sample, and noise
+
+
 def test_serve_refuses_what_every_request_would_fail_on(files, tmp_path, capsys):
     models, _ = files
     model, cal = models["alpha"]

@@ -97,6 +97,15 @@ def bundled_encoder_path(name: str, generator: Generator) -> Path:
     return shipped if shipped.exists() else cache_dir("encoders") / f"{name}-{generator.fingerprint()[:12]}.encoder.pt"
 
 
+def model_name(spec: str) -> str:
+    """The name a model goes by when several are used at once (``serve``, ``attribute --model A --model B``):
+    the bundled name, or the file or folder name without its suffix."""
+    if spec in BUNDLED_MODELS:
+        return spec
+    path = Path(spec.rstrip("/"))
+    return path.stem if path.suffix == ".pt" else path.name
+
+
 def portable_spec(spec: str) -> str:
     """``spec`` as another process resolves it whatever its working folder (a Ray actor or replica): a bundled
     name, or a spec naming no file, as it is; a path made absolute."""
