@@ -66,6 +66,28 @@ def cli_models(folder: Path) -> tuple[dict[str, tuple[Path, Path]], Path]:
     return models, images
 
 
+def cli_reports(models: dict[str, tuple[Path, Path]], images: Path, folder: Path) -> dict[str, dict[str, dict]]:
+    """``genorigin attribute`` of the images folder with each of ``cli_models``' models alone: model → file
+    name → its report entry."""
+    from genorigin.cli import main
+
+    reports = {}
+    for name, (model, cal) in models.items():
+        report = folder / f"{name}.report.json"
+        assert main(["attribute", str(images), "--model", str(model), "--calibration", str(cal), "--quiet",
+                     "--report", str(report), *CLI_STEPS]) == 0  # fmt: skip
+        reports[name] = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    return reports
+
+
+def cli_service(models: dict[str, tuple[Path, Path]]) -> ServiceThread:
+    """The service over ``cli_models``' files with the command line's schedule (``with`` it, ``wait_ready()``)."""
+    from genorigin.runtime.service import load_served_model
+
+    served = [load_served_model(str(m), c, name=n, schedule=CLI_SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
+    return ServiceThread(Service(served))
+
+
 class ReportEntry:
     """A command line report entry as the cross-model rule (``decide_across``) reads it."""
 

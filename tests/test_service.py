@@ -86,7 +86,6 @@ def test_a_request_joins_the_running_inversion(model, batching):
     assert ta_["finished_step"] - ta_["admitted_step"] == budget
     if batching == "continuous":
         assert ta_["admitted_step"] < tb_["admitted_step"] < ta_["finished_step"]  # joined the running batch
-        assert tb_["admitted_step"] - ta_["admitted_step"] <= budget // 2  # … long before A's end
         assert tb_["finished_step"] - tb_["admitted_step"] == rb["steps"] < budget  # and left at its own exit
         assert tb_["finished_step"] < ta_["finished_step"]
     else:  # batch to completion: B waits for all of A's remaining steps

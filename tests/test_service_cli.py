@@ -19,13 +19,15 @@ import pytest
 from genorigin.export.adapters import load_generator_file
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.multimodel import decide_across
-from genorigin.runtime.service import Service, ServiceLoadError, ServiceThread, load_served_model
+from genorigin.runtime.service import ServiceLoadError, load_served_model
 from service_helpers import (
     CLI_SCHEDULE,
     CLI_STEPS,
     ReportEntry,
     budget_for,
     cli_models,
+    cli_reports,
+    cli_service,
     metric,
     png,
     post,
@@ -46,15 +48,9 @@ def files(tmp_path_factory):
 
 def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path, capsys):
     models, images = files
-    cli = {}
-    for name, (model, cal) in models.items():
-        report = tmp_path / f"{name}.json"
-        assert main(["attribute", str(images), "--model", str(model), "--calibration", str(cal), "--quiet",
-                     "--report", str(report), *STEPS]) == 0  # fmt: skip
-        cli[name] = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    cli = cli_reports(models, images, tmp_path)
     capsys.readouterr()
-    served = [load_served_model(str(m), c, name=n, schedule=SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
-    st = ServiceThread(Service(served))
+    st = cli_service(models)
     with st as url:
         st.wait_ready()
         for path in sorted(images.iterdir()):
@@ -88,8 +84,7 @@ def test_several_models_on_the_command_line_equal_the_services_decision(files, t
     cli = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
     rows = {line.split(",")[0].split("/")[-1]: line.split(",") for line in table.read_text().splitlines()[1:]}
     assert set(cli) == {p.name for p in images.iterdir()} == set(rows)
-    served = [load_served_model(str(m), c, name=n, schedule=SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
-    st = ServiceThread(Service(served))
+    st = cli_service(models)
     with st as url:
         st.wait_ready()
         for path in sorted(images.iterdir()):

@@ -15,15 +15,15 @@ import threading
 import numpy as np
 import pytest
 from genorigin.runtime.multimodel import decide_across
-from genorigin.runtime.service import Limits, Service, ServiceThread, load_served_model
+from genorigin.runtime.service import Limits
 from PIL import Image
 from service_helpers import (
-    CLI_SCHEDULE,
-    CLI_STEPS,
     LONG,
     ReportEntry,
     calibrated_tiny,
     cli_models,
+    cli_reports,
+    cli_service,
     metric,
     png,
     post,
@@ -32,8 +32,6 @@ from service_helpers import (
     variant,
     wait_until,
 )
-
-from genorigin.cli import main
 
 http = pytest.importorskip("tritonclient.http")  # the dev extra
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -46,21 +44,14 @@ CLI_KEYS = {"verdict": "verdict", "p_value": "p_value", "score": "calibrated_los
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("v2")
     models, images = cli_models(folder)
-    reports = {}
-    for name, (model, cal) in models.items():
-        report = folder / f"{name}.report.json"
-        assert main(["attribute", str(images), "--model", str(model), "--calibration", str(cal), "--quiet",
-                     "--report", str(report), *CLI_STEPS]) == 0  # fmt: skip
-        reports[name] = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    reports = cli_reports(models, images, folder)
     names = sorted(p.name for p in images.iterdir())
     return models, {n: (images / n).read_bytes() for n in names}, reports
 
 
 @pytest.fixture(scope="module")
 def server(files):
-    models, _, _ = files
-    served = [load_served_model(str(m), c, name=n, schedule=CLI_SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
-    st = ServiceThread(Service(served))
+    st = cli_service(files[0])
     with st as url:
         st.wait_ready()
         yield url
