@@ -66,7 +66,13 @@ def attribute_read(
         )
         for r, facts in zip(results, read.facts):
             record_input(r, facts, method.calibration)
-    return FileAttribution(results, list(read.errors), list(read.skipped), read.images)
+    errors = list(read.errors) + [f"{r.source}: {r.error}" for r in results if r.error is not None]
+    images = read.images
+    if len(errors) > len(read.errors):  # an image no decision was made for is an error line, not a result
+        kept = [i for i, r in enumerate(results) if r.error is None]
+        results = [results[i] for i in kept]
+        images = None if images is None else images[kept]
+    return FileAttribution(results, errors, list(read.skipped), images)
 
 
 class AttributesFiles:
