@@ -18,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 from genorigin.runtime.service.admission import Reservation, check_token, parse_deadline_ms
 from genorigin.runtime.service.batching import Job, ModelWorker
 from genorigin.runtime.service.core import Service
@@ -71,7 +72,7 @@ def admit(service: Service, request: Request, model: str | None, t0: float) -> A
     return Admitted(workers, t0 + deadline_ms / 1000.0)
 
 
-def _decode(up: Upload, worker: ModelWorker) -> tuple:
+def _decode(up: Upload, worker: ModelWorker) -> tuple[np.ndarray, ImageFacts]:
     generator = worker.served.attributor.generator
     if up.pixels is not None:
         return prepare_pixels(up.pixels, up.name, generator)
