@@ -25,6 +25,7 @@ from genorigin.runtime.ort_backend import OrtBackend, package_generator
 from genorigin.images import load_rgb8
 from genorigin.models import resolve_model
 
+pytestmark = pytest.mark.numeric
 MODELS = ("dcgan_a", "vae")
 PAPER = (InversionSettings(steps=40, restarts=2), Schedule(batch_size=8, check_every=10, exit_min_step=10))
 

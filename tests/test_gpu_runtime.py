@@ -303,3 +303,23 @@ def test_tensorrt_backend_matches_cpu_reference(trt_graphs: Path, tmp_path: Path
     assert info["kernels"] == ("torch" if kernels == "torch" else "cuda"), info["kernels_note"]
     assert info["cuda_graph"] is True and info["own_stream"] is True
     backend.close()
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_backend_runs_the_fast_preset_within_its_engines(trt_graphs: Path, tmp_path: Path) -> None:
+    """The default preset (per-slot L-BFGS, one fresh start for a stalled image) through the loop on TensorRT:
+    the update runs inside the backend's iteration, the slots never exceed the engines' largest batch (16)
+    although 12 images × 2 slots would, and the losses follow the CPU reference."""
+    from genorigin.runtime.gpu.profiles import BatchProfile
+    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend.from_graphs(trt_graphs, profiles=(BatchProfile(1, 4, 16),), cache_dir=tmp_path)
+    gen = tiny_generator()
+    targets = np.concatenate([gen.sample(6, seed=3), _problem(6, seed=4)[1]])
+    settings = InversionSettings(steps=60, restarts=1, optimizer="lbfgs", fresh_starts=1, stall_window=10)
+    schedule = Schedule(batch_size=12, check_every=10, early_exit=False)
+    compare_backends({"torch": TorchBackend(gen), "tensorrt": backend}, targets, settings, 2e-3, latent=gen.latent,
+                     schedule=schedule, atol=1e-7).check()  # fmt: skip
+    assert backend.steps > 0 and backend.max_slots == 16
+    assert backend.describe()["cuda_graph"] is True
+    backend.close()

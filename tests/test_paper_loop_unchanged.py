@@ -32,7 +32,7 @@ RUNS = {
     ),
 }
 
-pytestmark = pytest.mark.slow  # about a minute: see README for the quick subset
+pytestmark = [pytest.mark.slow, pytest.mark.numeric]  # about a minute: see README for the quick subset
 
 
 def oracle(gen: Generator, image: np.ndarray, settings: InversionSettings, seed: int) -> np.ndarray:
