@@ -20,11 +20,14 @@ from dataclasses import replace
 import numpy as np
 from genorigin.kernels.projection import PROJECTIONS, noise_gain
 from genorigin.kernels.reference import loss_and_grad
-from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.settings import InversionSettings
 from genorigin.runtime.transforms import ROBUST_FAMILIES, TransformFamily
 
 ROBUST_MODES = tuple(ROBUST_FAMILIES)  # "none", "jpeg"
 ROBUST_LOSS = {"jpeg": "mse-dct8"}  # the loss a robust mode turns on
+# what runtime/robustness.py evaluates: plain, robust, and each half of the robust mode alone (here, not there:
+# `genorigin robustness --help` lists them without importing the loop)
+EVALUATION_MODES = ("plain", "robust", "calibration-only", "loss-only")
 FLOOR_QUANTILE = 0.9  # of the calibration's compression errors: the robust stall floor (calibration_samples)
 
 
