@@ -24,6 +24,8 @@ from common import EVAL_SAMPLE_SEED, machine, real_crops, write
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
 from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.encoder import FittedEncoder
+from genorigin.runtime.methods import BareModel, MethodOptions, build_method
+from genorigin.runtime.platform_encoder import platform_encoder_path
 from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
 from genorigin.runtime.robustness import MODES, evaluate_robustness
 from genorigin.runtime.transforms import TRANSFORMS
@@ -45,13 +47,18 @@ def evaluate(model: str, args: argparse.Namespace) -> dict:
     base = InversionSettings(**{**FAST_SETTINGS.to_dict(), "steps": args.steps})
     schedule = Schedule(**{**FAST_SCHEDULE.__dict__, "batch_size": args.batch_size})
 
+    platform_encoder = platform_encoder_path(assets_dir() / "models" / f"{model}.encoder.pt")
+
     def make(settings: InversionSettings, sched: Schedule) -> Attributor:
-        return Attributor(gen, settings=settings, schedule=sched, encoder=encoder)
+        own = FittedEncoder.load(platform_encoder) if settings.robust == "platform" else encoder
+        return build_method("inversion", BareModel(gen), MethodOptions(settings=settings, schedule=sched, encoder=own))
 
     t0 = time.perf_counter()
     report = evaluate_robustness(make, sets, base=base, schedule=schedule, transforms=args.transforms,
                                  modes=args.modes, calibration_samples=args.calibration_samples,
-                                 progress=lambda msg: print(model, msg, flush=True))  # fmt: skip
+                                 progress=lambda msg: print(model, f"{time.perf_counter() - t0:.0f}s", msg,
+                                                            flush=True),
+                                 platform_only=args.platform_only)  # fmt: skip
     return report | {"other_model": other, "seconds": time.perf_counter() - t0}
 
 
@@ -101,6 +108,8 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--transforms", nargs="+", default=list(TRANSFORMS))
+    p.add_argument("--platform-only", nargs="*", default=[], metavar="T",
+                   help="transforms read in the platform mode only (no plain or robust rows)")
     p.add_argument("--n", type=int, default=50, help="images per class")
     p.add_argument("--calibration-samples", type=int, default=100)
     p.add_argument("--eval-seed", type=int, default=EVAL_SAMPLE_SEED)

@@ -26,6 +26,7 @@ from genorigin.runtime.encoder import FitSettings, FittedEncoder
 from genorigin.runtime.file_input import Attributes, FileAttribution
 from genorigin.runtime.inversion import PAPER_SCHEDULE, PRESETS, InversionSettings, Schedule, default_schedule
 from genorigin.runtime.latent_tracer import TRACER_METHOD, TRACER_SETTINGS, EncoderInit
+from genorigin.runtime.platform import PlatformAttributor
 
 from genorigin.decode import Background
 
@@ -199,12 +200,16 @@ def build_method(name: str, model: ModelHandle, options: MethodOptions = MethodO
 
 
 def _loop(model: ModelHandle, o: MethodOptions, method: str, **starts: Any) -> Attributor:
-    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=)."""
+    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=);
+    in the platform mode, the one that inverts each image at its own size (runtime/platform.py)."""
     assert o.settings is not None and o.schedule is not None  # build_method resolved them
     backend = o.backend if isinstance(o.backend, Backend) else make_backend(model, o.backend, o.settings.loss,
                                                                             o.threads)  # fmt: skip
-    return Attributor(model.generator, backend=backend, settings=o.settings, schedule=o.schedule,
-                      calibration=o.calibration, rule=o.rule, method=method, **starts)  # fmt: skip
+    options = {"backend": backend, "settings": o.settings, "schedule": o.schedule, "calibration": o.calibration,
+               "rule": o.rule, "method": method, **starts}  # fmt: skip
+    if o.settings.robust == "platform":
+        return PlatformAttributor(model.generator, threads=o.threads, **options)
+    return Attributor(model.generator, **options)
 
 
 def _inversion(model: ModelHandle, o: MethodOptions) -> Attributor:
@@ -213,6 +218,8 @@ def _inversion(model: ModelHandle, o: MethodOptions) -> Attributor:
 
 def _tracer(model: ModelHandle, o: MethodOptions) -> Attributor:
     assert o.settings is not None and model.latent_model is not None  # build_method checked
+    if o.settings.robust == "platform":
+        raise ValueError("LatentTracer starts from the autoencoder's encoding: it has no platform mode")
     if o.settings.init != "encoder":
         raise ValueError("LatentTracer settings need init='encoder' (its starts are the autoencoder's encoding)")
     return _loop(model, o, TRACER_METHOD, initializer=EncoderInit(model.latent_model))
