@@ -18,6 +18,7 @@ It is built from matrices (pointwise ops and MatMul), so the exporter's standard
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -178,18 +179,25 @@ def to_frame(image: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
     """A received C×H×W image drawn into the model's frame at the window its size implies (θ = 0), bilinear,
     borders extended: what the encoders see (they take model-size images)."""
     c, h, w = image.shape
+    rows, cols, margin = _frame_samplers(h, w, frame)
+    padded = np.pad(np.asarray(image, np.float64), ((0, 0), (margin, margin), (margin, margin)), mode="edge")
+    out = rows @ padded @ cols.T
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4096)
+def _frame_samplers(h: int, w: int, frame: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """``to_frame``'s two bilinear samplers for an H×W image (edge-padded by ``margin``), cached by size."""
     fit = min(frame[0] / h, frame[1] / w)  # model pixels per received pixel in the implied window
     margin = int(np.ceil(max(frame[0] / fit - h, frame[1] / fit - w) / 2)) + 2
-    padded = torch.from_numpy(np.pad(np.asarray(image, np.float64), ((0, 0), (margin, margin), (margin, margin)),
-                                     mode="edge"))  # fmt: skip
     axes = []
     for side, received in zip(frame, (h, w)):
         length = side / fit  # the frame's extent in received pixels, centred on the image
         start = torch.tensor([margin + (received - length) / 2], dtype=torch.float64)
-        axes.append(resample_matrix(start, torch.tensor([length], dtype=torch.float64), side, received + 2 * margin,
-                                    "bilinear")[0])  # fmt: skip
-    out = torch.einsum("ih,chw,jw->cij", axes[0], padded, axes[1])
-    return out.clamp(0.0, 1.0).float().numpy()
+        matrix = resample_matrix(start, torch.tensor([length], dtype=torch.float64), side, received + 2 * margin,
+                                 "bilinear")[0]  # fmt: skip
+        axes.append(matrix.numpy())
+    return axes[0], axes[1], margin
 
 
 def theta_for(window: tuple[float, float, float, float], out_size: tuple[int, int], frame: tuple[int, int],

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from genorigin.runtime.coverage import record_input
 
-from genorigin.images import ReadResult, read_images
+from genorigin.images import Preparer, ReadResult, read_images
 
 if TYPE_CHECKING:
     from genorigin.export.generator import Generator
@@ -34,11 +34,15 @@ class FileAttribution:
 
 
 class Attributes(Protocol):
-    """What attributing files needs of a method: its generator (to read for), its calibration (what an input
+    """What attributing files needs of a method: what reads its inputs (``reader``: the generator, which
+    brings them to its size, or the platform mode's, which keeps their own), its calibration (what an input
     is compared with: ``coverage_warning``) and ``attribute``."""
 
     generator: Generator
     calibration: Calibration | None
+
+    @property
+    def reader(self) -> Preparer: ...
 
     def attribute(
         self,
@@ -72,6 +76,11 @@ def attribute_read(
 class AttributesFiles:
     """Mixin: ``attribute_files(paths)`` for any method that has ``generator`` and ``attribute``."""
 
+    @property
+    def reader(self: Attributes) -> Preparer:
+        """What brings a decoded file to this method's input: the generator (its size)."""
+        return self.generator
+
     def attribute_files(
         self: Attributes,
         specs: Iterable[str],
@@ -85,5 +94,5 @@ class AttributesFiles:
         ``convert="white"|"black"`` reads greyscale, palette and alpha images as RGB on that background (the
         conversion is recorded in each result's ``input``); by default they are refused.
         """
-        read = read_images(list(specs), self.generator, convert=convert)
+        read = read_images(list(specs), self.reader, convert=convert)
         return attribute_read(self, read, keep_reconstructions=keep_reconstructions, on_done=on_done)

@@ -31,10 +31,45 @@ from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder
 from genorigin.runtime.inversion import Initializer, InversionLoop, InversionOutcome, Schedule, WorkItem
 from genorigin.runtime.platform_encoder import fit_platform_encoder
+from genorigin.runtime.transforms import ROBUST_FAMILIES, PlatformFamily
+from PIL import Image
+
+from genorigin.facts import ImageFacts
 
 Size = tuple[int, int]
-MIN_SIDE = 4  # pixels: below this a received image holds too little to place (and the encoder's input is 4×4)
-MAX_SCALE = 4  # × the model's side: larger inputs are refused here (read_images brings files below it)
+MIN_SIDE = 4  # pixels: below this a received image holds too little to place
+
+
+class ServedImages:
+    """How the platform mode reads a file: the decoded image at its own size, 8-bit as stored; one larger
+    than the platform family's largest side is first brought inside it (Pillow BICUBIC, aspect kept): detail
+    beyond twice the model's resolution is none the model made."""
+
+    def __init__(self, generator: Generator, family: PlatformFamily) -> None:
+        self.channels = generator.channels
+        self.image_size = generator.image_size
+        self.largest = tuple(int(family.sides[1] * s) for s in generator.image_size)
+        self.smallest = tuple(max(MIN_SIDE, round(family.sides[0] * s)) for s in generator.image_size)
+
+    def size_for(self, h: int, w: int) -> Size:
+        fit = min(1.0, self.largest[0] / h, self.largest[1] / w)
+        return max(1, round(h * fit)), max(1, round(w * fit))
+
+    def prepare_image(self, image: np.ndarray) -> np.ndarray:
+        """An H×W×C uint8 image → C×H'×W' float32 in [0, 1] at its own size (or brought inside the family)."""
+        h, w = image.shape[:2]
+        if h < self.smallest[0] or w < self.smallest[1]:
+            raise ValueError(f"{w}×{h} is smaller than the platform mode inverts (at least {self.smallest[1]}×"
+                             f"{self.smallest[0]} for this model)")  # fmt: skip
+        size = self.size_for(h, w)
+        if size != (h, w):
+            pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+            image = np.asarray(pil.resize((size[1], size[0]), Image.Resampling.BICUBIC)).reshape(*size, -1)
+        return (image.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+    def prepared_facts(self, facts: ImageFacts) -> ImageFacts:
+        w, h = facts.decoded_size
+        return facts.served(self.size_for(h, w))
 
 
 class PlatformStarts:
@@ -149,6 +184,17 @@ class PlatformAttributor(Attributor):
         return self.encoder is None
 
     @property
+    def reader(self) -> ServedImages:
+        """Files are read at their own size (``ServedImages``)."""
+        return ServedImages(self.generator, self.family)
+
+    @property
+    def family(self) -> PlatformFamily:
+        fam = ROBUST_FAMILIES["platform"]
+        assert isinstance(fam, PlatformFamily)
+        return fam
+
+    @property
     def encoder_digest(self) -> str | None:
         return None if self.encoder is None else self.encoder.digest()
 
@@ -169,14 +215,15 @@ class PlatformAttributor(Attributor):
     def _validate(self, images: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:  # type: ignore[override]
         """C×H×W images in [0, 1], any size within the platform family's (a list, or one N×C×H×W array)."""
         out = []
-        frame = self.generator.image_size
+        frame, (lo, hi) = self.generator.image_size, self.family.sides
         for i, image in enumerate(images):
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[0] != self.generator.channels:
                 raise ValueError(f"image {i}: expected {self.generator.channels}×H×W, got {image.shape}")
-            if not all(MIN_SIDE <= s <= MAX_SCALE * f for s, f in zip(image.shape[1:], frame)):
-                raise ValueError(f"image {i}: {image.shape[1]}×{image.shape[2]} is outside what the platform mode "
-                                 f"inverts ({MIN_SIDE} to {MAX_SCALE}× the model's {frame[0]}×{frame[1]})")  # fmt: skip
+            if not all(max(MIN_SIDE, lo * f) <= s <= hi * f for s, f in zip(image.shape[1:], frame)):
+                raise ValueError(f"image {i}: {image.shape[1]}×{image.shape[2]} is outside the sizes the platform "
+                                 f"mode inverts ({lo:g}× to {hi:g}× the model's {frame[0]}×{frame[1]}, each side; "
+                                 "files larger are brought inside when read)")  # fmt: skip
             if not np.isfinite(image).all() or image.min() < 0.0 or image.max() > 1.0:
                 raise ValueError(f"image {i}: values must be finite and lie in [0, 1]")
             out.append(image.astype(np.float32, copy=False))

@@ -20,7 +20,7 @@ from genorigin.decode import Background
 from genorigin.errors import GenoriginError
 from genorigin.export.package import ENCODER_GRAPH, MANIFEST
 from genorigin.files import atomic_write_bytes
-from genorigin.images import ReadResult, read_images
+from genorigin.images import Preparer, ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
 from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
@@ -216,10 +216,12 @@ def _attach_encoder(method: AttributionMethod, cal: Calibration, cal_path: Path,
     return path
 
 
-def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None) -> ReadResult:
-    """Expand and read the inputs for this model (``genorigin.images.read_images``)."""
+def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None,
+         reader: Preparer | None = None) -> ReadResult:  # fmt: skip
+    """Expand and read the inputs for this model (``genorigin.images.read_images``); ``reader``: the method's
+    (``AttributionMethod.reader``; default the model's generator, which brings inputs to its size)."""
     try:
-        return read_images(list(specs), model.generator, convert=convert)
+        return read_images(list(specs), reader or model.generator, convert=convert)
     except ValueError as exc:
         raise WorkflowError(str(exc)) from exc
 

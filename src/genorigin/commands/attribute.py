@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
     OutputPlan(files=files).check(args.force)
-    images = workflow.read(model, args.inputs, args.convert)
+    images = workflow.read(model, args.inputs, args.convert, loaded.method.reader)
     print_problems(images.errors, images.skipped)
     if not images.sources:
         print("error: no image could be read", file=sys.stderr)
