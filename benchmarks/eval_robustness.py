@@ -24,9 +24,9 @@ from common import EVAL_SAMPLE_SEED, machine, real_crops, write
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
 from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.encoder import FittedEncoder
+from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
 from genorigin.runtime.methods import BareModel, MethodOptions, build_method
 from genorigin.runtime.platform_encoder import platform_encoder_path
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
 from genorigin.runtime.robustness import MODES, evaluate_robustness
 from genorigin.runtime.transforms import TRANSFORMS
 

@@ -90,8 +90,15 @@ def implied_window(out_size: tuple[int, int], frame: tuple[int, int]) -> tuple[f
 class PlatformView(nn.Module):
     """(z, θ) → the h×w image a platform's crop-and-resample of M(z) gives: T_θ(M(z))."""
 
-    def __init__(self, model: nn.Module, latent_shape: tuple[int, ...], frame: tuple[int, int],
-                 out_size: tuple[int, int], filter: str = "bicubic", units: GeometryUnits = GeometryUnits()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        latent_shape: tuple[int, ...],
+        frame: tuple[int, int],
+        out_size: tuple[int, int],
+        filter: str = "bicubic",
+        units: GeometryUnits = GeometryUnits(),
+    ) -> None:
         super().__init__()
         if filter not in FILTERS:
             raise ValueError(f"unknown resampling filter {filter!r}; choose one of {', '.join(FILTERS)}")
@@ -178,7 +185,7 @@ def geometry_of(view: PlatformView, theta: np.ndarray) -> Geometry:
 def to_frame(image: np.ndarray, frame: tuple[int, int]) -> np.ndarray:
     """A received C×H×W image drawn into the model's frame at the window its size implies (θ = 0), bilinear,
     borders extended: what the encoders see (they take model-size images)."""
-    c, h, w = image.shape
+    _, h, w = image.shape
     rows, cols, margin = _frame_samplers(h, w, frame)
     padded = np.pad(np.asarray(image, np.float64), ((0, 0), (margin, margin), (margin, margin)), mode="edge")
     out = rows @ padded @ cols.T

@@ -37,7 +37,6 @@ from PIL import Image
 from genorigin.facts import ImageFacts
 
 Size = tuple[int, int]
-MIN_SIDE = 4  # pixels: below this a received image holds too little to place
 
 
 class ServedImages:
@@ -49,7 +48,7 @@ class ServedImages:
         self.channels = generator.channels
         self.image_size = generator.image_size
         self.largest = tuple(int(family.sides[1] * s) for s in generator.image_size)
-        self.smallest = tuple(max(MIN_SIDE, round(family.sides[0] * s)) for s in generator.image_size)
+        self.smallest = tuple(max(family.min_side, round(family.sides[0] * s)) for s in generator.image_size)
 
     def size_for(self, h: int, w: int) -> Size:
         fit = min(1.0, self.largest[0] / h, self.largest[1] / w)
@@ -131,8 +130,9 @@ def by_size(images: Sequence[np.ndarray]) -> dict[Size, list[int]]:
 def invert_by_size(
     views: Views,
     images: Sequence[np.ndarray],
-    run: Callable[[Generator, Backend, Initializer, np.ndarray, np.ndarray, Callable[[int], None] | None],
-                  list[InversionOutcome]],
+    run: Callable[
+        [Generator, Backend, Initializer, np.ndarray, np.ndarray, Callable[[int], None] | None], list[InversionOutcome]
+    ],
     starts: Callable[[PlatformView], Initializer],
     complexity: np.ndarray,
     on_done: Callable[[int], None] | None = None,
@@ -166,6 +166,10 @@ class PlatformAttributor(Attributor):
     """
 
     def __init__(self, generator: Generator, *, threads: int | None = None, **options: Any) -> None:
+        if generator.module is None:
+            raise ValueError(f"{generator.name!r}: the platform mode resamples the model's output inside its "
+                             "own graph and needs its PyTorch module (a bundled name or a .pt model, not a "
+                             "package)")  # fmt: skip
         encoder, calibration = options.pop("encoder", None), options.pop("calibration", None)
         super().__init__(generator, **options)
         if self.settings.robust != "platform":
@@ -202,8 +206,9 @@ class PlatformAttributor(Attributor):
         """Start every inversion from this platform encoder's (z, θ) (``fit_encoder`` makes one)."""
         want = (math.prod(self.generator.latent.shape) + THETA_DIM,)
         if tuple(encoder.latent_shape) != want:
-            raise ValueError(f"the platform mode needs a platform encoder (latent {want}: z and θ), got one with "
-                             f"latent {tuple(encoder.latent_shape)}: fit one (genorigin calibrate --robust platform)")  # fmt: skip
+            raise ValueError(f"the platform mode needs a platform encoder (latent {want}: z and θ), got one "
+                             f"with latent {tuple(encoder.latent_shape)}: fit one (genorigin calibrate --robust "
+                             "platform)")  # fmt: skip
         self.encoder = encoder
 
     def fit_encoder(self, settings: FitSettings = FitSettings(), *, seconds: float | None = None,
@@ -220,7 +225,7 @@ class PlatformAttributor(Attributor):
             image = np.asarray(image)
             if image.ndim != 3 or image.shape[0] != self.generator.channels:
                 raise ValueError(f"image {i}: expected {self.generator.channels}×H×W, got {image.shape}")
-            if not all(max(MIN_SIDE, lo * f) <= s <= hi * f for s, f in zip(image.shape[1:], frame)):
+            if not all(max(self.family.min_side, lo * f) <= s <= hi * f for s, f in zip(image.shape[1:], frame)):
                 raise ValueError(f"image {i}: {image.shape[1]}×{image.shape[2]} is outside the sizes the platform "
                                  f"mode inverts ({lo:g}× to {hi:g}× the model's {frame[0]}×{frame[1]}, each side; "
                                  "files larger are brought inside when read)")  # fmt: skip
@@ -261,7 +266,8 @@ class PlatformAttributor(Attributor):
 
     def work_item(self, key: Any, image: np.ndarray, cancelled: Callable[[], bool] | None = None) -> WorkItem:
         raise ValueError("the platform mode inverts each image size in its own loop: attribute() and "
-                         "attribute_files() run it; the live queue (stream, the HTTP service) does not yet")  # fmt: skip
+                         "attribute_files() run it; the live queue (stream, the HTTP service) does not "
+                         "yet")  # fmt: skip
 
     def stream(self, *args: Any, **kwargs: Any) -> None:
         self.work_item(None, np.zeros(0))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from genorigin.export.generator import Generator
 from genorigin.export.geometry import THETA_DIM, GeometryUnits, theta_for, to_frame
-from genorigin.runtime.encoder import EncoderShape, FitSettings, FittedEncoder, fit_encoder
+from genorigin.runtime.encoder import EncoderShape, FitSettings, FittedEncoder, Pairs, fit_encoder
 from genorigin.runtime.transforms import ROBUST_FAMILIES, PlatformFamily
 
 PLATFORM_FIT = FitSettings(steps=2000, lr=5e-4)  # measured on dcgan_a: θ's error stops falling by ~1500 steps
@@ -28,8 +28,7 @@ def platform_encoder_path(encoder_path: str | Path) -> Path:
     return path.with_name(f"{stem}.platform-encoder.pt")
 
 
-def platform_pairs(generator: Generator, family: PlatformFamily,
-                   units: GeometryUnits = GeometryUnits()) -> Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+def platform_pairs(generator: Generator, family: PlatformFamily, units: GeometryUnits = GeometryUnits()) -> Pairs:
     """Training pairs: z from the prior, M(z) served through one family draw each, seen in the model's frame;
     the target is (z, θ of the draw's window at its served size)."""
     frame = generator.image_size

@@ -262,6 +262,7 @@ class PlatformFamily:
     sides: tuple[float, float] = (0.25, 2.0)
     keep_png: float = 0.25
     jpeg_qualities: tuple[int, int] = (50, 95)
+    min_side: int = 4  # pixels: never served smaller (the platform mode refuses smaller inputs)
 
     def draw(self, rng: np.random.Generator, frame: tuple[int, int]) -> PlatformDraw:
         fh, fw = frame
@@ -277,7 +278,7 @@ class PlatformFamily:
         if rng.random() < self.rescale_share:
             scale = float(np.exp(rng.uniform(np.log(self.scales[0]), np.log(self.scales[1]))))
         lo, hi = self.sides
-        side = lambda n, f: int(np.clip(round(n * scale), max(1, round(lo * f)), round(hi * f)))  # noqa: E731
+        side = lambda n, f: int(np.clip(round(n * scale), max(self.min_side, round(lo * f)), round(hi * f)))  # noqa: E731
         return PlatformDraw((top, left, height, width), (side(height, fh), side(width, fw)), quality)
 
     def apply(self, images: np.ndarray, seed: int) -> tuple[list[np.ndarray], list[str]]:

@@ -28,6 +28,8 @@ from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder, OnnxE
 from genorigin.runtime.file_input import FileAttribution, attribute_read
 from genorigin.runtime.inversion import InversionSettings
 from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
+from genorigin.runtime.platform import PlatformAttributor
+from genorigin.runtime.platform_encoder import platform_encoder_path
 
 
 class WorkflowError(GenoriginError):
@@ -98,9 +100,14 @@ def method_for_calibration(model: ResolvedModel, choice: MethodChoice) -> Attrib
     return _build(model, spec, choice, settings=settings, schedule=schedule)
 
 
-def encoder_path(model: ResolvedModel, choice: MethodChoice) -> Path:
-    """Where the model's encoder is read from and saved to (``--encoder`` wins)."""
-    return choice.encoder or model.encoder_path
+def encoder_path(model: ResolvedModel, choice: MethodChoice, method: AttributionMethod | None = None) -> Path:
+    """Where the model's encoder is read from and saved to (``--encoder`` wins); the platform mode's is its
+    platform encoder, beside the model's (runtime/platform_encoder.py)."""
+    if choice.encoder is not None:
+        return choice.encoder
+    if isinstance(method, PlatformAttributor):
+        return platform_encoder_path(model.encoder_path)
+    return model.encoder_path
 
 
 def load_encoder(path: Path) -> Encoder:
@@ -189,7 +196,7 @@ def method_for_attribution(
     else:
         _refuse_inversion_flags(spec, choice)
     method = _build(model, spec, choice, **options)
-    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice)) if method.needs_encoder else None
+    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice, method)) if method.needs_encoder else None
     try:
         method.use_calibration(cal)
     except ValueError as exc:
