@@ -139,3 +139,35 @@ def test_a_crop_of_an_own_sample_recovers_its_offset_within_a_pixel(dcgan, left,
     assert abs(g["left"] - left) < 1.0 and abs(g["top"] - top) < 1.0, g
     assert abs(g["width"] - 26) < 1.0 and abs(g["height"] - 26) < 1.0, g
     assert r.loss < 1e-3  # matched (real photos served alike end near 6e-4 on average, docs/robustness.md)
+
+
+def test_the_geometry_transforms_serve_the_sizes_platforms_do():
+    images = quantize_8bit(load_bundled("dcgan_a").sample(2, seed=1))
+    sizes = {"cut0.9": (29, 29), "cut0.8": (26, 26), "cut0.8-offset": (26, 26), "cut4:3": (24, 32),
+             "down0.75": (24, 24), "down0.5": (16, 16), "up2": (64, 64)}  # fmt: skip
+    for name, size in sizes.items():
+        assert apply_transform(name, images).shape[2:] == size
+        assert apply_transform(f"{name}+jpeg80", images).shape[2:] == size
+    centre = apply_transform("cut0.8", images)
+    assert np.array_equal(centre, images[:, :, 3:29, 3:29])  # a cut is the pixels themselves
+    wide = apply_transform("down0.5", images)[0].transpose(1, 2, 0)
+    pixels = np.round(images[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    assert np.array_equal(np.round(wide * 255), np.asarray(Image.fromarray(pixels).resize((16, 16), Image.BICUBIC)))
+
+
+def test_the_platform_familys_draws_are_seeded_and_in_range():
+    family = ROBUST_FAMILIES["platform"]
+    images = np.repeat(quantize_8bit(load_bundled("dcgan_a").sample(1, seed=2)), 1000, axis=0)
+    draws = family.draws(images, seed=9)
+    assert [d.name for d in draws] == [d.name for d in family.draws(images, seed=9)]
+    assert [d.name for d in draws] != [d.name for d in family.draws(images, seed=10)]
+    for d in draws:
+        top, left, height, width = d.window
+        assert top >= 0 and left >= 0 and top + height <= 32 + 1e-9 and left + width <= 32 + 1e-9
+        assert min(height, width) >= 0.75 * 32 - 1e-9
+        assert all(8 <= s <= 64 for s in d.out_size)
+    whole = sum(d.window == (0.0, 0.0, 32.0, 32.0) and d.out_size == (32, 32) for d in draws) / len(draws)
+    assert whole == pytest.approx(family.identity_share, abs=0.04)  # 3σ at 1000 draws
+    assert sum(d.quality is None for d in draws) / len(draws) == pytest.approx(family.keep_png, abs=0.04)
+    served, names = family.apply(images[:3], seed=9)
+    assert names == [d.name for d in draws[:3]] and [s.shape[1:] for s in served] == [d.out_size for d in draws[:3]]
