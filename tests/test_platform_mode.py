@@ -171,3 +171,30 @@ def test_the_platform_familys_draws_are_seeded_and_in_range():
     assert sum(d.quality is None for d in draws) / len(draws) == pytest.approx(family.keep_png, abs=0.04)
     served, names = family.apply(images[:3], seed=9)
     assert names == [d.name for d in draws[:3]] and [s.shape[1:] for s in served] == [d.out_size for d in draws[:3]]
+
+
+def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_path, capsys):
+    """``--robust platform`` at calibration; ``attribute`` follows it: files read at their own size, the
+    shipped platform encoder pinned, the window found in ``--json``, another mode's flag refused."""
+    from genorigin.cli import main
+
+    cal = tmp_path / "cal.json"
+    fast = ["--steps", "30", "--batch-size", "8"]
+    assert main(["calibrate", "--model", "dcgan_a", "--robust", "platform", "--samples", "4", "--out", str(cal),
+                 "--quiet", *fast]) == 0  # fmt: skip
+    recorded = json.loads(cal.read_text())
+    assert recorded["settings"]["robust"] == "platform" and len(recorded["transforms"]) == 4
+    shipped = platform_encoder_path(assets_dir() / "models" / "dcgan_a.encoder.pt")
+    assert recorded["encoder"] == FittedEncoder.load(shipped).digest()
+    own = quantize_8bit(load_bundled("dcgan_a").sample(1, seed=5))[0]
+    pixels = np.round(own[:, 3:29, 1:31].transpose(1, 2, 0) * 255).astype(np.uint8)  # a 26×30 cut
+    Image.fromarray(pixels).save(tmp_path / "cut.png")
+    capsys.readouterr()
+    assert main(["attribute", str(tmp_path / "cut.png"), "--model", "dcgan_a", "--calibration", str(cal),
+                 "--json", "--quiet"]) == 0  # fmt: skip
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert (result["geometry"]["out_height"], result["geometry"]["out_width"]) == (26, 30)
+    assert result["input"]["scale"] == [1.0, 1.0] and result["warning"] is None
+    assert main(["attribute", str(tmp_path / "cut.png"), "--model", "dcgan_a", "--calibration", str(cal),
+                 "--robust", "jpeg", "--quiet"]) == 2  # fmt: skip
+    assert "--robust jpeg contradicts the calibration, made with --robust platform" in capsys.readouterr().err
