@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from genorigin.export.generator import Generator
 from genorigin.export.geometry import THETA_DIM, Geometry, PlatformView, geometry_of, to_frame, viewed_generator
 from genorigin.runtime.attribution import AttributionResult, Attributor
 from genorigin.runtime.backend import Backend
-from genorigin.runtime.backends import GeneratorOnly, make_backend
+from genorigin.runtime.backends import make_backend
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder
 from genorigin.runtime.inversion import Initializer, InversionLoop, InversionOutcome, Schedule, WorkItem
@@ -35,6 +35,10 @@ from genorigin.runtime.transforms import ROBUST_FAMILIES, PlatformFamily
 from PIL import Image
 
 from genorigin.facts import ImageFacts
+from genorigin.files import cache_dir
+
+if TYPE_CHECKING:
+    from genorigin.export.package import AttributionPackage
 
 Size = tuple[int, int]
 
@@ -113,10 +117,24 @@ class Views:
         return self.get(size)[1].render(latents)
 
 
+class ViewTarget:
+    """A view as a backend target: PyTorch backends run its module; ONNX Runtime and TensorRT its package,
+    exported once per model and size into the user cache (its VJP graph checked against autograd there)."""
+
+    def __init__(self, view: Generator) -> None:
+        self.generator = view
+
+    def package(self) -> AttributionPackage:
+        from genorigin.export.package import exported_once
+
+        return exported_once(self.generator, cache_dir("packages") / f"{self.generator.name}-"
+                             f"{self.generator.fingerprint()[:12]}")  # fmt: skip
+
+
 def backend_maker(backend: str | Backend, loss: str, threads: int | None) -> Callable[[Generator], Backend]:
     """How a view gets its backend: the same kind as the model's (a built backend names its kind)."""
     name = backend if isinstance(backend, str) else backend.name
-    return lambda view: make_backend(GeneratorOnly(view), name, loss, threads)
+    return lambda view: make_backend(ViewTarget(view), name, loss, threads)
 
 
 def by_size(images: Sequence[np.ndarray]) -> dict[Size, list[int]]:

@@ -198,3 +198,25 @@ def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_pat
     assert main(["attribute", str(tmp_path / "cut.png"), "--model", "dcgan_a", "--calibration", str(cal),
                  "--robust", "jpeg", "--quiet"]) == 2  # fmt: skip
     assert "--robust jpeg contradicts the calibration, made with --robust platform" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_onnx_runtime_runs_the_platform_mode_as_torch_does(dcgan):
+    """--backend onnxruntime: each view is exported once (its VJP graph validated against autograd) and runs
+    on ONNX Runtime; 20 steps of the same search land where PyTorch's do."""
+    from genorigin.models import resolve_model
+
+    gen, torch_att = dcgan
+    settings = replace(torch_att.settings, steps=20)
+    cuts = [img[:, 2:28, 3:29] for img in quantize_8bit(gen.sample(2, seed=3))]
+    results = {}
+    for name in ("torch", "onnxruntime"):
+        att = PlatformAttributor(gen, backend=resolve_model("dcgan_a").backend(name, settings.loss), settings=settings,
+                                 schedule=torch_att.schedule, encoder=torch_att.encoder)  # fmt: skip
+        att.use_calibration(replace(torch_att.calibration, settings=settings.to_dict()))
+        results[name] = att.attribute(cuts)
+        assert name == "torch" or att.views.get((26, 26))[1].name == "onnxruntime"
+    for a, b in zip(results["torch"], results["onnxruntime"]):
+        assert b.loss == pytest.approx(a.loss, rel=0.05)
+        assert b.geometry["left"] == pytest.approx(a.geometry["left"], abs=0.2)
+        assert b.geometry["top"] == pytest.approx(a.geometry["top"], abs=0.2)
