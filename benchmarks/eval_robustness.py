@@ -103,6 +103,35 @@ def headline(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+GOAL_AUC, GOAL_FPR = 0.95, 0.10  # issue 25: for crops ≥ 80 % and scales ≥ 0.5, every bundled model
+
+
+def platform_goals(paths: list[str]) -> str:
+    """Issue 25's view: per model and platform transform, the platform mode's AUC (full budget) and its
+    decisions at the early exit, beside today's robust mode where it ran; the goal checked on each row."""
+    head = ("| model | transform | platform: AUC vs real | AUC vs other | FPR | TPR real | TPR other | "
+            "evaluations / steps per decision | robust (jpeg): AUC vs real / FPR | plain: AUC vs real / FPR | "
+            "goal (AUC ≥ 0.95, FPR ≤ 0.10) |")  # fmt: skip
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in paths:
+        for model, entry in json.loads(Path(path).read_text())["models"].items():
+            other = entry["other_model"]
+            for t, by_mode in entry["transforms"].items():
+                p = by_mode.get("platform")
+                if p is None:
+                    continue
+                f, e = p["full_budget"], p["early_exit"]
+                met = f["auc"]["real"] >= GOAL_AUC and e["fpr"] <= GOAL_FPR
+                today = [f"{by_mode[m]['full_budget']['auc']['real']:.3f} / {by_mode[m]['early_exit']['fpr']:.2f}"
+                         if m in by_mode else "–" for m in ("robust", "plain")]  # fmt: skip
+                cells = [model, t, f"{f['auc']['real']:.3f}", f"{f['auc'][other]:.3f}", f"{e['fpr']:.2f}",
+                         f"{e['tpr']['real']:.2f}", f"{e['tpr'][other]:.2f}",
+                         f"{e.get('mean_evaluations', float('nan')):.0f} / {e['mean_steps']:.0f}", *today,
+                         "met" if met else "**missed**"]  # fmt: skip
+                rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
@@ -121,9 +150,11 @@ def main() -> None:
     p.add_argument("--table", nargs="+", metavar="RESULTS", help="print the table of these result files and stop")
     p.add_argument("--figure", help="with --table: write the AUC-vs-JPEG-quality plot here")
     p.add_argument("--headline", action="store_true", help="with --table: only the goal's view (AUC along JPEG)")
+    p.add_argument("--platform", action="store_true", help="with --table: the platform mode's view (issue 25)")
     args = p.parse_args()
     if args.table:
-        print(headline(args.table) if args.headline else table(args.table))
+        view = headline if args.headline else platform_goals if args.platform else table
+        print(view(args.table))
         if args.figure:
             models = {m: e for path in args.table for m, e in json.loads(Path(path).read_text())["models"].items()}
             jpeg_figure(models, args.figure, against="real")
