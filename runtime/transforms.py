@@ -24,6 +24,8 @@ from PIL import Image
 
 KINDS = ("identity", "jpeg", "webp", "rescale", "crop", "noise", "cut", "resize")
 ANCHORS = ("centre", "random")
+RESAMPLING = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+              "lanczos": Image.Resampling.LANCZOS}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class Transform:
     value: float = 0.0
     height: float | None = None  # cut: the kept height fraction (None: ``value``, a square cut)
     anchor: str = "centre"  # cut: "centre", or "random" (uniform over the frame, from the image's generator)
+    filter: str = "bicubic"  # resize: Pillow's filter (a platform may use another than the platform mode models)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -50,6 +53,8 @@ class Transform:
             raise ValueError(f"{self.name}: height fraction must be in (0, 1], got {self.height}")
         if self.kind == "resize" and not self.value > 0:
             raise ValueError(f"{self.name}: scale must be > 0, got {self.value}")
+        if self.filter not in RESAMPLING:
+            raise ValueError(f"{self.name}: filter must be one of {', '.join(RESAMPLING)}, got {self.filter!r}")
         if self.anchor not in ANCHORS:
             raise ValueError(f"{self.name}: anchor must be one of {', '.join(ANCHORS)}, got {self.anchor!r}")
         if self.kind == "noise" and self.value < 0:
@@ -95,7 +100,7 @@ class Transform:
         elif self.kind == "resize":
             h, w = pixels.shape[:2]
             size = (max(1, round(w * self.value)), max(1, round(h * self.value)))
-            pixels = _resize(pixels, size, Image.Resampling.BICUBIC)
+            pixels = _resize(pixels, size, RESAMPLING[self.filter])
         return (pixels.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
 
 
@@ -182,6 +187,9 @@ TRANSFORMS: dict[str, Transform | Chain] = {
         Transform("webp80", "webp", 80),
         *_GEOMETRY,
         *(Chain(f"{g.name}+jpeg80", (g, Transform("jpeg80", "jpeg", 80))) for g in _GEOMETRY),
+        # another filter than the platform mode's (Pillow BICUBIC): how much a wrong guess of it costs
+        Transform("down0.5-lanczos", "resize", 0.5, filter="lanczos"),
+        Transform("up2-bilinear", "resize", 2.0, filter="bilinear"),
     )
 }
 GEOMETRY_TRANSFORMS = tuple(name for name, t in TRANSFORMS.items() if not t.keeps_size)
