@@ -25,7 +25,7 @@ import numpy as np
 from genorigin.export.generator import Generator
 from genorigin.export.geometry import THETA_DIM, Geometry, PlatformView, geometry_of, to_frame, viewed_generator
 from genorigin.runtime.attribution import AttributionResult, Attributor
-from genorigin.runtime.backend import Backend
+from genorigin.runtime.backend import Backend, TorchBackend
 from genorigin.runtime.backends import make_backend
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder
@@ -132,8 +132,11 @@ class ViewTarget:
 
 
 def backend_maker(backend: str | Backend, loss: str, threads: int | None) -> Callable[[Generator], Backend]:
-    """How a view gets its backend: the same kind as the model's (a built backend names its kind)."""
+    """How a view gets its backend: the same kind as the model's (a built backend names its kind; eager
+    PyTorch on a GPU is ``torch-cuda``)."""
     name = backend if isinstance(backend, str) else backend.name
+    if isinstance(backend, TorchBackend) and backend.device.type == "cuda":
+        name = "torch-cuda"
     return lambda view: make_backend(ViewTarget(view), name, loss, threads)
 
 
