@@ -175,7 +175,8 @@ def test_the_platform_familys_draws_are_seeded_and_in_range():
 
 def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_path, capsys):
     """``--robust platform`` at calibration; ``attribute`` follows it: files read at their own size, the
-    shipped platform encoder pinned, the window found in ``--json``, another mode's flag refused."""
+    shipped platform encoder pinned, the window found in ``--json``, another mode's flag refused; ``serve``
+    refuses the calibration in one line (its live batching takes one size)."""
     from genorigin.cli import main
 
     cal = tmp_path / "cal.json"
@@ -198,6 +199,8 @@ def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_pat
     assert main(["attribute", str(tmp_path / "cut.png"), "--model", "dcgan_a", "--calibration", str(cal),
                  "--robust", "jpeg", "--quiet"]) == 2  # fmt: skip
     assert "--robust jpeg contradicts the calibration, made with --robust platform" in capsys.readouterr().err
+    assert main(["serve", "--model", "dcgan_a", "--calibration", str(cal), "--port", "0"]) == 2
+    assert "the service's continuous batching cannot serve it yet" in capsys.readouterr().err
 
 
 @pytest.mark.slow
