@@ -132,6 +132,23 @@ def platform_goals(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+def decision_cost(paths: list[str]) -> str:
+    """Gradient evaluations and steps per decision (early exit, replayed) of each mode on each transform."""
+    modes = ("plain", "robust", "platform")
+    head = ("| model | transform | " + " | ".join(f"{m}: evaluations / steps" for m in modes)
+            + " | platform ÷ plain, evaluations |")  # fmt: skip
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in paths:
+        for model, entry in json.loads(Path(path).read_text())["models"].items():
+            for t, by_mode in entry["transforms"].items():
+                e = {m: by_mode[m]["early_exit"] for m in modes if m in by_mode}
+                cells = [f"{e[m]['mean_evaluations']:.0f} / {e[m]['mean_steps']:.0f}" if m in e else "–" for m in modes]
+                ratio = (f"{e['platform']['mean_evaluations'] / e['plain']['mean_evaluations']:.1f}×"
+                         if "platform" in e and "plain" in e else "–")  # fmt: skip
+                rows.append("| " + " | ".join([model, t, *cells, ratio]) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
@@ -151,9 +168,10 @@ def main() -> None:
     p.add_argument("--figure", help="with --table: write the AUC-vs-JPEG-quality plot here")
     p.add_argument("--headline", action="store_true", help="with --table: only the goal's view (AUC along JPEG)")
     p.add_argument("--platform", action="store_true", help="with --table: the platform mode's view (issue 25)")
+    p.add_argument("--cost", action="store_true", help="with --table: evaluations and steps per decision per mode")
     args = p.parse_args()
     if args.table:
-        view = headline if args.headline else platform_goals if args.platform else table
+        view = headline if args.headline else platform_goals if args.platform else decision_cost if args.cost else table
         print(view(args.table))
         if args.figure:
             models = {m: e for path in args.table for m, e in json.loads(Path(path).read_text())["models"].items()}
