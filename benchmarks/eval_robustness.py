@@ -19,6 +19,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from common import EVAL_SAMPLE_SEED, machine, real_crops, write
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
@@ -28,7 +29,7 @@ from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionS
 from genorigin.runtime.methods import BareModel, MethodOptions, build_method
 from genorigin.runtime.platform_encoder import platform_encoder_path
 from genorigin.runtime.robustness import MODES, evaluate_robustness
-from genorigin.runtime.transforms import TRANSFORMS
+from genorigin.runtime.transforms import GEOMETRY_TRANSFORMS, TRANSFORMS
 
 from genorigin.commands.robustness import JPEG_AXIS, jpeg_figure
 
@@ -149,6 +150,28 @@ def decision_cost(paths: list[str]) -> str:
     return "\n".join(rows)
 
 
+def window_accuracy(paths: list[str]) -> str:
+    """How often the platform mode put an own image's window where the transform cut it (top, left, height and
+    width all within 1 model pixel; full budget), per model and geometry transform."""
+    head = "| model | " + " | ".join(GEOMETRY_TRANSFORMS) + " |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for path in paths:
+        for model, entry in json.loads(Path(path).read_text())["models"].items():
+            cells = []
+            for t in GEOMETRY_TRANSFORMS:
+                found = entry["transforms"].get(t, {}).get("platform", {}).get("geometry", {}).get("own")
+                if found is None:
+                    cells.append("–")
+                    continue
+                frame = (32, 32)  # the bundled models' (the transform seed of "own" is the run's first, 0)
+                truth = [TRANSFORMS[t].window(frame, np.random.default_rng((0, i))) for i in range(len(found))]
+                near = [max(abs(g["top"] - a), abs(g["left"] - b), abs(g["height"] - c), abs(g["width"] - d)) < 1.0
+                        for g, (a, b, c, d) in zip(found, truth)]  # fmt: skip
+                cells.append(f"{np.mean(near):.2f}")
+            rows.append("| " + " | ".join([model, *cells]) + " |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
@@ -169,9 +192,11 @@ def main() -> None:
     p.add_argument("--headline", action="store_true", help="with --table: only the goal's view (AUC along JPEG)")
     p.add_argument("--platform", action="store_true", help="with --table: the platform mode's view (issue 25)")
     p.add_argument("--cost", action="store_true", help="with --table: evaluations and steps per decision per mode")
+    p.add_argument("--windows", action="store_true", help="with --table: own windows found within a pixel")
     args = p.parse_args()
     if args.table:
-        view = headline if args.headline else platform_goals if args.platform else decision_cost if args.cost else table
+        views = {"headline": headline, "platform": platform_goals, "cost": decision_cost, "windows": window_accuracy}
+        view = next((f for k, f in views.items() if getattr(args, k)), table)
         print(view(args.table))
         if args.figure:
             models = {m: e for path in args.table for m, e in json.loads(Path(path).read_text())["models"].items()}

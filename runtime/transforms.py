@@ -65,6 +65,17 @@ class Transform:
         """The output has the input's size (every issue-13 kind; not ``cut`` or ``resize``)."""
         return self.kind not in ("cut", "resize")
 
+    def window(self, size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """(top, left, height, width) of the frame a ``cut`` keeps (the whole frame for other kinds): where the
+        platform mode should find the image. A random cut draws from ``rng`` (as ``apply_one`` does)."""
+        h, w = size
+        if self.kind != "cut":
+            return 0, 0, h, w
+        ch, cw = max(1, round(h * (self.height or self.value))), max(1, round(w * self.value))
+        if self.anchor == "random":
+            return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+        return (h - ch) // 2, (w - cw) // 2, ch, cw
+
     @property
     def draws(self) -> bool:
         """The output depends on the image's random generator (noise, a randomly placed cut)."""
@@ -90,12 +101,7 @@ class Transform:
             noisy = pixels.astype(np.float64) + rng.normal(0.0, self.value, pixels.shape)
             pixels = np.clip(np.round(noisy), 0, 255).astype(np.uint8)
         elif self.kind == "cut":
-            h, w = pixels.shape[:2]
-            ch, cw = max(1, round(h * (self.height or self.value))), max(1, round(w * self.value))
-            if self.anchor == "random":
-                top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            else:
-                top, left = (h - ch) // 2, (w - cw) // 2
+            top, left, ch, cw = self.window(pixels.shape[:2], rng)
             pixels = pixels[top : top + ch, left : left + cw]
         elif self.kind == "resize":
             h, w = pixels.shape[:2]
@@ -123,6 +129,9 @@ class Chain:
         for t in self.parts:
             image = t.apply_one(image, rng)
         return image
+
+    def window(self, size: tuple[int, int], rng: np.random.Generator) -> tuple[int, int, int, int]:
+        return self.parts[0].window(size, rng)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
