@@ -16,6 +16,9 @@ import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
 from genorigin.kernels.reference import AdamConfig
+from genorigin.runtime.invariant import RowParallel
+
+from genorigin.threads import default_threads
 
 Array = Any
 _B = TypeVar("_B", bound="Backend")
@@ -45,10 +48,16 @@ class Backend:
 
     name: ClassVar[str] = "abstract"
     adam_step = staticmethod(reference.adam_step)
+    max_slots: int | None = None  # the most slots one step may hold (None: no limit; TensorRT: the engines' max)
 
     def asarray(self, a: np.ndarray) -> Array:
         """Host array → backend array."""
         raise NotImplementedError
+
+    @property
+    def state_device(self) -> torch.device:
+        """Where an optimiser keeps its own per-slot state (torch tensors, their dtype kept): beside z."""
+        return torch.device("cpu")
 
     def loss_and_grad(self, z: Array, x: Array) -> tuple[Array, Array]:
         """Per-sample loss (N,) between G(z) and x, and d(Σ loss)/dz (same shape as z)."""
@@ -70,6 +79,12 @@ class Backend:
             adam.lr_at(state.t), adam.beta1, adam.beta2, adam.eps,
         )  # fmt: skip
 
+    def fuses(self, update: object) -> bool:
+        """Whether ``step(state, update)`` runs this optimiser update inside the backend's own iteration
+        (the graph-capturing GPU backends do, for Adam and L-BFGS); otherwise the optimiser steps eagerly
+        over ``loss_and_grad``."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
 
@@ -89,23 +104,41 @@ def configure_torch_cpu() -> None:
 
 
 class TorchBackend(Backend):
-    """Eager PyTorch: forward, reference loss, autograd VJP. The reference every other backend matches."""
+    """Eager PyTorch: forward, reference loss, autograd VJP. The reference every other backend matches.
+
+    On the CPU a row's loss and gradient are the same bits in any batch and for any ``threads``
+    (``runtime/invariant.py``): the rows are split over ``threads`` threads of this backend's own, each at one
+    intra-op thread (torch's thread count is 1 while it evaluates, and restored after).
+    """
 
     name = "torch"
 
-    def __init__(self, generator: Generator, device: str = "cpu", loss: str = "mse") -> None:
+    def __init__(self, generator: Generator, device: str = "cpu", loss: str = "mse", threads: int | None = None
+                 ) -> None:  # fmt: skip
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
         configure_torch_cpu()
         self.generator = generator
         self.device = torch.device(device)
         self.loss = loss
+        self.threads = threads or default_threads()
+        self.rows = RowParallel(self.threads) if self.device.type == "cpu" else None
         generator.module.to(self.device)
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
+    @property
+    def state_device(self) -> torch.device:
+        return self.device
+
     def loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is not None:
+            loss, grad = self.rows.map(self._loss_and_grad, z, x)
+            return loss, grad
+        return self._loss_and_grad(z, x)
+
+    def _loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             y = self.generator.forward(z)
@@ -118,7 +151,11 @@ class TorchBackend(Backend):
         return self.generator.forward(self.asarray(z)).clamp(0, 1).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "threads": torch.get_num_threads()}
+        return {"backend": self.name, "device": str(self.device), "threads": self.threads}
+
+    def close(self) -> None:
+        if self.rows is not None:
+            self.rows.close()
 
 
 def to_numpy(a: Array) -> np.ndarray:

@@ -94,7 +94,7 @@ def _torch(device: str) -> Callable[[BackendTarget, str, int | None], Backend]:
     def build(target: BackendTarget, loss: str, threads: int | None) -> Backend:
         from genorigin.runtime.backend import TorchBackend
 
-        return TorchBackend(target.generator, device, loss)
+        return TorchBackend(target.generator, device, loss, threads)
 
     return build
 

@@ -49,17 +49,38 @@ class TestOutcome:
     p_value: float | None
 
 
+def grubbs_statistic(score: np.ndarray | float, mean: float, std: float) -> np.ndarray:
+    """G = (score − µ)/σ, elementwise in float64: THE statistic, so every caller compares the same bits."""
+    score = np.asarray(score, dtype=np.float64)
+    if std > 0:
+        return (score - mean) / std
+    return np.where(score > mean, math.inf, -math.inf)
+
+
+def grubbs_accepts(score: np.ndarray | float, mean: float, std: float, n: int, alpha: float) -> np.ndarray:
+    """Belonging by Grubbs' test, elementwise: the verdict's comparison, also used by the early exit (so a
+    ``belonging`` stop can never come with a ``non-belonging`` verdict at the boundary)."""
+    return grubbs_statistic(score, mean, std) <= grubbs_critical_value(n, alpha)
+
+
+def quantile_accepts(score: np.ndarray | float, threshold: float) -> np.ndarray:
+    """Belonging by the empirical quantile, elementwise."""
+    return np.asarray(score, dtype=np.float64) <= threshold
+
+
 def grubbs_test(score: float, mean: float, std: float, n: int, alpha: float) -> TestOutcome:
     if not math.isfinite(score):
         raise ValueError(f"score must be finite, got {score}")
-    g = (score - mean) / std if std > 0 else (math.inf if score > mean else -math.inf)
+    g = float(grubbs_statistic(score, mean, std))
     crit = grubbs_critical_value(n, alpha)
     p = grubbs_p_value(g, n) if math.isfinite(g) else (0.0 if g > 0 else 1.0)
-    return TestOutcome(belonging=bool(g <= crit), statistic=float(g), critical_value=crit, p_value=p)
+    belonging = bool(grubbs_accepts(score, mean, std, n, alpha))
+    return TestOutcome(belonging=belonging, statistic=g, critical_value=crit, p_value=p)
 
 
 def quantile_test(score: float, threshold: float, scores: np.ndarray) -> TestOutcome:
     exceed = float((np.asarray(scores) >= score).sum() + 1) / (len(scores) + 1)
     return TestOutcome(
-        belonging=bool(score <= threshold), statistic=float(score), critical_value=threshold, p_value=exceed
+        belonging=bool(quantile_accepts(score, threshold)), statistic=float(score), critical_value=threshold,
+        p_value=exceed,
     )

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from genorigin.export.generator import Generator, LatentSpec
 from genorigin.runtime.backend import Backend, to_numpy
+from genorigin.runtime.invariant import exact_rows
 from torch import nn
 
 from genorigin.files import atomic_write_bytes, sha256_file
@@ -130,8 +131,9 @@ class FittedEncoder:
     def encode(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
         """Latents for N×C×H×W float32 images in [0, 1] (float32, N×latent)."""
         self.module.eval()
-        out = [self.module(torch.from_numpy(np.ascontiguousarray(images[i : i + batch]))).numpy()
-               for i in range(0, len(images), batch)]  # fmt: skip
+        with exact_rows():  # a start is the same bits whatever torch's threads (runtime/invariant.py)
+            out = [self.module(torch.from_numpy(np.ascontiguousarray(images[i : i + batch]))).numpy()
+                   for i in range(0, len(images), batch)]  # fmt: skip
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, *self.shape.latent_shape), np.float32)
 
     def save(self, path: str | Path) -> Path:

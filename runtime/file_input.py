@@ -30,7 +30,8 @@ class FileAttribution:
     results: list[AttributionResult]
     errors: list[str]  # one line per input that gave no image, naming it
     skipped: list[str] = field(default_factory=list)  # notes: what the path expansion passed over, and why
-    images: np.ndarray | None = None  # the prepared inputs, N×C×H×W float32 in [0, 1] (for figures)
+    images: np.ndarray | list[np.ndarray] | None = None  # the prepared inputs in [0, 1] (for figures; a list of
+    # C×H×W when their sizes differ: the platform mode)
 
 
 class Attributes(Protocol):
@@ -70,7 +71,13 @@ def attribute_read(
         )
         for r, facts in zip(results, read.facts):
             record_input(r, facts, method.calibration)
-    return FileAttribution(results, list(read.errors), list(read.skipped), read.images)
+    errors = list(read.errors) + [f"{r.source}: {r.error}" for r in results if r.error is not None]
+    images = read.images
+    if len(errors) > len(read.errors):  # an image no decision was made for is an error line, not a result
+        kept = [i for i, r in enumerate(results) if r.error is None]
+        results = [results[i] for i in kept]
+        images = images[kept] if isinstance(images, np.ndarray) else [images[i] for i in kept]  # a list: own sizes
+    return FileAttribution(results, errors, list(read.skipped), images)
 
 
 class AttributesFiles:

@@ -313,6 +313,18 @@ class _Image:
     trajectory: list[tuple[int, float]] = field(default_factory=list)
 
 
+def images_in_flight(batch_size: int, slots_per_image: int, max_slots: int | None) -> int:
+    """How many images may be in flight: ``batch_size``, fewer when the backend cannot hold their slots."""
+    if max_slots is None:
+        return batch_size
+    if max_slots < slots_per_image:
+        raise ValueError(
+            f"one image may need {slots_per_image} slots (restarts × (1 + fresh starts)) but the backend holds "
+            f"{max_slots}: rebuild the engines with a larger max batch, or lower --restarts / --fresh-starts"
+        )
+    return min(batch_size, max_slots // slots_per_image)
+
+
 class InversionLoop:
     """The loop's machinery: a slot pool, an optimiser, a stop rule and the images in flight."""
 
@@ -339,7 +351,9 @@ class InversionLoop:
         self.initializer = initializer
         self.optimizer = settings.make_optimizer()
         self.stall = StallDetector(settings.stall_window, settings.stall_factor, stall_floor)
-        self.capacity = schedule.batch_size * settings.restarts
+        self.slots_per_image = settings.restarts * (1 + settings.fresh_starts)
+        self.batch_size = images_in_flight(schedule.batch_size, self.slots_per_image, backend.max_slots)
+        self.capacity = self.batch_size * self.slots_per_image
         self.pool = SlotPool(backend)
         self.images: dict[int, _Image] = {}
         self.step = 0
@@ -362,15 +376,15 @@ class InversionLoop:
             self.pool.absorb(state)
             self.step += 1
             # 2. sync only at checkpoints, budget ends and halving steps
-            regular = self.step % self.schedule.check_every == 0 or self.step >= self._budget_due()
+            on_grid = self.step % self.schedule.check_every == 0
+            budget_end = not on_grid and self.step >= self._budget_due()
             halving = self._halving_rows()
-            if not regular and not halving.size:
+            if not on_grid and not budget_end and not halving.size:
                 continue
             host_loss = self.pool.best_losses()
             keep = np.ones(len(self.pool), dtype=bool)
-            if not regular:  # a halving step between checkpoints: drop the worse starts, decide nothing
-                self._count_evaluations(np.unique(self.pool.image[halving]))
-                self._halve(np.unique(self.pool.image[halving]), host_loss, keep)
+            if not on_grid:  # between checkpoints only the images due there are touched: the others never see it
+                self._between_checkpoints(halving, budget_end, host_loss, keep, on_done)
                 self.pool.rebuild(np.flatnonzero(keep), None)
                 continue
             # 3. checkpoint: record, halve, decide, restart the stalled, refill
@@ -378,14 +392,33 @@ class InversionLoop:
             self._count_evaluations(active)
             self._record(active, host_loss)
             self._halve(active, host_loss, keep)
-            finished = self._decide(active)
-            for i, reason in finished:
-                keep[self.pool.image == i] = False
-                on_done(self.images[i].item, self._outcome(self.images.pop(i), reason))
+            self._finish(self._decide(active), keep, on_done)
             fresh = self._restart_stalled([i for i in active if i in self.images])
-            if self.step % self.schedule.check_every == 0:  # new images join on the checkpoint grid only, so
-                fresh = self._admit(source, fresh, keep_count=int(keep.sum()))  # every image sees the same grid
+            fresh = self._admit(source, fresh)  # new images join on the checkpoint grid only: all see the same grid
             self.pool.rebuild(np.flatnonzero(keep), FreshSlots.concat(fresh))
+
+    def _between_checkpoints(
+        self, halving: np.ndarray, budget_end: bool, host_loss: np.ndarray, keep: np.ndarray,
+        on_done: Callable[[WorkItem, InversionOutcome], None],
+    ) -> None:  # fmt: skip
+        """A halving step (drop the worse starts) or a budget end off the grid (``steps`` not a multiple of
+        ``check_every``): only the images concerned are counted, recorded and decided, so an image's result
+        never depends on another's budget falling between its checkpoints."""
+        if halving.size:
+            images = np.unique(self.pool.image[halving])
+            self._count_evaluations(images)
+            self._halve(images, host_loss, keep)
+        if budget_end:
+            due = np.array([i for i, img in self.images.items() if self.step - img.admitted >= self.settings.steps])
+            self._count_evaluations(due)
+            self._record(due, host_loss)
+            self._finish(self._decide(due), keep, on_done)
+
+    def _finish(self, finished: list[tuple[int, str]], keep: np.ndarray,
+                on_done: Callable[[WorkItem, InversionOutcome], None]) -> None:  # fmt: skip
+        for i, reason in finished:
+            keep[self.pool.image == i] = False
+            on_done(self.images[i].item, self._outcome(self.images.pop(i), reason))
 
     def invert(
         self, targets: np.ndarray, complexity: np.ndarray | None = None, on_done: Callable[[int], None] | None = None
@@ -401,6 +434,9 @@ class InversionLoop:
                 on_done(item.key)
 
         self.run(ListSource([WorkItem(i, targets[i], float(comp[i])) for i in range(n)]), done)
+        missing = [i for i, o in enumerate(outcomes) if o is None]
+        if missing:  # callers pair outcomes with their inputs by position: a gap would shift every later one
+            raise RuntimeError(f"the inversion loop ended without an outcome for inputs {missing}")
         return [o for o in outcomes if o is not None]
 
     # ------------------------------------------------------------------------------------------------ phases
@@ -483,11 +519,15 @@ class InversionLoop:
             fresh.append(self._slots(i, starts))
         return fresh
 
-    def _admit(self, source: WorkSource, fresh: list[FreshSlots], keep_count: int = 0, wait: bool = False
-               ) -> list[FreshSlots]:  # fmt: skip
-        """``fresh`` (rows of restarted images) plus rows for as many new images as the free slots hold."""
-        used = keep_count + sum(len(f.z) for f in fresh)
-        free_images = (self.capacity - used) // self.settings.restarts
+    def _admit(self, source: WorkSource, fresh: list[FreshSlots], wait: bool = False) -> list[FreshSlots]:
+        """``fresh`` (rows of restarted images) plus rows for as many new images as may join.
+
+        Each image in flight holds room for its largest slot count (``slots_per_image``: its starts and every
+        fresh start it may get), so an adaptive restart never waits for room (which would make its result
+        depend on the batch) and the slots never exceed ``batch_size × slots_per_image`` — within what the
+        backend can hold (``Backend.max_slots``; the engines' largest batch on TensorRT).
+        """
+        free_images = self.batch_size - len(self.images)
         if free_images > 0:
             fresh = fresh + [self._new_image(item) for item in source.take(free_images, wait=wait and not fresh)]
         return fresh

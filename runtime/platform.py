@@ -257,15 +257,16 @@ class PlatformAttributor(Attributor):
 
     def _invert(self, images: Sequence[np.ndarray], comp: np.ndarray, schedule: Schedule,  # type: ignore[override]
                 stop_rule: TrajectoryStopRule | None, on_done: Callable[[int], None] | None,
-                stall_floor: float | None = None) -> list[PlacedOutcome]:  # fmt: skip
+                stall_floor: float | None = None,
+                wrap: Callable[[Backend], Backend] | None = None) -> list[PlacedOutcome]:  # fmt: skip
         floor = self.stall_floor() if stall_floor is None else stall_floor
         assert self.encoder is not None, "fit_encoder() or use_encoder() first"
         encoder = self.encoder
 
         def run(view: Generator, backend: Backend, starts: Initializer, batch: np.ndarray, comp: np.ndarray,
                 done: Callable[[int], None] | None) -> list[InversionOutcome]:  # fmt: skip
-            loop = InversionLoop(backend, view.latent, self.settings, schedule, stop_rule=stop_rule,
-                                 initializer=starts, stall_floor=floor)  # fmt: skip
+            loop = InversionLoop(backend if wrap is None else wrap(backend), view.latent, self.settings, schedule,
+                                 stop_rule=stop_rule, initializer=starts, stall_floor=floor)  # fmt: skip
             return loop.invert(batch, comp, done)
 
         return invert_by_size(self.views, images, run, lambda view: PlatformStarts(view, encoder), comp, on_done)

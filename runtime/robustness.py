@@ -94,7 +94,7 @@ def read_mode(results: dict[str, list[AttributionResult]], cal: Calibration, set
               schedule: Schedule, stall_floor: float) -> dict[str, Any]:  # fmt: skip
     """One mode's reading of one transform's full-budget results: full budget, then early exit."""
     full = read({k: np.array([r.calibrated_loss for r in v]) for k, v in results.items()}, cal)
-    rule = TrajectoryStopRule(cal, cal.grubbs_threshold, margin=schedule.exit_margin, min_step=schedule.exit_min_step,
+    rule = TrajectoryStopRule(cal, "grubbs", margin=schedule.exit_margin, min_step=schedule.exit_min_step,
                               envelope_rank=schedule.exit_envelope_rank)  # fmt: skip
     stall = StallDetector(settings.stall_window, settings.stall_factor, stall_floor)
     points = {k: [exit_point(r, rule, settings, stall) for r in v] for k, v in results.items()}

@@ -10,6 +10,8 @@ from genorigin.runtime.decision import (
 )
 from scipy import stats
 
+pytestmark = pytest.mark.numeric  # holds on any CPU: .ci/run repeats it under other ATEN_CPU_CAPABILITY
+
 # One-sided Grubbs critical values at α = 0.05 (published tables, e.g. NIST/ASTM E178).
 TABLE_ONE_SIDED_005 = {3: 1.153, 5: 1.672, 10: 2.176, 20: 2.557, 30: 2.745, 50: 2.956, 100: 3.207}
 

@@ -241,6 +241,10 @@ class ModelWorker:
         self.running.discard(job)
         self.healthy = True
         self.mean_run_s = 0.9 * self.mean_run_s + 0.1 * (time.monotonic() - job.started)
+        if result.error is not None:  # this image's failure is its own answer; the batch goes on
+            job.error = result.error
+            self._answer(job, None)
+            return
         self._answer(job, result)
 
     def _answer(self, job: Job, result: AttributionResult | None) -> None:

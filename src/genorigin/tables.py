@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -68,13 +69,17 @@ def legend(threshold: float, calibration: Calibration, rule: str) -> list[str]:
         f"  ({test} at α = {calibration.alpha:g} against {calibration.n} of the model's own samples).",
         "p-value: how often the model's own images score this high (small: unlike them). steps: optimiser",
         "  steps spent; stop: why it stopped (belonging/non-belonging: early decision, budget: all steps).",
+        *([f"uncertain: the score is within the calibration's reproducibility band (×{math.exp(calibration.band):.2f})"
+           " of the threshold: another CPU may read it either way (--json: readings)."] if calibration.band else []),
     ]
 
 
 def summary_line(results: Sequence[AttributionResult], unreadable: int, skipped: int = 0) -> str:
-    """``12 images: 4 belonging, 8 non-belonging; 1 unreadable; 2 skipped``."""
+    """``12 images: 4 belonging, 7 non-belonging, 1 uncertain; 1 unreadable; 2 skipped``."""
     belonging = sum(r.belonging for r in results)
-    text = f"{len(results)} images: {belonging} belonging, {len(results) - belonging} non-belonging"
+    uncertain = sum(r.verdict == "uncertain" for r in results)
+    text = f"{len(results)} images: {belonging} belonging, {len(results) - belonging - uncertain} non-belonging"
+    text += f", {uncertain} uncertain" if uncertain else ""
     text += f"; {unreadable} unreadable" if unreadable else ""
     text += f"; {skipped} skipped" if skipped else ""
     return text
