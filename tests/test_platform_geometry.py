@@ -15,6 +15,8 @@ from genorigin.export.geometry import (
 from helpers import tiny_generator
 from PIL import Image
 
+pytestmark = pytest.mark.numeric  # must hold on any CPU (.ci/run repeats them under other instruction sets)
+
 # (left, top, right, bottom) boxes in a 32×32 frame and the (W, H) each is served at
 BOXES = [
     ((3.3, 2.7, 28.9, 30.1), (20, 17)),  # a sub-pixel crop, shrunk

@@ -71,6 +71,7 @@ def _sized(gen, seed: int = 0) -> list[np.ndarray]:
     return [own[0], own[1][:, 1:7, :], own[3], apply_transform(TRANSFORMS["up2"], own[2:3])[0]]
 
 
+@pytest.mark.numeric
 def test_results_do_not_depend_on_the_batch_or_the_other_sizes_in_it(tiny):
     gen, att, cal = tiny
     att.use_calibration(cal)
@@ -126,6 +127,7 @@ def dcgan():
     return gen, att
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("left, top", [(2, 4), (5, 1), (1, 2)])
 def test_a_crop_of_an_own_sample_recovers_its_offset_within_a_pixel(dcgan, left, top):
     """An 80 % cut (26×26 of 32×32) of an own sample, kept at its size, up to 5 px from the centred cut's
