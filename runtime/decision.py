@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from genorigin.runtime.student_t import t_isf, t_sf
 
 
 def grubbs_critical_value(n: int, alpha: float) -> float:
@@ -19,7 +19,7 @@ def grubbs_critical_value(n: int, alpha: float) -> float:
         raise ValueError(f"Grubbs' test needs at least 3 belonging samples, got {n}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    t = stats.t.ppf(1.0 - alpha / n, n - 2)
+    t = t_isf(alpha / n, n - 2)  # the upper α/n quantile (runtime/student_t.py: no scipy.stats at start-up)
     return float((n - 1) / math.sqrt(n) * math.sqrt(t * t / (n - 2 + t * t)))
 
 
@@ -31,7 +31,7 @@ def grubbs_p_value(g: float, n: int) -> float:
     if u >= 1.0:
         return 0.0
     t = math.sqrt(u * u * (n - 2) / (1.0 - u * u))
-    return float(min(1.0, n * stats.t.sf(t, n - 2)))
+    return float(min(1.0, n * t_sf(t, n - 2)))
 
 
 def empirical_threshold(scores: np.ndarray, alpha: float) -> float:

@@ -28,6 +28,7 @@ import torch
 from genorigin.export.generator import Generator, LatentSpec
 from genorigin.runtime.backend import Backend, to_numpy
 from genorigin.runtime.invariant import exact_rows
+from genorigin.runtime.settings import FitSettings as FitSettings  # re-exported: plain data the CLI shows
 from torch import nn
 
 from genorigin.files import atomic_write_bytes, sha256_file
@@ -70,22 +71,6 @@ class LatentEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """N×C×H×W in [0, 1] → N×latent."""
         return self.head(self.features(x * 2.0 - 1.0)).reshape(x.shape[0], *self.shape.latent_shape)
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How E is fitted; recorded beside the weights (and so in the hash a calibration pins)."""
-
-    steps: int = 3000
-    batch: int = 64
-    lr: float = 1e-3
-    recon_weight: float = 0.0  # > 0 adds ‖G(E(x)) − x‖² (MSE in [0, 1]; ~100 balances it with the latent term)
-    recon_from: int = 0  # the step from which the reconstruction term is on (it costs a VJP per step)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch < 1 or not self.lr > 0 or self.recon_weight < 0:
-            raise ValueError(f"bad encoder fit settings {self}")
 
 
 class Encoder(Protocol):

@@ -20,12 +20,15 @@ from dataclasses import replace
 import numpy as np
 from genorigin.kernels.projection import PROJECTIONS, noise_gain
 from genorigin.kernels.reference import loss_and_grad
-from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.settings import InversionSettings
 from genorigin.runtime.transforms import ROBUST_FAMILIES, PlatformFamily, TransformFamily
 
 ROBUST_MODES = tuple(ROBUST_FAMILIES)  # "none", "jpeg", "platform"
 ROBUST_LOSS = {"jpeg": "mse-dct8", "platform": "mse-dct8"}  # the loss a robust mode turns on
 PLATFORM_HALVING = (10,)  # the platform mode's two starts race for 10 steps, then the better one goes on
+# what runtime/robustness.py evaluates: plain, robust, and each half of the robust mode alone, and the platform
+# mode (here, not there: `genorigin robustness --help` lists them without importing the loop)
+EVALUATION_MODES = ("plain", "robust", "calibration-only", "loss-only", "platform")
 FLOOR_QUANTILE = 0.9  # of the calibration's compression errors: the robust stall floor (calibration_samples)
 
 

@@ -30,10 +30,10 @@ from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.decision import grubbs_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.inversion import Decision, InversionSettings, Schedule, StallDetector, may_restart, stop_reason
+from genorigin.runtime.robust import EVALUATION_MODES as MODES
 from genorigin.runtime.robust import ROBUST_LOSS, robust_settings
 from genorigin.runtime.transforms import apply_transform, transform_names
 
-MODES = ("plain", "robust", "calibration-only", "loss-only", "platform")
 Progress = Callable[[str], None]
 
 

@@ -165,10 +165,11 @@ class ModelWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def try_reserve(self, n: int) -> bool:
-        """Admit ``n`` more jobs if the bound allows; each is released when answered (``release``)."""
+    def try_reserve(self, n: int, *, bounded: bool = True) -> bool:
+        """Admit ``n`` more jobs if the bound allows; each is released when answered (``release``).
+        ``bounded=False``: count them whatever the bound (the service's own warm-up job, never refused)."""
         with self._lock:
-            if self.reserved + n > self.capacity:
+            if bounded and self.reserved + n > self.capacity:
                 return False
             self.reserved += n
             return True

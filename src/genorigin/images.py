@@ -61,6 +61,7 @@ __all__ = [
     "expand_inputs",
     "load_rgb8",
     "pixel_limit",
+    "prepare_pixels",
     "read_image",
     "read_image_hashed",
     "read_images",
@@ -169,6 +170,28 @@ def decode_upload(
     """An HTTP body → (C×H×W float32 model input, facts), or an ImageError whose ``http_status`` to answer."""
     limit = max_pixels or pixel_limit(generator.image_size)
     return _decode_prepared(io.BytesIO(data), name, generator, convert, limit)
+
+
+def prepare_pixels(
+    pixels: np.ndarray, name: str, generator: Preparer, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, ImageFacts]:
+    """Decoded H×W×3 uint8 pixels (the Open Inference Protocol's ``UINT8`` input) → (model input, facts), on the
+    path of a decoded file: the pixel limit, the decode gate, ``prepare_image``. Facts: format ``RAW``."""
+    limit = max_pixels or pixel_limit(generator.image_size)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise UnsupportedImage(name, f"pixels must be H×W×3 uint8 (RGB), got {pixels.dtype} {list(pixels.shape)}")
+    height, width = int(pixels.shape[0]), int(pixels.shape[1])
+    if height * width > limit:
+        raise ImageTooLarge(name, f"{width}×{height} pixels, over the limit of {limit} for this model")
+    if _model_mode(generator) != "RGB":
+        raise UnsupportedImage(name, "RGB pixels sent to a greyscale model: send the encoded image instead")
+    facts = ImageFacts(source=name, format="RAW", width=width, height=height, mode="RGB", bit_depth=8,
+                       decoded_size=(width, height))  # fmt: skip
+    with DECODE_GATE.slot():
+        try:
+            return generator.prepare_image(pixels), facts.prepared(generator.image_size)
+        except ValueError as exc:
+            raise ImageError(name, str(exc)) from exc
 
 
 def set_max_concurrent_decodes(n: int) -> None:

@@ -37,7 +37,7 @@ def tail(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def _p(value: float | None) -> str:
+def p_text(value: float | None) -> str:
     if value is None:
         return "-"
     return "<1e-4" if value < 1e-4 else f"{value:.2g}"
@@ -56,7 +56,7 @@ def format_table(
         name = r.source if labels is None else f"{labels[i]}/{r.source.rsplit('/', 1)[-1]}"
         lines.append(
             f"{tail(name, NAME_WIDTH):<{NAME_WIDTH}} {r.verdict:<13} {r.calibrated_loss:9.2e} "
-            f"{_p(r.p_value):>7} {r.steps:5d}  {r.stop_reason}"
+            f"{p_text(r.p_value):>7} {r.steps:5d}  {r.stop_reason}"
         )
     return "\n".join([*lines, "", *legend(threshold, calibration, results[0].rule if results else "grubbs")])
 

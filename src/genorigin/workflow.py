@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,18 +18,17 @@ from genorigin import __version__
 from genorigin.choices import InversionChoices
 from genorigin.decode import Background
 from genorigin.errors import GenoriginError
-from genorigin.export.package import ENCODER_GRAPH, MANIFEST
 from genorigin.files import atomic_write_bytes
 from genorigin.images import Preparer, ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
-from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder, OnnxEncoder, attach_encoder
 from genorigin.runtime.file_input import FileAttribution, attribute_read
-from genorigin.runtime.inversion import InversionSettings
 from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
-from genorigin.runtime.platform import PlatformAttributor
-from genorigin.runtime.platform_encoder import platform_encoder_path
+from genorigin.runtime.settings import FitSettings, InversionSettings
+
+if TYPE_CHECKING:  # torch (and, for packages, ONNX) are imported by the steps that use them, not by importing this
+    from genorigin.runtime.attribution import AttributionResult
+    from genorigin.runtime.encoder import Encoder, FittedEncoder
 
 
 class WorkflowError(GenoriginError):
@@ -105,13 +104,17 @@ def encoder_path(model: ResolvedModel, choice: MethodChoice, method: Attribution
     platform encoder, beside the model's (runtime/platform_encoder.py)."""
     if choice.encoder is not None:
         return choice.encoder
-    if isinstance(method, PlatformAttributor):
+    if method is not None and method.settings.to_dict().get("robust") == "platform":
+        from genorigin.runtime.platform_encoder import platform_encoder_path
+
         return platform_encoder_path(model.encoder_path)
     return model.encoder_path
 
 
 def load_encoder(path: Path) -> Encoder:
     """A fitted torch encoder (``.pt``), or an encoder graph (``.onnx``, how a package carries it)."""
+    from genorigin.runtime.encoder import FittedEncoder, OnnxEncoder
+
     try:
         return OnnxEncoder(path) if path.suffix == ".onnx" else FittedEncoder.load(path)
     except (ValueError, OSError) as exc:
@@ -146,6 +149,9 @@ def prepare_encoder(
 
 def save_encoder(fitted: FittedEncoder, path: Path) -> None:
     """Atomically: the weights (``.pt``), or the graph (``.onnx``; into a package's manifest when it is one)."""
+    from genorigin.export.package import ENCODER_GRAPH, MANIFEST
+    from genorigin.runtime.encoder import attach_encoder
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix != ".onnx":
