@@ -112,7 +112,8 @@ def run_several(args: argparse.Namespace, specs: list[tuple[str, str]], calibrat
     OutputPlan(files=files).check(args.force)
     loaded = {name: common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
               for name, spec in specs}  # fmt: skip
-    reads = {name: workflow.read(model, args.inputs, args.convert) for name, (model, _) in loaded.items()}
+    reads = {name: workflow.read(model, args.inputs, args.convert, load.method.reader)
+             for name, (model, load) in loaded.items()}  # fmt: skip
     found = {}
     with Progress(sum(len(r.sources) for r in reads.values()), "attributing", "images", quiet=args.quiet) as bar:
         for name, (_, load) in loaded.items():
