@@ -178,7 +178,7 @@ def test_the_platform_familys_draws_are_seeded_and_in_range():
 def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_path, capsys):
     """``--robust platform`` at calibration; ``attribute`` follows it: files read at their own size, the
     shipped platform encoder pinned, the window found in ``--json``, another mode's flag refused; ``serve``
-    refuses the calibration in one line (its live batching takes one size)."""
+    and the Ray engine refuse the calibration in one line (their live loop takes one size)."""
     from genorigin.cli import main
 
     cal = tmp_path / "cal.json"
@@ -203,6 +203,12 @@ def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_pat
     assert "--robust jpeg contradicts the calibration, made with --robust platform" in capsys.readouterr().err
     assert main(["serve", "--model", "dcgan_a", "--calibration", str(cal), "--port", "0"]) == 2
     assert "the service's continuous batching cannot serve it yet" in capsys.readouterr().err
+    from genorigin.scale.batch import prepare
+    from genorigin.workflow import WorkflowError
+
+    with pytest.raises(WorkflowError, match="the Ray engine's live loop takes one"):  # before Ray starts
+        prepare([str(tmp_path / "cut.png")], "dcgan_a", tmp_path / "rows.jsonl", calibration=cal, choice=None,
+                alpha=None, early_exit=True, convert=None, ddim_steps=50, num_cpus=1, batch_size=None, force=False)
 
 
 @pytest.mark.slow
