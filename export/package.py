@@ -314,6 +314,18 @@ class AttributionPackage:
         return package
 
 
+def exported_once(generator: Generator, path: str | Path) -> AttributionPackage:
+    """The package of a PyTorch ``generator`` at ``path``, exported there first if it is not (the user cache
+    keeps one per model), and checked to be this model's."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        export_generator(generator, path, overwrite=True)
+    package = AttributionPackage.load(path)
+    if package.source_fingerprint != generator.fingerprint():
+        raise ValueError(f"{path}: package was exported from another model")
+    return package
+
+
 def attach_file(root: str | Path, role: str, data: bytes, file_name: str) -> AttributionPackage:
     """Write ``data`` into the package as ``file_name`` and record it (role, SHA-256) in the manifest.
 

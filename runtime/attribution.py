@@ -82,6 +82,7 @@ class AttributionResult:
     band: float | None = None
     readings: dict[str, str] | None = None
     error: str | None = None  # why no decision could be made for this image (verdict "error")
+    geometry: dict[str, Any] | None = None  # platform mode: where the search placed the image (export/geometry.py)
 
     @property
     def belonging(self) -> bool:
@@ -93,7 +94,7 @@ class AttributionResult:
         return len(self.restart_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "reconstruction"}
+        d = {k: v for k, v in self.__dict__.items() if k != "reconstruction" and (k != "geometry" or v is not None)}
         d["trajectory"] = [[int(s), float(v)] for s, v in self.trajectory]
         d["fresh_starts"] = self.fresh_starts
         return d
@@ -249,10 +250,10 @@ class Attributor(AttributesFiles):
             seed=self.schedule.seed + 7,
             early_exit=False,
         )
-        outcomes = self._loop(schedule, None, floor).invert(samples, comp, on_done)
+        outcomes = self._invert(samples, comp, schedule, None, on_done, floor)
         replay = band_indices(len(samples))
-        perturbed = self._loop(schedule, None, floor, PerturbedRounding(self.backend))
-        replayed = perturbed.invert(samples[replay], comp[replay])
+        again = samples[replay] if isinstance(samples, np.ndarray) else [samples[i] for i in replay]
+        replayed = self._invert(again, comp[replay], schedule, None, None, floor, PerturbedRounding)
         band = band_from([outcomes[i].best_loss for i in replay], [o.best_loss for o in replayed])
         scores = calibrated_score([o.best_loss for o in outcomes], comp)
         every = schedule.check_every
@@ -330,8 +331,13 @@ class Attributor(AttributesFiles):
         schedule: Schedule,
         stop_rule: TrajectoryStopRule | None,
         on_done: Callable[[int], None] | None,
+        stall_floor: float | None = None,
+        wrap: Callable[[Backend], Backend] | None = None,
     ) -> list[InversionOutcome]:
-        return self._loop(schedule, stop_rule).invert(images, comp, on_done)
+        """The loop over ``images`` (a subclass may run several: the platform mode, one per image size);
+        ``wrap`` puts the backend in another (``PerturbedRounding``: the calibration's reproducibility band)."""
+        backend = None if wrap is None else wrap(self.backend)
+        return self._loop(schedule, stop_rule, stall_floor, backend).invert(images, comp, on_done)
 
     def stall_floor(self) -> float:
         """The stall detector's floor: the calibration's (robust mode raises it), else the 8-bit one."""
@@ -387,13 +393,15 @@ class Attributor(AttributesFiles):
         sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
         comp = complexity(images)
         outcomes = self._invert(images, comp, self.schedule, self.stop_rule(), on_done)
-        recon = None
-        if keep_reconstructions:
-            recon = self.backend.render(np.stack([o.best_z for o in outcomes]))
+        recon = self._render(outcomes) if keep_reconstructions else None
         return [
             self.result(o, sources[i], float(comp[i]), None if recon is None else recon[i])
             for i, o in enumerate(outcomes)
         ]
+
+    def _render(self, outcomes: Sequence[InversionOutcome]) -> Sequence[np.ndarray]:
+        """Each outcome's reconstruction, as the input it is compared with."""
+        return self.backend.render(np.stack([o.best_z for o in outcomes]))
 
     def work_item(self, key: Any, image: np.ndarray, cancelled: Callable[[], bool] | None = None) -> WorkItem:
         """One prepared image (C×H×W float32 in [0, 1]) as the loop takes it from a live queue (``stream``)."""

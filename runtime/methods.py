@@ -212,15 +212,21 @@ def build_method(name: str, model: ModelHandle, options: MethodOptions = MethodO
 
 
 def _loop(model: ModelHandle, o: MethodOptions, method: str, **starts: Any) -> Attributor:
-    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=)."""
+    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=);
+    in the platform mode, the one that inverts each image at its own size (runtime/platform.py)."""
     from genorigin.runtime.attribution import Attributor
     from genorigin.runtime.backend import Backend
 
     assert o.settings is not None and o.schedule is not None  # build_method resolved them
     backend = o.backend if isinstance(o.backend, Backend) else make_backend(model, o.backend, o.settings.loss,
                                                                             o.threads)  # fmt: skip
-    return Attributor(model.generator, backend=backend, settings=o.settings, schedule=o.schedule,
-                      calibration=o.calibration, rule=o.rule, method=method, **starts)  # fmt: skip
+    options = {"backend": backend, "settings": o.settings, "schedule": o.schedule, "calibration": o.calibration,
+               "rule": o.rule, "method": method, **starts}  # fmt: skip
+    if o.settings.robust == "platform":
+        from genorigin.runtime.platform import PlatformAttributor
+
+        return PlatformAttributor(model.generator, threads=o.threads, **options)
+    return Attributor(model.generator, **options)
 
 
 def _inversion(model: ModelHandle, o: MethodOptions) -> Attributor:
@@ -231,6 +237,8 @@ def _tracer(model: ModelHandle, o: MethodOptions) -> Attributor:
     from genorigin.runtime.latent_tracer import EncoderInit
 
     assert o.settings is not None and model.latent_model is not None  # build_method checked
+    if o.settings.robust == "platform":
+        raise ValueError("LatentTracer starts from the autoencoder's encoding: it has no platform mode")
     if o.settings.init != "encoder":
         raise ValueError("LatentTracer settings need init='encoder' (its starts are the autoencoder's encoding)")
     return _loop(model, o, TRACER_METHOD, initializer=EncoderInit(model.latent_model))

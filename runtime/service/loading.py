@@ -67,6 +67,10 @@ def check_servable(attributor: Attributor) -> None:
     cal = attributor.calibration
     if cal is None:
         raise ServiceLoadError("the model has no calibration: run `genorigin calibrate` first")
+    if attributor.settings.robust == "platform":
+        raise ServiceLoadError(f"calibration of {cal.model_name!r} is in the platform mode, which inverts each input "
+                               "size in its own loop: the service's continuous batching cannot serve it yet (use "
+                               "genorigin attribute or the Python API)")  # fmt: skip
     if attributor.schedule.early_exit and not cal.checkpoint_steps:
         raise ServiceLoadError(f"calibration of {cal.model_name!r} has no checkpoint scores, so early exit cannot "
                                "run: recalibrate with this genorigin (`genorigin calibrate --force`)")  # fmt: skip

@@ -116,12 +116,15 @@ DECODE_GATE = DecodeGate(int(os.environ.get("GENORIGIN_MAX_DECODES") or min(4, o
 
 
 class Preparer(Protocol):
-    """What reading needs of a model: its channels and size, and its own ``prepare_image``."""
+    """What reading needs of a model: its channels and size, its own ``prepare_image`` and what that did
+    (``prepared_facts``). A ``Generator`` brings images to its size; the platform mode keeps their own."""
 
     channels: int
     image_size: tuple[int, int]
 
     def prepare_image(self, image: np.ndarray) -> np.ndarray: ...
+
+    def prepared_facts(self, facts: ImageFacts) -> ImageFacts: ...
 
 
 @dataclass
@@ -129,7 +132,7 @@ class ReadResult:
     """Images ready for ``Attributor.attribute(images, sources)``, their facts, and what could not be read."""
 
     sources: list[str]
-    images: np.ndarray  # N×C×H×W float32 in [0, 1]
+    images: np.ndarray | list[np.ndarray]  # N×C×H×W float32 in [0, 1]; a list of C×H×W if sizes differ
     facts: list[ImageFacts]  # one per source
     errors: list[str]  # one line per input that gave no image, naming it: the CLI's exit 1
     skipped: list[str]  # notes on what the expansion passed over (links, loops, folders named *.png …)
@@ -283,7 +286,7 @@ def _decode_prepared(
         pixels, facts = decode_image(fp, source, mode=mode, convert=convert, max_pixels=max_pixels,
                                      target_size=generator.image_size)  # fmt: skip
         try:
-            return generator.prepare_image(pixels), facts.prepared(generator.image_size)
+            return generator.prepare_image(pixels), generator.prepared_facts(facts)
         except ValueError as exc:
             raise ImageError(source, str(exc)) from exc
 
@@ -320,6 +323,8 @@ def _collect(
         arrays.append(outcome[0])
         result.facts.append(outcome[1])
         result.sources.append(str(path))
-    if arrays:
+    if arrays and len({a.shape for a in arrays}) == 1:
         result.images = np.stack(arrays).astype(np.float32, copy=False)
+    elif arrays:  # the platform mode keeps each image's own size
+        result.images = [a.astype(np.float32, copy=False) for a in arrays]
     return result

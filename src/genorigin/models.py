@@ -52,15 +52,11 @@ class ResolvedModel:
 
     def package(self) -> AttributionPackage:
         """The model's attribution package; PyTorch models are exported once into the user cache."""
-        from genorigin.export.package import AttributionPackage, export_generator
+        from genorigin.export.package import exported_once
 
         if self._package is None:
             path = self.package_path or cache_dir("packages") / f"{self.generator.name}-{self._fp12()}"
-            if not (path / "manifest.json").exists():
-                export_generator(self.generator, path, overwrite=True)
-            self._package = AttributionPackage.load(path)
-            if self._package.source_fingerprint != self.generator.fingerprint():
-                raise ValueError(f"{path}: package was exported from another model")
+            self._package = exported_once(self.generator, path)
         return self._package
 
     def backend(self, name: str | None = None, loss: str = "mse", threads: int | None = None) -> Backend:

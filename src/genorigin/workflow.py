@@ -19,7 +19,7 @@ from genorigin.choices import InversionChoices
 from genorigin.decode import Background
 from genorigin.errors import GenoriginError
 from genorigin.files import atomic_write_bytes
-from genorigin.images import ReadResult, read_images
+from genorigin.images import Preparer, ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.file_input import FileAttribution, attribute_read
@@ -99,9 +99,16 @@ def method_for_calibration(model: ResolvedModel, choice: MethodChoice) -> Attrib
     return _build(model, spec, choice, settings=settings, schedule=schedule)
 
 
-def encoder_path(model: ResolvedModel, choice: MethodChoice) -> Path:
-    """Where the model's encoder is read from and saved to (``--encoder`` wins)."""
-    return choice.encoder or model.encoder_path
+def encoder_path(model: ResolvedModel, choice: MethodChoice, method: AttributionMethod | None = None) -> Path:
+    """Where the model's encoder is read from and saved to (``--encoder`` wins); the platform mode's is its
+    platform encoder, beside the model's (runtime/platform_encoder.py)."""
+    if choice.encoder is not None:
+        return choice.encoder
+    if method is not None and method.settings.to_dict().get("robust") == "platform":
+        from genorigin.runtime.platform_encoder import platform_encoder_path
+
+        return platform_encoder_path(model.encoder_path)
+    return model.encoder_path
 
 
 def load_encoder(path: Path) -> Encoder:
@@ -195,7 +202,7 @@ def method_for_attribution(
     else:
         _refuse_inversion_flags(spec, choice)
     method = _build(model, spec, choice, **options)
-    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice)) if method.needs_encoder else None
+    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice, method)) if method.needs_encoder else None
     try:
         method.use_calibration(cal)
     except ValueError as exc:
@@ -222,10 +229,12 @@ def _attach_encoder(method: AttributionMethod, cal: Calibration, cal_path: Path,
     return path
 
 
-def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None) -> ReadResult:
-    """Expand and read the inputs for this model (``genorigin.images.read_images``)."""
+def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None,
+         reader: Preparer | None = None) -> ReadResult:  # fmt: skip
+    """Expand and read the inputs for this model (``genorigin.images.read_images``); ``reader``: the method's
+    (``AttributionMethod.reader``; default the model's generator, which brings inputs to its size)."""
     try:
-        return read_images(list(specs), model.generator, convert=convert)
+        return read_images(list(specs), reader or model.generator, convert=convert)
     except ValueError as exc:
         raise WorkflowError(str(exc)) from exc
 

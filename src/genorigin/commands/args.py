@@ -57,8 +57,10 @@ SETTINGS = (
     Flag("fresh_starts", "new starts an image gets when its loss stalls"),
     Flag(
         "robust",
-        "robust mode for JPEG'd inputs: calibrate on own samples through JPEG q50-95 (25 %% unmodified) and "
-        "compare a block-DCT projection of the residual (docs/robustness.md)",
+        "robust mode: jpeg for JPEG'd inputs (calibrate on own samples through JPEG q50-95, 25 %% unmodified, "
+        "and compare a block-DCT projection of the residual); platform for cropped and resized ones too (inputs "
+        "at their own size, inverted through the platform's crop-and-resample, the window searched with the "
+        "latent) (docs/robustness.md)",
         str,
         ROBUST_MODES,
     ),

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     model, loaded = common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
     OutputPlan(files=files).check(args.force)
-    images = workflow.read(model, args.inputs, args.convert)
+    images = workflow.read(model, args.inputs, args.convert, loaded.method.reader)
     print_problems(images.errors, images.skipped)
     if not images.sources:
         print("error: no image could be read", file=sys.stderr)
@@ -112,7 +112,8 @@ def run_several(args: argparse.Namespace, specs: list[tuple[str, str]], calibrat
     OutputPlan(files=files).check(args.force)
     loaded = {name: common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
               for name, spec in specs}  # fmt: skip
-    reads = {name: workflow.read(model, args.inputs, args.convert) for name, (model, _) in loaded.items()}
+    reads = {name: workflow.read(model, args.inputs, args.convert, load.method.reader)
+             for name, (model, load) in loaded.items()}  # fmt: skip
     found = {}
     with Progress(sum(len(r.sources) for r in reads.values()), "attributing", "images", quiet=args.quiet) as bar:
         for name, (_, load) in loaded.items():
