@@ -73,4 +73,5 @@ run bench_latency 115 "$PY" benchmarks/bench_latency.py --quick --out "$OUT/benc
 #    host syncs per step from the profiler, verdicts against the CPU run.
 run bench_fast_gpu 120 "$PY" benchmarks/bench_fast_gpu.py --out "$OUT/bench_fast_gpu.json"
 
+run large_models 600 bash benchmarks/gpu_large.sh "$OUT/large" # the 512 px decoder on every GPU backend
 "$PY" benchmarks/gpu_report.py "$OUT"

@@ -15,7 +15,9 @@ export never imports the runtime):
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +89,28 @@ class LatentDiffusionModel:
             .clamp(0, 1)
             .numpy()
         )
+
+    def roundtrip_in(self, compute: str) -> Callable[[np.ndarray], np.ndarray]:
+        """``roundtrip``, or the same on bfloat16 copies of encoder and decoder (``compute="bfloat16"``: AVX-512
+        BF16/AMX convolutions; images in and out float32). The copies are made once, on first use."""
+        if compute == "float32":
+            return self.roundtrip
+        if compute != "bfloat16":
+            raise ValueError(f"compute must be float32 or bfloat16, got {compute!r}")
+        halves: list[nn.Module] = []
+
+        @torch.no_grad()
+        def roundtrip(images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+            if not halves:
+                halves.extend(copy.deepcopy(m).to(torch.bfloat16) for m in (self.encoder, self.generator.module))
+            encoder, decoder = halves
+            parts = []
+            for i in range(0, len(images), batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32))
+                parts.append(decoder(encoder(x.to(torch.bfloat16))).float().clamp(0, 1))
+            return torch.cat(parts).numpy()
+
+        return roundtrip
 
 
 # --------------------------------------------------------------------------------------------- loading

@@ -216,6 +216,7 @@ class _Prepared:
         )
         for prop in self.model.metadata_props:
             model.metadata_props.add(key=prop.key, value=prop.value)
+        meta = {**meta, "forward_nodes": str(len(self.nodes))}  # the forward prefix, for rematerialisation
         model.metadata_props.add(key=AUTODIFF_KEY, value=",".join(f"{k}={v}" for k, v in meta.items()))
         if model.ByteSize() < 2**31 - 2**20:
             _check(model, self.model)

@@ -35,13 +35,16 @@ def export_forward(
     input_name: str = "z",
     output_name: str = "image",
     opset: int | None = None,
+    keep_external: bool = False,
 ) -> onnx.ModelProto:
     """Export ``module`` (eval mode) as z → image with a dynamic batch dimension and return the checked model.
 
     The dynamo exporter is tried first; the TorchScript exporter (``dynamic_axes``) is the fallback. Which one
     was used is recorded in the model's ``metadata_props`` under ``genorigin.exporter``. Models whose weights are
     below 2 GB are saved as one self-contained file; larger ones keep an external ``.data`` file and the
-    returned proto then references it rather than holding the weights.
+    returned proto then references it rather than holding the weights. ``keep_external`` always returns that
+    header (weights left where the exporter wrote them, beside ``path``): the package writer moves them into
+    its weights file one tensor at a time instead of holding them all in a proto.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +61,7 @@ def export_forward(
             exporter = "torchscript"
     finally:
         module.train(was_training)
-    return _finalize(path, exporter)
+    return _finalize(path, exporter, keep_external)
 
 
 def _example_with_batch_two(example_z: torch.Tensor) -> torch.Tensor:
@@ -133,12 +136,13 @@ def _external_locations(model: onnx.ModelProto) -> set[str]:
     return locations
 
 
-def _finalize(path: Path, exporter: str) -> onnx.ModelProto:
-    """Inline external weights when they fit in one protobuf, tag the exporter, check, and return the model."""
+def _finalize(path: Path, exporter: str, keep_external: bool = False) -> onnx.ModelProto:
+    """Inline external weights when they fit in one protobuf (unless ``keep_external``), tag the exporter,
+    check, and return the model."""
     header = onnx.load(str(path), load_external_data=False)
     locations = _external_locations(header)
     weight_bytes = sum(_tensor_bytes(t) for t in header.graph.initializer)
-    inline = weight_bytes < TWO_GB - 64 * 2**20  # leave headroom for the graph itself
+    inline = not keep_external and weight_bytes < TWO_GB - 64 * 2**20  # leave headroom for the graph itself
     model = onnx.load(str(path), load_external_data=True) if inline else header
     _set_metadata(model, EXPORTER_KEY, exporter)
     if inline:

@@ -44,10 +44,18 @@ def infer_static_shapes(model: onnx.ModelProto, batch: int) -> ShapeMap:
 
 
 def _infer(light: onnx.ModelProto) -> ShapeMap:
+    """Plain inference first; data propagation only when shapes stay unknown. Data propagation is the fragile
+    part, and it materialises every 1-D tensor as a shape: 2.8 s and gigabytes for a 10⁷-element table."""
+    out = _inferred(onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False))
+    if not _incomplete(light, out):
+        return out
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True)
-    except onnx.shape_inference.InferenceError:  # data propagation is the fragile part; shapes still help
-        inferred = onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False)
+        return _inferred(onnx.shape_inference.infer_shapes(light, check_type=False, strict_mode=False, data_prop=True))
+    except onnx.shape_inference.InferenceError:  # shapes without data propagation still help
+        return out
+
+
+def _inferred(inferred: onnx.ModelProto) -> ShapeMap:
     out: ShapeMap = {}
     graph = inferred.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:

@@ -1,17 +1,20 @@
-"""A small, self-contained StyleGAN-style generator, invertible in z space (default) or in w space.
+"""StyleGAN2 generators written from the paper (Karras et al., CVPR 2020), invertible in z, w or w+ space.
 
 Mapping MLP z → w (pixel norm, equalised learning rate), synthesis from a learned constant through modulated,
-demodulated 3×3 convolutions (StyleGAN2's weight demodulation, the successor of AdaIN) with skip-connected
-ToRGB outputs. Per-layer noise inputs are FIXED buffers and switched off by default, as in the paper's
-StyleGAN case: the generator must be a deterministic function of its latent for the inversion to make sense.
+demodulated 3×3 convolutions with skip-connected ToRGB outputs. Two sizes from one code path: the small
+default (one width, bilinear upsampling, noise off) the tests use, and :func:`StyleGANConfig.config_f`, the
+published config F (8-layer 512-wide mapping, channels min(32768 / resolution, 512), FIR [1, 3, 3, 1]
+upsampling of features and of the RGB skips, per-layer noise inputs). Noise inputs are FIXED buffers, as in
+the paper's StyleGAN case: the generator must be a deterministic function of its latent to be inverted.
 
-This is an architecture of the StyleGAN family, not NVIDIA's code: official checkpoints do not load into it.
+This is written from the paper's description, not NVIDIA's code: official checkpoints do not load into it.
 Weights come from ``stylegan_from_state_dict`` (a state dict of this module) or ``random_stylegan`` (seeded
 random initialisation, for tests and benchmarks).
 
 w space: the latent becomes u with w = w_avg + w_std ⊙ u, where w_avg and w_std are per-dimension statistics of
 mapping(z) over 4096 seeded z (buffers, so in the fingerprint). Adam on u is Adam on w up to a fixed per-dimension
-scale, and random starts u ~ N(0, I) are the Gaussian approximation of the w distribution.
+scale, and random starts u ~ N(0, I) are the Gaussian approximation of the w distribution. w+ space: one such u
+per synthesis layer (``num_ws`` × w_dim), the usual space for inverting real images into StyleGAN2.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import torch.nn.functional as F
 from genorigin.export.generator import Generator, LatentSpec, UnitRangeOutput
 from torch import nn
 
-Space = Literal["z", "w"]
+Space = Literal["z", "w", "w+"]
+FIR = (1.0, 3.0, 3.0, 1.0)  # the paper's upsampling filter (separable; normalised to gain 4 for ×2)
 W_STATS_SAMPLES = 4096
 W_STATS_SEED = 20_240_613
 LRELU_GAIN = math.sqrt(2.0)
@@ -47,10 +51,31 @@ class StyleGANConfig:
     use_noise: bool = False
     mapping_lr_mul: float = 0.01
     output_scale: float = 0.25  # keeps a randomly initialised generator's images mostly inside [-1, 1]
+    channel_base: int = 0  # > 0: channels at resolution r are min(channel_base // r, channel_max), else width
+    channel_max: int = 512
+    fir: bool = False  # FIR [1, 3, 3, 1] upsampling (config F) instead of bilinear
+    noise_strength: float = 0.0  # initial per-layer noise strength (learned in the paper, 0 at its start)
 
     def __post_init__(self) -> None:
         if self.image_size < 4 or self.image_size & (self.image_size - 1):
             raise ValueError(f"image_size must be a power of two ≥ 4, got {self.image_size}")
+
+    @classmethod
+    def config_f(cls, image_size: int = 256, **changes: Any) -> StyleGANConfig:
+        """StyleGAN2 config F at ``image_size``: 512-d z and w, 8 mapping layers, channels 32768 / r capped at
+        512, FIR upsampling, noise inputs on (fixed buffers; strength 0.1 here, since weights are random), output
+        scale 0.1 (random weights: images inside [-1, 1], none clipped in a seeded check)."""
+        base: dict[str, Any] = {"z_dim": 512, "w_dim": 512, "mapping_layers": 8, "image_size": image_size}
+        base.update(channel_base=32768, channel_max=512, fir=True, use_noise=True, noise_strength=0.1, output_scale=0.1)
+        return cls(**{**base, **changes})
+
+    def channels_at(self, resolution: int) -> int:
+        return min(self.channel_base // resolution, self.channel_max) if self.channel_base else self.width
+
+    @property
+    def num_ws(self) -> int:
+        """Styles the synthesis reads: one per conv layer and per ToRGB, ToRGB sharing the next block's."""
+        return 2 * int(math.log2(self.image_size)) - 2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +112,23 @@ class MappingNetwork(nn.Module):
         return x
 
 
+class Upsample2x(nn.Module):
+    """×2 upsampling of ``channels`` channels: FIR [1, 3, 3, 1] after zero insertion (the paper; a depthwise
+    transposed convolution, zero-padded at the borders) or bilinear."""
+
+    def __init__(self, fir: bool, channels: int = 1) -> None:
+        super().__init__()
+        f = torch.tensor(FIR)
+        kernel = (torch.outer(f, f) / f.sum() ** 2 * 4.0).expand(channels, 1, 4, 4).contiguous()
+        self.register_buffer("kernel", kernel, persistent=False)  # static shape: exporters need it
+        self.fir = fir
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.fir:
+            return F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return F.conv_transpose2d(x, self.kernel, stride=2, padding=1, groups=self.kernel.shape[0])
+
+
 class ModulatedConv2d(nn.Module):
     """Per-sample style modulation of the conv weights and weight demodulation (StyleGAN2)."""
 
@@ -114,10 +156,12 @@ class ModulatedConv2d(nn.Module):
 class StyleLayer(nn.Module):
     """Optional ×2 upsampling, modulated 3×3 conv, fixed noise (off by default), bias, leaky ReLU."""
 
-    def __init__(self, n_in: int, n_out: int, w_dim: int, resolution: int, upsample: bool, seed: int) -> None:
+    def __init__(
+        self, n_in: int, n_out: int, w_dim: int, resolution: int, upsample: bool, seed: int, fir: bool = False
+    ) -> None:
         super().__init__()
         self.conv = ModulatedConv2d(n_in, n_out, 3, w_dim)
-        self.upsample = upsample
+        self.upsample = Upsample2x(fir, n_in) if upsample else None
         self.bias = nn.Parameter(torch.zeros(n_out))
         self.noise_strength = nn.Parameter(torch.zeros(()))
         noise = torch.randn((1, 1, resolution, resolution), generator=torch.Generator().manual_seed(seed))
@@ -125,8 +169,8 @@ class StyleLayer(nn.Module):
         self.use_noise = False
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        if self.upsample:
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        if self.upsample is not None:
+            x = self.upsample(x)
         x = self.conv(x, w)
         if self.use_noise:
             x = x + self.noise_strength * self.noise
@@ -146,32 +190,41 @@ class ToRGB(nn.Module):
 
 
 class SynthesisNetwork(nn.Module):
-    """w → image (nominally in [-1, 1]): constant 4×4 input, two style layers per resolution, skip ToRGBs."""
+    """w → image (nominally in [-1, 1]): constant 4×4 input, two style layers per resolution, skip ToRGBs.
+
+    ``w`` is N × w_dim (every layer the same style) or N × num_ws × w_dim (w+: a style per layer, indexed as
+    in the paper: conv layers in order, each ToRGB with the next block's first conv).
+    """
 
     def __init__(self, config: StyleGANConfig) -> None:
         super().__init__()
-        c, wd = config.width, config.w_dim
+        wd, ch = config.w_dim, config.channels_at
         self.output_scale = config.output_scale
-        self.const = nn.Parameter(torch.randn(1, c, 4, 4))
-        self.layers = nn.ModuleList([StyleLayer(c, c, wd, 4, upsample=False, seed=0)])
-        self.to_rgb = nn.ModuleList([ToRGB(c, config.channels, wd)])
+        self.const = nn.Parameter(torch.randn(1, ch(4), 4, 4))
+        self.layers = nn.ModuleList([StyleLayer(ch(4), ch(4), wd, 4, upsample=False, seed=0)])
+        self.to_rgb = nn.ModuleList([ToRGB(ch(4), config.channels, wd)])
+        self.upsample_rgb = Upsample2x(config.fir, config.channels)
         res, seed = 8, 1
         while res <= config.image_size:
-            self.layers.append(StyleLayer(c, c, wd, res, upsample=True, seed=seed))
-            self.layers.append(StyleLayer(c, c, wd, res, upsample=False, seed=seed + 1))
-            self.to_rgb.append(ToRGB(c, config.channels, wd))
+            self.layers.append(StyleLayer(ch(res // 2), ch(res), wd, res, upsample=True, seed=seed, fir=config.fir))
+            self.layers.append(StyleLayer(ch(res), ch(res), wd, res, upsample=False, seed=seed + 1))
+            self.to_rgb.append(ToRGB(ch(res), config.channels, wd))
             res, seed = res * 2, seed + 2
         for layer in self.layers:
             layer.use_noise = config.use_noise
+            layer.noise_strength.data.fill_(config.noise_strength)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        def style(i: int) -> torch.Tensor:
+            return w[:, i] if w.dim() == 3 else w
+
         x = self.const.expand(w.shape[0], -1, -1, -1)
-        x = self.layers[0](x, w)
-        img = self.to_rgb[0](x, w)
+        x = self.layers[0](x, style(0))
+        img = self.to_rgb[0](x, style(1))
         for i, rgb in enumerate(self.to_rgb[1:]):
-            x = self.layers[1 + 2 * i](x, w)
-            x = self.layers[2 + 2 * i](x, w)
-            img = F.interpolate(img, scale_factor=2.0, mode="bilinear", align_corners=False) + rgb(x, w)
+            x = self.layers[1 + 2 * i](x, style(1 + 2 * i))
+            x = self.layers[2 + 2 * i](x, style(2 + 2 * i))
+            img = self.upsample_rgb(img) + rgb(x, style(3 + 2 * i))
         return img * self.output_scale
 
 
@@ -189,11 +242,13 @@ class StyleGANGenerator(nn.Module):
 
 
 class WSpaceSynthesis(nn.Module):
-    """u → synthesis(w_avg + w_std ⊙ u): inversion in w space, skipping the mapping."""
+    """u → synthesis(w_avg + w_std ⊙ u): inversion in w space (u: N × w_dim) or w+ space (u: N × num_ws ×
+    w_dim, ``plus``), skipping the mapping."""
 
-    def __init__(self, net: StyleGANGenerator) -> None:
+    def __init__(self, net: StyleGANGenerator, plus: bool = False) -> None:
         super().__init__()
         self.net = net
+        self.plus = plus
         with torch.no_grad():
             rng = torch.Generator().manual_seed(W_STATS_SEED)
             w = net.mapping(torch.randn(W_STATS_SAMPLES, net.config.z_dim, generator=rng))
@@ -201,8 +256,9 @@ class WSpaceSynthesis(nn.Module):
         self.register_buffer("w_std", w.std(dim=0).clamp_min(1e-6))
 
     def to_u(self, z: torch.Tensor) -> torch.Tensor:
-        """The u of mapping(z): how an image the full generator made is reached in w space."""
-        return (self.net.mapping(z) - self.w_avg) / self.w_std
+        """The u of mapping(z): how an image the full generator made is reached in w (or w+) space."""
+        u = (self.net.mapping(z) - self.w_avg) / self.w_std
+        return u[:, None].expand(-1, self.net.config.num_ws, -1).contiguous() if self.plus else u
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return self.net.synthesis(self.w_avg + self.w_std * u)
@@ -223,21 +279,24 @@ class StyleGANWGenerator(Generator):
 
 
 def stylegan_generator(net: StyleGANGenerator, *, space: Space = "z", name: str = "stylegan") -> Generator:
-    """Wrap a StyleGANGenerator: latent z (z_dim) by default, or u (w_dim) for inversion in w space."""
+    """Wrap a StyleGANGenerator: latent z (z_dim) by default, u (w_dim) for inversion in w space, or u
+    (num_ws × w_dim) in w+ space."""
     cfg = net.config
+    architecture = "stylegan2-config-f" if cfg.channel_base and cfg.fir else "stylegan-small"
     common = {
         "channels": cfg.channels,
         "image_size": (cfg.image_size, cfg.image_size),
-        "config": {"architecture": "stylegan-small", "space": space, **cfg.to_dict()},
+        "config": {"architecture": architecture, "space": space, **cfg.to_dict()},
         "family": "gan",
         "name": name,
     }
     if space == "z":
         return Generator(module=UnitRangeOutput(net, (-1.0, 1.0)), latent=LatentSpec((cfg.z_dim,)), **common)
-    if space == "w":
-        module = UnitRangeOutput(WSpaceSynthesis(net), (-1.0, 1.0))
-        return StyleGANWGenerator(module=module, latent=LatentSpec((cfg.w_dim,)), **common)
-    raise ValueError(f"space must be 'z' or 'w', got {space!r}")
+    if space in ("w", "w+"):
+        module = UnitRangeOutput(WSpaceSynthesis(net, plus=space == "w+"), (-1.0, 1.0))
+        shape = (cfg.num_ws, cfg.w_dim) if space == "w+" else (cfg.w_dim,)
+        return StyleGANWGenerator(module=module, latent=LatentSpec(shape), **common)
+    raise ValueError(f"space must be 'z', 'w' or 'w+', got {space!r}")
 
 
 def stylegan_from_state_dict(

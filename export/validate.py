@@ -29,6 +29,8 @@ import torch
 from genorigin.kernels.reference import loss_and_grad
 
 from .generator import LatentSpec
+from .memory import release_freed_memory
+from .sessions import SharedWeights, open_session
 
 # Against PyTorch autograd: both sides float32, kernels differ (summation order, fused ops).
 MODULE_TOLERANCE = 1e-3
@@ -85,25 +87,30 @@ def validate_against_module(
     *,
     tolerance: float | None = None,
     seed: int = SEED,
+    weights: SharedWeights | None = None,
 ) -> ValidationReport:
-    """The ``loss_mse`` and ``vjp`` graphs against ``module`` (z → image in [0, 1]) and torch.autograd."""
-    loss_session, vjp_session = _session(graphs["loss_mse"]), _session(graphs["vjp"])
+    """The ``loss_mse`` and ``vjp`` graphs against ``module`` (z → image in [0, 1]) and torch.autograd.
+
+    The reference runs one sample at a time (the generator is per-sample), so torch holds one image's
+    activations even for the batch of 2; each phase's memory is returned before the next (export's peak).
+    """
+    loss_session, vjp_session = _session(graphs["loss_mse"], weights), _session(graphs["vjp"], weights)
     device = next(iter(module.parameters()), torch.empty(0)).device
     rng = np.random.default_rng(seed)
     loss_errors, grad_errors, vjp_errors = [], [], []
     for batch in (1, 2):
         z = latent.sample(batch, rng)
         x = rng.random((batch, *image_shape), dtype=np.float32)
-        zt = torch.from_numpy(z).to(device).requires_grad_(True)
-        image = module(zt)
-        ref_loss, g_image = loss_and_grad(image.detach(), torch.from_numpy(x).to(device))
-        (ref_grad,) = torch.autograd.grad(image, zt, g_image)
+        refs = [_autograd(module, z[i : i + 1], x[i : i + 1], device) for i in range(batch)]
+        ref_loss, ref_grad, g_image = (np.concatenate([r[k] for r in refs]) for k in range(3))
+        release_freed_memory()
         loss, grad = loss_session.run(["loss", "grad_z"], {"z": z, "target": x})
-        (vjp_grad,) = vjp_session.run(["g_z"], {"z": z, "g_image": g_image.cpu().numpy()})
-        ref_loss_np, ref_grad_np = ref_loss.detach().cpu().numpy(), ref_grad.cpu().numpy()
-        loss_errors.append(_max_relative(loss, ref_loss_np))
-        grad_errors.append(_norm_relative(grad, ref_grad_np))
-        vjp_errors.append(_norm_relative(vjp_grad, ref_grad_np))
+        release_freed_memory()
+        (vjp_grad,) = vjp_session.run(["g_z"], {"z": z, "g_image": g_image})
+        release_freed_memory()
+        loss_errors.append(_max_relative(loss, ref_loss))
+        grad_errors.append(_norm_relative(grad, ref_grad))
+        vjp_errors.append(_norm_relative(vjp_grad, ref_grad))
     return ValidationReport(
         method="torch-autograd",
         samples=3,
@@ -115,6 +122,17 @@ def validate_against_module(
     )
 
 
+def _autograd(
+    module: torch.nn.Module, z: np.ndarray, x: np.ndarray, device: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reference per-sample loss, its gradient with respect to z (torch.autograd) and the image gradient."""
+    zt = torch.from_numpy(z).to(device).requires_grad_(True)
+    image = module(zt)
+    ref_loss, g_image = loss_and_grad(image.detach(), torch.from_numpy(x).to(device))
+    (ref_grad,) = torch.autograd.grad(image, zt, g_image)
+    return ref_loss.detach().cpu().numpy(), ref_grad.cpu().numpy(), g_image.cpu().numpy().astype(np.float32)
+
+
 def validate_by_finite_differences(
     graphs: Mapping[str, Path],
     latent: LatentSpec,
@@ -123,9 +141,10 @@ def validate_by_finite_differences(
     tolerance: float | None = None,
     seed: int = SEED,
     directions: int = FD_DIRECTIONS,
+    weights: SharedWeights | None = None,
 ) -> ValidationReport:
     """grad_z of the ``loss_mse`` graph against central differences of the ``forward`` graph's loss."""
-    forward, loss_session, vjp_session = (_session(graphs[k]) for k in ("forward", "loss_mse", "vjp"))
+    forward, loss_session, vjp_session = (_session(graphs[k], weights) for k in ("forward", "loss_mse", "vjp"))
     rng = np.random.default_rng(seed)
     z = latent.sample(2, rng)
     x = rng.random((2, *image_shape), dtype=np.float32)
@@ -155,6 +174,28 @@ def validate_by_finite_differences(
     )
 
 
+def storage_effect(
+    reference: tuple[Path, SharedWeights | None],
+    stored: tuple[Path, SharedWeights | None],
+    latent: LatentSpec,
+    image_shape: tuple[int, int, int],
+    *,
+    seed: int = SEED,
+) -> dict[str, float]:
+    """How far half-precision weight storage moves the loss graph: ``stored`` against the float32 ``reference``
+    on seeded latents and targets (batch 2), as relative errors (informative; the graphs are validated in
+    float32 before storage is reduced)."""
+    rng = np.random.default_rng(seed)
+    z = latent.sample(2, rng)
+    x = rng.random((2, *image_shape), dtype=np.float32)
+    results = []
+    for path, weights in (reference, stored):
+        results.append(_session(path, weights).run(["loss", "grad_z"], {"z": z, "target": x}))
+        release_freed_memory()
+    (ref_loss, ref_grad), (loss, grad) = results
+    return {"max_loss_change": _max_relative(loss, ref_loss), "grad_change": _norm_relative(grad, ref_grad)}
+
+
 def _unit_directions(grad: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
     """The gradient's direction (the largest, best-resolved derivative) and ``count - 1`` random ones."""
     out = []
@@ -179,12 +220,11 @@ def _norm_relative(value: np.ndarray, reference: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(value, dtype=np.float64) - reference) / floor)
 
 
-def _session(path: Path) -> Session:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+def _session(path: Path, weights: SharedWeights | None) -> Session:
+    """A few runs only: basic optimisations, lean memory and the memory-first node order keep export's peak
+    near one run's activations."""
+    return open_session(path, "cpu", weights=weights, optimization="basic", lean=True, quiet=True, order="priority")
 
 
-Validator = Callable[[Mapping[str, Path]], ValidationReport]
+# (graph files by role, the package's shared weights or None) → report
+Validator = Callable[[Mapping[str, Path], SharedWeights | None], ValidationReport]

@@ -85,9 +85,13 @@ class AEDRSettings:
     distance: int = 1
     angle: float = 0.0
     eps: float = 1e-12  # keeps the ratio finite when the second reconstruction is exact
+    compute: str = "float32"  # the round trips' precision ("bfloat16": --backend torch-bf16)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": AEDR_METHOD, **asdict(self)}
+        out = {"method": AEDR_METHOD, **asdict(self)}
+        if self.compute == "float32":  # calibrations made before the field existed stay valid
+            del out["compute"]
+        return out
 
 
 @dataclass

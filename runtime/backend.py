@@ -8,6 +8,7 @@ may replace it with the fused CUDA kernel.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -109,21 +110,33 @@ class TorchBackend(Backend):
     On the CPU a row's loss and gradient are the same bits in any batch and for any ``threads``
     (``runtime/invariant.py``): the rows are split over ``threads`` threads of this backend's own, each at one
     intra-op thread (torch's thread count is 1 while it evaluates, and restored after).
+
+    ``compute="bfloat16"`` runs the generator on a bfloat16 copy of its weights (activations bfloat16 too, so
+    convolutions use AVX-512 BF16/AMX where the CPU has them); the latent, the image handed to the loss, the
+    loss, the gradient and the optimiser state stay float32. A calibration made this way belongs to this
+    mode (measured accuracy and speed: docs/large_models.md).
     """
 
     name = "torch"
+    COMPUTE: ClassVar[dict[str, torch.dtype]] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-    def __init__(self, generator: Generator, device: str = "cpu", loss: str = "mse", threads: int | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(self, generator: Generator, device: str = "cpu", loss: str = "mse", threads: int | None = None,
+                 compute: str = "float32") -> None:  # fmt: skip
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
+        if compute not in self.COMPUTE:
+            raise ValueError(f"compute must be one of {', '.join(self.COMPUTE)}, got {compute!r}")
         configure_torch_cpu()
         self.generator = generator
         self.device = torch.device(device)
         self.loss = loss
         self.threads = threads or default_threads()
         self.rows = RowParallel(self.threads) if self.device.type == "cpu" else None
+        self.compute = compute
         generator.module.to(self.device)
+        self.module = generator.module
+        if compute != "float32":
+            self.module = copy.deepcopy(generator.module).to(self.COMPUTE[compute])
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
@@ -131,6 +144,11 @@ class TorchBackend(Backend):
     @property
     def state_device(self) -> torch.device:
         return self.device
+
+    def _forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.compute == "float32":
+            return self.generator.forward(z)
+        return self.module(z.to(self.COMPUTE[self.compute])).float()
 
     def loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.rows is not None:
@@ -141,7 +159,7 @@ class TorchBackend(Backend):
     def _loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
-            y = self.generator.forward(z)
+            y = self._forward(z)
         loss, gy = reference.loss_and_grad(y.detach(), x, self.loss)
         # the VJP gyᵀ·∂y/∂z as the gradient of the scalar Σ y⊙gy: the same bits (its backward hands gy·1 to y),
         # and torch.autograd.grad with a tensor grad_outputs imports sympy on first use (0.4 s of CPU at start-up)
@@ -150,10 +168,11 @@ class TorchBackend(Backend):
 
     @torch.no_grad()
     def render(self, z: np.ndarray) -> np.ndarray:
-        return self.generator.forward(self.asarray(z)).clamp(0, 1).cpu().numpy()
+        return self._forward(self.asarray(z)).clamp(0, 1).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "device": str(self.device), "threads": self.threads}
+        out = {"backend": self.name, "device": str(self.device), "threads": self.threads}
+        return out if self.compute == "float32" else {**out, "compute": self.compute}
 
     def close(self) -> None:
         if self.rows is not None:

@@ -90,11 +90,11 @@ class GeneratorOnly:
         )
 
 
-def _torch(device: str) -> Callable[[BackendTarget, str, int | None], Backend]:
+def _torch(device: str, compute: str = "float32") -> Callable[[BackendTarget, str, int | None], Backend]:
     def build(target: BackendTarget, loss: str, threads: int | None) -> Backend:
         from genorigin.runtime.backend import TorchBackend
 
-        return TorchBackend(target.generator, device, loss, threads)
+        return TorchBackend(target.generator, device, loss, threads, compute)
 
     return build
 
@@ -126,3 +126,11 @@ register_backend(BackendKind("torch-cuda-graph", _cuda_graph, True, "PyTorch, ea
 register_backend(BackendKind("onnxruntime", _ort("cpu"), False, "ONNX Runtime on the CPU (any model, via a package)"))
 register_backend(BackendKind("onnxruntime-cuda", _ort("cuda"), False, "ONNX Runtime's CUDA provider"))
 register_backend(BackendKind("tensorrt", _tensorrt, False, "TensorRT engines built from the package (GPU)"))
+register_backend(
+    BackendKind(
+        "torch-bf16",
+        _torch("cpu", "bfloat16"),
+        True,
+        "eager PyTorch on the CPU in bfloat16 (loss, gradient and optimiser float32; calibrate with it too)",
+    )
+)

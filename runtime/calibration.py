@@ -20,6 +20,8 @@ from genorigin.runtime.decision import empirical_threshold, grubbs_accepts, grub
 from genorigin import __version__
 from genorigin.files import atomic_write_text
 
+MIN_SAMPLES = 3  # own samples a calibration needs at least (Grubbs' test; refused before any work)
+
 CALIBRATION_FORMAT = "genorigin-calibration-v1"
 # files written before the shared loop's method was renamed "inversion" (it was "inversion-random")
 LEGACY_METHODS = {"inversion-random": "inversion"}
@@ -61,8 +63,8 @@ def validate_fields(cal: Calibration) -> None:
     if not isinstance(cal.settings, dict):
         raise ValueError("field 'settings' must be an object")
     _check_scores(cal.scores, "scores")
-    if len(cal.scores) < 3:
-        raise ValueError(f"a calibration needs at least 3 belonging samples, got {len(cal.scores)}")
+    if len(cal.scores) < MIN_SAMPLES:
+        raise ValueError(f"a calibration needs at least {MIN_SAMPLES} belonging samples, got {len(cal.scores)}")
     if max(cal.scores) == min(cal.scores):
         raise ValueError("calibration scores have no spread (all equal): the test statistic would be infinite")
     if not _is_number(cal.alpha) or not 0.0 < cal.alpha < 1.0:

@@ -245,12 +245,18 @@ def _tracer(model: ModelHandle, o: MethodOptions) -> Attributor:
 
 
 def _aedr(model: ModelHandle, o: MethodOptions) -> AEDRAttributor:
-    from genorigin.runtime.aedr import AEDRAttributor
+    from genorigin.runtime.aedr import AEDRAttributor, AEDRSettings
 
     assert model.latent_model is not None  # build_method checked
     if o.encoder is not None:
         raise ValueError("AEDR reconstructs with the autoencoder's own encoder: it takes no fitted encoder")
-    return AEDRAttributor(model.generator, model.latent_model.roundtrip, calibration=o.calibration)
+    compute = "bfloat16" if o.backend == "torch-bf16" else "float32"  # forward passes only: the bf16 backend's mode
+    return AEDRAttributor(
+        model.generator,
+        model.latent_model.roundtrip_in(compute),
+        settings=AEDRSettings(compute=compute),
+        calibration=o.calibration,
+    )
 
 
 register_method(

@@ -405,11 +405,17 @@ def test_engine_key_tracks_the_graph_bytes(exported: Path, tmp_path: Path) -> No
     a = trt_build.engine_key("vjp", exported / "vjp.onnx", **kw)
     assert a == trt_build.engine_key("vjp", exported / "vjp.onnx", **kw)
     copy = tmp_path / "vjp.onnx"
+    weights = (exported / "weights.bin").read_bytes()
+    (tmp_path / "weights.bin").write_bytes(weights)  # the graph's weights travel beside it
     data = bytearray((exported / "vjp.onnx").read_bytes())
     data[-1] ^= 1  # any change to the graph file is a different engine
     copy.write_bytes(bytes(data))
     assert trt_build.engine_key("vjp", copy, **kw).graph_sha256 != a.graph_sha256
-    assert graphs.external_data_files(exported / "vjp.onnx") == []
+    assert graphs.external_data_files(exported / "vjp.onnx") == [exported / "weights.bin"]
+    copy.write_bytes((exported / "vjp.onnx").read_bytes())
+    assert trt_build.engine_key("vjp", copy, **kw).graph_sha256 == a.graph_sha256
+    (tmp_path / "weights.bin").write_bytes(weights[:-1] + bytes([weights[-1] ^ 1]))  # and so do its weights
+    assert trt_build.engine_key("vjp", copy, **kw).graph_sha256 != a.graph_sha256
 
 
 def test_build_engines_explains_missing_tensorrt(exported: Path) -> None:

@@ -25,6 +25,7 @@ def test_backend_names_and_the_one_factory():
         "onnxruntime",
         "onnxruntime-cuda",
         "tensorrt",
+        "torch-bf16",
     )
     target = backends.GeneratorOnly(tiny_generator())
     assert isinstance(backends.make_backend(target), TorchBackend)  # default for a PyTorch module

@@ -24,7 +24,7 @@ from genorigin.models import ResolvedModel, resolve_model
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.file_input import FileAttribution, attribute_read
 from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
-from genorigin.runtime.settings import FitSettings, InversionSettings
+from genorigin.runtime.settings import FitSettings, InversionSettings, Schedule
 
 if TYPE_CHECKING:  # torch (and, for packages, ONNX) are imported by the steps that use them, not by importing this
     from genorigin.runtime.attribution import AttributionResult
@@ -88,15 +88,23 @@ def _build(model: ResolvedModel, spec: MethodSpec, choice: MethodChoice, **optio
 
 def method_for_calibration(model: ResolvedModel, choice: MethodChoice) -> AttributionMethod:
     """The method with the preset's settings and the explicit flags on top (calibration makes the record)."""
+    spec, settings = calibration_settings(choice)
+    if settings is None:
+        return _build(model, spec, choice)
+    return _build(model, spec, choice, settings=settings[0], schedule=settings[1])
+
+
+def calibration_settings(choice: MethodChoice) -> tuple[MethodSpec, tuple[InversionSettings, Schedule] | None]:
+    """The method and (for an inverting one) its settings, checked without the model: a bad flag is refused
+    before anything is loaded or computed."""
     spec, alias_preset = _spec(choice)
     if not spec.inverts:
         _refuse_inversion_flags(spec, choice)
-        return _build(model, spec, choice)
+        return spec, None
     try:
-        settings, schedule = choice.inversion.for_calibration(spec.presets, alias_preset or spec.default_preset or "")
+        return spec, choice.inversion.for_calibration(spec.presets, alias_preset or spec.default_preset or "")
     except ValueError as exc:
         raise WorkflowError(str(exc)) from exc
-    return _build(model, spec, choice, settings=settings, schedule=schedule)
 
 
 def encoder_path(model: ResolvedModel, choice: MethodChoice, method: AttributionMethod | None = None) -> Path:

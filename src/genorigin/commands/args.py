@@ -117,7 +117,9 @@ def add_method(p: argparse.ArgumentParser) -> None:
         default="inversion",
         choices=method_choices(),
         metavar="METHOD",
-        help=f"{methods}; inversion-random: the old name of inversion with --preset paper",
+        help=f"{methods}; inversion-random: the old name of inversion with --preset paper. At 512 px and above "
+        "on a CPU only aedr (forward passes) is practical; the inversion methods need a GPU there "
+        "(docs/large_models.md)",
     )
     p.add_argument(
         "--ddim-steps", type=int, default=50, help="DDIM/DDPM pipeline folders only: sampler steps K inverted through"
@@ -226,6 +228,26 @@ def add_calibration_choice(p: argparse.ArgumentParser) -> None:
         help="decision rule (inversion methods; AEDR always uses its KDE quantile)",
     )
     p.add_argument("--alpha", type=float, default=None, help="test level (default: the calibration's)")
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Refuse, in one line and before any work, the numbers no run can use (only the options a command has)."""
+    from genorigin.runtime.calibration import MIN_SAMPLES
+
+    limits = {
+        "samples": (lambda v: v >= MIN_SAMPLES, f"at least {MIN_SAMPLES} (a calibration's test needs them)"),
+        "alpha": (lambda v: 0.0 < v < 1.0, "between 0 and 1 (exclusive)"),
+        "fit_steps": (lambda v: v >= 1, "at least 1"),
+        "fit_seconds": (lambda v: v > 0, "more than 0"),
+        "ddim_steps": (lambda v: v >= 1, "at least 1"),
+        "threads": (lambda v: v >= 0, "at least 1 (0: the default)"),
+        "workers": (lambda v: v >= 1, "at least 1"),
+        "activation_budget": (lambda v: v > 0, "more than 0"),
+    }
+    for name, (ok, what) in limits.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            raise CliError(f"--{name.replace('_', '-')} must be {what}, got {value}")
 
 
 def fit_settings(args: argparse.Namespace) -> FitSettings:

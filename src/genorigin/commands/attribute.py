@@ -66,12 +66,13 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--engine ray attributes with one --model")
         args.model, args.calibration = specs[0][1], calibrations.get(specs[0][0])
         return scale_cli.run(args)
+    common.check_ranges(args)
     if len(specs) > 1:
         return run_several(args, specs, calibrations)
     name, spec = specs[0]
-    model, loaded = common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
-    OutputPlan(files=files).check(args.force)
+    OutputPlan(files=files).check(args.force)  # before the model loads: a taken target costs nothing
+    model, loaded = common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
     images = workflow.read(model, args.inputs, args.convert, loaded.method.reader)
     print_problems(images.errors, images.skipped)
     if not images.sources:

@@ -43,9 +43,12 @@ def save_calibration(cal: Calibration, out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    common.check_ranges(args)  # every argument that can be refused without the model, refused first
+    fit = common.fit_settings(args)
     threads = common.configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps, threads)
     choice = common.method_choice(args, threads)
+    workflow.calibration_settings(choice)
+    model = workflow.resolve(args.model, args.ddim_steps, threads)
     method = workflow.method_for_calibration(model, choice)
     out = args.out or model.calibration_file(method.method)
     enc_path = workflow.encoder_path(model, choice, method)
@@ -53,7 +56,6 @@ def run(args: argparse.Namespace) -> int:
     plan = OutputPlan(files={"calibration": out} | ({"encoder": enc_path} if fit_now else {}))
     plan.check(args.force)  # before any compute: a taken or unwritable target costs nothing
     t0 = time.perf_counter()
-    fit = common.fit_settings(args)
     with fit_progress(fit.steps, args.quiet or not fit_now) as bar:
         fitted = workflow.prepare_encoder(
             method, enc_path, fit=fit, seconds=args.fit_seconds, on_step=lambda step, _: bar.update()
