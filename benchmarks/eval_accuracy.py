@@ -107,9 +107,9 @@ def evaluate_model(model: str, args: argparse.Namespace, settings: InversionSett
     fixed_steps = {k: np.array([r.steps for r in v]) for k, v in by_class.items()}
     early = {}
     for rank, margin in args.exit_rules:
-        for decision, threshold in (("grubbs", cal.grubbs_threshold), ("quantile", cal.quantile_threshold)):
+        for decision in ("grubbs", "quantile"):
             # early exit is tied to the primary rule: each rule's exits use its own acceptance region
-            rule = TrajectoryStopRule(cal, threshold, margin=margin, envelope_rank=rank)
+            rule = TrajectoryStopRule(cal, decision, margin=margin, envelope_rank=rank)
             read = {k: [early_exit_reading(r, rule) for r in v] for k, v in by_class.items()}
             scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}
             steps = {k: np.array([n for _, n in v]) for k, v in read.items()}

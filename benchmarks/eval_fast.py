@@ -171,8 +171,8 @@ def evaluate(model: str, args: argparse.Namespace) -> dict:
     # early exit at the full budget, read off the trajectories with the loop's own rules
     stall = StallDetector(settings.stall_window, settings.stall_factor, quantization_floor(settings.loss))
     early: dict = {}
-    for decision_rule, threshold in (("grubbs", cal.grubbs_threshold), ("quantile", cal.quantile_threshold)):
-        rule = TrajectoryStopRule(cal, threshold, margin=FAST_SCHEDULE.exit_margin,
+    for decision_rule in ("grubbs", "quantile"):
+        rule = TrajectoryStopRule(cal, decision_rule, margin=FAST_SCHEDULE.exit_margin,
                                   min_step=FAST_SCHEDULE.exit_min_step)  # fmt: skip
         read = {k: [exit_reading(r, rule, settings, stall) for r in v] for k, v in by_class.items()}
         scores = {k: np.array([s for s, _ in v]) for k, v in read.items()}

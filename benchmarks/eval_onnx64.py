@@ -218,7 +218,7 @@ def main() -> None:
         scores = {k: np.array([at_step(r, b) / r.complexity for r in v]) for k, v in by_class.items()}
         report["budgets"][b] = metrics(scores, calibration_at(cal, b)) | {"evaluations": b}
     stall = StallDetector(settings.stall_window, settings.stall_factor, quantization_floor(settings.loss))
-    rule = TrajectoryStopRule(cal, cal.grubbs_threshold, margin=FAST_SCHEDULE.exit_margin,
+    rule = TrajectoryStopRule(cal, "grubbs", margin=FAST_SCHEDULE.exit_margin,
                               min_step=FAST_SCHEDULE.exit_min_step)  # fmt: skip
     read = {k: [exit_reading(r, rule, settings, stall) for r in v] for k, v in by_class.items()}
     early = metrics({k: np.array([s for s, _ in v]) for k, v in read.items()}, cal)

@@ -8,9 +8,10 @@
 # torch: pip install --no-deps -e . (no build isolation, so no index is needed), then only the missing
 # dependencies, with torch pinned to the installed build. Offline, when pip cannot install, the source tree is
 # put on PYTHONPATH instead and anything still missing shows up in the test report.
-# Each part runs under `timeout` (limits plus kill grace: 460 s), so the whole check ends within 8 minutes
+# Each part runs under `timeout` (limits plus kill grace: 585 s), so the whole check ends within 10 minutes
 # (the parts need far less on an H100 when they work). Results: OUT_DIR/report.json and OUT_DIR/report.md
-# (benchmarks/gpu_report.py), each part's log, pytest.xml, bench_kernels.json, bench_latency.json.
+# (benchmarks/gpu_report.py), each part's log, pytest.xml, bench_kernels.json, bench_latency.json,
+# bench_fast_gpu.json.
 # Exit status: 2 when no CUDA GPU is usable (nothing else runs), 1 when a part or a test failed, 0 otherwise.
 # GPU_CHECK_DRY_RUN=1 runs every part on a machine without a GPU (to check the pipeline; the GPU tests and
 # benchmarks then skip or stop, and the report says DRY RUN; exit status 2).
@@ -68,6 +69,9 @@ run gpu_tests 170 "$PY" -m pytest -q -m "gpu or tensorrt" -p no:cacheprovider --
 run bench_kernels 70 "$PY" benchmarks/bench_kernels.py --out "$OUT/bench_kernels.json" --iters 20 --warmup 3
 run bench_latency 115 "$PY" benchmarks/bench_latency.py --quick --out "$OUT/bench_latency.json" \
   --cache-dir "$OUT/engines"
+# 6. The fast preset (the default decision) on every GPU backend: p50/p99 at batch 1, images/s at batch 64,
+#    host syncs per step from the profiler, verdicts against the CPU run.
+run bench_fast_gpu 120 "$PY" benchmarks/bench_fast_gpu.py --out "$OUT/bench_fast_gpu.json"
 
 run large_models 600 bash benchmarks/gpu_large.sh "$OUT/large" # the 512 px decoder on every GPU backend
 "$PY" benchmarks/gpu_report.py "$OUT"

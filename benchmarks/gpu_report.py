@@ -2,7 +2,7 @@
 
 Inputs (each optional, missing ones are reported as missing): ``env.json`` (the machine), ``steps.tsv`` (each
 part's exit status and seconds), ``pytest.xml`` (the GPU tests, JUnit XML), ``bench_kernels.json`` and
-``bench_latency.json``. Nothing here needs a GPU, so the report logic is tested on CPU.
+``bench_latency.json``, ``bench_fast_gpu.json``. Nothing here needs a GPU, so the report logic is tested on CPU.
 
     python benchmarks/gpu_report.py OUT_DIR
 """
@@ -98,6 +98,7 @@ def build_report(out: Path) -> dict[str, Any]:
         "gpu_tests": tests,
         "kernels": summarize_kernels(_json(out / "bench_kernels.json")),
         "latency": summarize_latency(_json(out / "bench_latency.json")),
+        "fast_preset": _json(out / "bench_fast_gpu.json"),
     }
 
 
@@ -150,6 +151,18 @@ def markdown(report: dict[str, Any]) -> str:
                           ", ".join(f"{b}: {v:.0f}" for b, v in r["images_per_s"].items())]
                          for n, r in lat["results"].items()])  # fmt: skip
         lines += ["", f"Skipped: {lat['skipped']}"]
+    lines += ["", "## The fast preset on each GPU backend (bench_fast_gpu.py)", ""]
+    fast = report.get("fast_preset")
+    if not fast or "results" not in fast:
+        lines.append(f"Not measured ({(fast or {}).get('skipped', 'bench_fast_gpu.json missing')}).")
+    else:
+        lines += _table(["backend", "p50 ms", "p99 ms", "images/s @64", "host syncs/step", "encoder ms/image",
+                         "verdicts ≠ CPU", "max |log score ratio|"],
+                        [[n, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['images_per_s_batch64']:.0f}",
+                          f"{r['host_syncs_per_step']:.2f}", f"{r['encoder_start_ms_per_image']:.2f}",
+                          r["verdicts_differing_from_cpu"], f"{r['max_log_score_ratio_vs_cpu']:.2e}"]
+                         for n, r in fast["results"].items()])  # fmt: skip
+        lines += ["", f"Skipped: {fast['skipped']}"]
     return "\n".join(lines) + "\n"
 
 

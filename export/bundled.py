@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from genorigin.export.adapters import load_generator_file
-from genorigin.export.generator import Generator
+if TYPE_CHECKING:
+    from genorigin.export.generator import Generator
 
 BUNDLED_MODELS = ("dcgan_a", "dcgan_b", "vae")
 
@@ -23,6 +24,8 @@ def bundled_model_path(name: str) -> Path:
 
 def load_bundled(name: str) -> Generator:
     """One of the bundled 32×32 generators by name."""
+    from genorigin.export.adapters import load_generator_file  # torch: not for listing the names
+
     return load_generator_file(bundled_model_path(name))
 
 

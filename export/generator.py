@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from genorigin.facts import centre_crop_box
+from genorigin.facts import ImageFacts, centre_crop_box
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,10 @@ class Generator:
             if image.ndim == 2:
                 image = image[:, :, None]
         return (image.astype(np.float32) / 255.0).transpose(2, 0, 1).copy()
+
+    def prepared_facts(self, facts: ImageFacts) -> ImageFacts:
+        """``facts`` with the crop and resize ``prepare_image`` applied (what a read records)."""
+        return facts.prepared(self.image_size)
 
     def fingerprint(self) -> str:
         """SHA-256 of the weights, buffers and configuration: identifies the model a calibration belongs to."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from genorigin.export.generator import LatentSpec
+from genorigin.export.generator import Generator, LatentSpec
 from genorigin.export.package_checks import (
     GRAPH_FILES,
     MANIFEST,
@@ -134,6 +134,18 @@ class AttributionPackage:
         package = cls(root, manifest, content_fingerprint(digests))
         check_shapes(package.graph_path("forward"), package.latent, manifest["image"])
         return package
+
+
+def exported_once(generator: Generator, path: str | Path) -> AttributionPackage:
+    """The package of a PyTorch ``generator`` at ``path``, exported there first if it is not (the user cache
+    keeps one per model), and checked to be this model's."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        export_generator(generator, path, overwrite=True)
+    package = AttributionPackage.load(path)
+    if package.source_fingerprint != generator.fingerprint():
+        raise ValueError(f"{path}: package was exported from another model")
+    return package
 
 
 def attach_file(root: str | Path, role: str, data: bytes, file_name: str) -> AttributionPackage:

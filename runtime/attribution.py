@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from genorigin.runtime.decision import TestOutcome, grubbs_test, quantile_test
 from genorigin.runtime.early_exit import TrajectoryStopRule
 from genorigin.runtime.encoder import Encoder, EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
 from genorigin.runtime.file_input import AttributesFiles
+from genorigin.runtime.invariant import exact_rows
 from genorigin.runtime.inversion import (
     FAST_SETTINGS,
     Initializer,
@@ -28,6 +30,7 @@ from genorigin.runtime.inversion import (
     WorkSource,
     default_schedule,
 )
+from genorigin.runtime.reproducibility import PerturbedRounding, band_from, band_indices
 from genorigin.runtime.robust import calibration_samples, quantization_floor
 
 DecisionRule = Literal["grubbs", "quantile"]
@@ -55,7 +58,7 @@ class AttributionResult:
     """The decision for one image, with everything needed to audit it."""
 
     source: str
-    verdict: str  # "belonging" or "non-belonging"
+    verdict: str  # "belonging", "non-belonging", "uncertain" (see ``readings``) or "error" (see ``error``)
     rule: str
     loss: float
     complexity: float
@@ -74,6 +77,12 @@ class AttributionResult:
     reconstruction: np.ndarray | None = None
     input: dict[str, Any] | None = None  # what was read and done to the file (ImageFacts.to_dict()), if from one
     warning: str | None = None  # the input lies outside what the calibration covers (runtime/coverage.py)
+    # the calibration's reproducibility band (relative, log scale) and, when the score's band straddles the
+    # threshold, the verdicts at both ends and on this machine: another CPU may read it either way
+    band: float | None = None
+    readings: dict[str, str] | None = None
+    error: str | None = None  # why no decision could be made for this image (verdict "error")
+    geometry: dict[str, Any] | None = None  # platform mode: where the search placed the image (export/geometry.py)
 
     @property
     def belonging(self) -> bool:
@@ -85,10 +94,43 @@ class AttributionResult:
         return len(self.restart_steps)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "reconstruction"}
+        d = {k: v for k, v in self.__dict__.items() if k != "reconstruction" and (k != "geometry" or v is not None)}
         d["trajectory"] = [[int(s), float(v)] for s, v in self.trajectory]
         d["fresh_starts"] = self.fresh_starts
         return d
+
+
+NO_FINITE_LOSS = "the inversion found no finite loss: the model returned NaN or inf for every latent it tried"
+
+
+def failed_result(o: InversionOutcome, source: str, comp: float, rule: str, error: str) -> AttributionResult:
+    """The result of an image no decision could be made for: verdict ``error``, no score."""
+    nan = float("nan")
+    return AttributionResult(
+        source=source, verdict="error", rule=rule, loss=nan, complexity=comp, calibrated_loss=nan, statistic=nan,
+        critical_value=nan, p_value=None, grubbs={}, quantile={}, steps=o.steps, stop_reason=o.stop_reason,
+        seconds=o.seconds, evaluations=o.evaluations, restart_steps=o.restart_steps, error=error,
+    )  # fmt: skip
+
+
+def verdict_word(belonging: bool) -> str:
+    return "belonging" if belonging else "non-belonging"
+
+
+def band_readings(cal: Calibration, rule: str, score: float) -> tuple[str, dict[str, str] | None]:
+    """The verdict, and the readings at both ends of the score's reproducibility band when they differ.
+
+    The band (``Calibration.band``, measured at calibration by replaying own samples under float32
+    rounding perturbations) says how far another CPU's arithmetic may move a score: ``score·e^{±band}``.
+    """
+    here = verdict_word(bool(cal.accepts(score, rule)))
+    if not cal.band:
+        return here, None
+    low = verdict_word(bool(cal.accepts(score * math.exp(-cal.band), rule)))
+    high = verdict_word(bool(cal.accepts(score * math.exp(cal.band), rule)))
+    if low == high:
+        return here, None
+    return "uncertain", {"this_machine": here, "low": low, "high": high}
 
 
 def outcome_dict(o: TestOutcome) -> dict[str, Any]:
@@ -198,7 +240,8 @@ class Attributor(AttributesFiles):
         """
         if self.needs_encoder:
             self.fit_encoder()
-        clean = quantize_8bit(self.generator.sample(n, seed=sample_seed))
+        with exact_rows():  # own samples the same bits whatever torch's threads
+            clean = quantize_8bit(self.generator.sample(n, seed=sample_seed))
         samples, drawn, floor = calibration_samples(self.settings, clean, sample_seed)
         comp = complexity(samples)
         schedule = Schedule(
@@ -207,7 +250,11 @@ class Attributor(AttributesFiles):
             seed=self.schedule.seed + 7,
             early_exit=False,
         )
-        outcomes = self._loop(schedule, None, floor).invert(samples, comp, on_done)
+        outcomes = self._invert(samples, comp, schedule, None, on_done, floor)
+        replay = band_indices(len(samples))
+        again = samples[replay] if isinstance(samples, np.ndarray) else [samples[i] for i in replay]
+        replayed = self._invert(again, comp[replay], schedule, None, None, floor, PerturbedRounding)
+        band = band_from([outcomes[i].best_loss for i in replay], [o.best_loss for o in replayed])
         scores = calibrated_score([o.best_loss for o in outcomes], comp)
         every = schedule.check_every
         steps = [*range(every, self.settings.steps, every), self.settings.steps]
@@ -226,6 +273,8 @@ class Attributor(AttributesFiles):
             restarted=sum(o.fresh_starts > 0 for o in outcomes),
             transforms=drawn,
             stall_floor=floor,
+            band=band,
+            band_samples=len(replay),
         )
         self.calibration = cal
         return cal
@@ -282,8 +331,13 @@ class Attributor(AttributesFiles):
         schedule: Schedule,
         stop_rule: TrajectoryStopRule | None,
         on_done: Callable[[int], None] | None,
+        stall_floor: float | None = None,
+        wrap: Callable[[Backend], Backend] | None = None,
     ) -> list[InversionOutcome]:
-        return self._loop(schedule, stop_rule).invert(images, comp, on_done)
+        """The loop over ``images`` (a subclass may run several: the platform mode, one per image size);
+        ``wrap`` puts the backend in another (``PerturbedRounding``: the calibration's reproducibility band)."""
+        backend = None if wrap is None else wrap(self.backend)
+        return self._loop(schedule, stop_rule, stall_floor, backend).invert(images, comp, on_done)
 
     def stall_floor(self) -> float:
         """The stall detector's floor: the calibration's (robust mode raises it), else the 8-bit one."""
@@ -291,13 +345,14 @@ class Attributor(AttributesFiles):
         return quantization_floor(self.settings.loss, self.generator.channels) if recorded is None else recorded
 
     def _loop(
-        self, schedule: Schedule, stop_rule: TrajectoryStopRule | None, stall_floor: float | None = None
+        self, schedule: Schedule, stop_rule: TrajectoryStopRule | None, stall_floor: float | None = None,
+        backend: Backend | None = None,
     ) -> InversionLoop:
         if self.needs_encoder:
             raise RuntimeError("encoder starts need an encoder: fit_encoder() or pass encoder=… (CLI: genorigin "
                                "calibrate fits one)")  # fmt: skip
         return InversionLoop(
-            self.backend,
+            self.backend if backend is None else backend,
             self.generator.latent,
             self.settings,
             schedule,
@@ -312,14 +367,13 @@ class Attributor(AttributesFiles):
         return self.calibration
 
     def accept_threshold(self) -> float:
-        cal = self._require_calibration()
-        return cal.grubbs_threshold if self.rule == "grubbs" else cal.quantile_threshold
+        return self._require_calibration().threshold(self.rule)
 
     def stop_rule(self) -> TrajectoryStopRule:
         """The early-exit rule for this calibration, decision rule and schedule."""
         return TrajectoryStopRule(
             self._require_calibration(),
-            self.accept_threshold(),
+            self.rule,
             margin=self.schedule.exit_margin,
             min_step=self.schedule.exit_min_step,
             envelope_rank=self.schedule.exit_envelope_rank,
@@ -339,13 +393,15 @@ class Attributor(AttributesFiles):
         sources = list(sources) if sources is not None else [f"image[{i}]" for i in range(len(images))]
         comp = complexity(images)
         outcomes = self._invert(images, comp, self.schedule, self.stop_rule(), on_done)
-        recon = None
-        if keep_reconstructions:
-            recon = self.backend.render(np.stack([o.best_z for o in outcomes]))
+        recon = self._render(outcomes) if keep_reconstructions else None
         return [
             self.result(o, sources[i], float(comp[i]), None if recon is None else recon[i])
             for i, o in enumerate(outcomes)
         ]
+
+    def _render(self, outcomes: Sequence[InversionOutcome]) -> Sequence[np.ndarray]:
+        """Each outcome's reconstruction, as the input it is compared with."""
+        return self.backend.render(np.stack([o.best_z for o in outcomes]))
 
     def work_item(self, key: Any, image: np.ndarray, cancelled: Callable[[], bool] | None = None) -> WorkItem:
         """One prepared image (C×H×W float32 in [0, 1]) as the loop takes it from a live queue (``stream``)."""
@@ -374,15 +430,24 @@ class Attributor(AttributesFiles):
     def result(
         self, o: InversionOutcome, source: str, comp: float, reconstruction: np.ndarray | None = None
     ) -> AttributionResult:
-        """The decision for one inversion outcome: Grubbs and quantile tests on its calibrated score."""
+        """The decision for one inversion outcome: Grubbs and quantile tests on its calibrated score.
+
+        A score whose reproducibility band (``Calibration.band``) straddles the threshold is ``uncertain``,
+        with both readings. An image the inversion could not give a finite loss is that image's ``error``.
+        """
         cal = self._require_calibration()
+        if not math.isfinite(o.best_loss):
+            return failed_result(o, source, comp, self.rule, NO_FINITE_LOSS)
         score = float(calibrated_score(o.best_loss, comp))
         g = grubbs_test(score, cal.mean, cal.std, cal.n, cal.alpha)
         q = quantile_test(score, cal.quantile_threshold, np.asarray(cal.scores))
         primary = g if self.rule == "grubbs" else q
+        verdict, readings = band_readings(cal, self.rule, score)
         return AttributionResult(
             source=source,
-            verdict="belonging" if primary.belonging else "non-belonging",
+            verdict=verdict,
+            band=cal.band,
+            readings=readings,
             rule=self.rule,
             loss=o.best_loss,
             complexity=comp,

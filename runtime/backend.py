@@ -17,6 +17,9 @@ import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
 from genorigin.kernels.reference import AdamConfig
+from genorigin.runtime.invariant import RowParallel
+
+from genorigin.threads import default_threads
 
 Array = Any
 _B = TypeVar("_B", bound="Backend")
@@ -46,10 +49,16 @@ class Backend:
 
     name: ClassVar[str] = "abstract"
     adam_step = staticmethod(reference.adam_step)
+    max_slots: int | None = None  # the most slots one step may hold (None: no limit; TensorRT: the engines' max)
 
     def asarray(self, a: np.ndarray) -> Array:
         """Host array → backend array."""
         raise NotImplementedError
+
+    @property
+    def state_device(self) -> torch.device:
+        """Where an optimiser keeps its own per-slot state (torch tensors, their dtype kept): beside z."""
+        return torch.device("cpu")
 
     def loss_and_grad(self, z: Array, x: Array) -> tuple[Array, Array]:
         """Per-sample loss (N,) between G(z) and x, and d(Σ loss)/dz (same shape as z)."""
@@ -70,6 +79,12 @@ class Backend:
             state.z, state.m, state.v, grad, state.t, loss, state.best_loss, state.best_z,
             adam.lr_at(state.t), adam.beta1, adam.beta2, adam.eps,
         )  # fmt: skip
+
+    def fuses(self, update: object) -> bool:
+        """Whether ``step(state, update)`` runs this optimiser update inside the backend's own iteration
+        (the graph-capturing GPU backends do, for Adam and L-BFGS); otherwise the optimiser steps eagerly
+        over ``loss_and_grad``."""
+        return False
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name}
@@ -92,6 +107,10 @@ def configure_torch_cpu() -> None:
 class TorchBackend(Backend):
     """Eager PyTorch: forward, reference loss, autograd VJP. The reference every other backend matches.
 
+    On the CPU a row's loss and gradient are the same bits in any batch and for any ``threads``
+    (``runtime/invariant.py``): the rows are split over ``threads`` threads of this backend's own, each at one
+    intra-op thread (torch's thread count is 1 while it evaluates, and restored after).
+
     ``compute="bfloat16"`` runs the generator on a bfloat16 copy of its weights (activations bfloat16 too, so
     convolutions use AVX-512 BF16/AMX where the CPU has them); the latent, the image handed to the loss, the
     loss, the gradient and the optimiser state stay float32. A calibration made this way belongs to this
@@ -101,7 +120,8 @@ class TorchBackend(Backend):
     name = "torch"
     COMPUTE: ClassVar[dict[str, torch.dtype]] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
-    def __init__(self, generator: Generator, device: str = "cpu", loss: str = "mse", compute: str = "float32") -> None:
+    def __init__(self, generator: Generator, device: str = "cpu", loss: str = "mse", threads: int | None = None,
+                 compute: str = "float32") -> None:  # fmt: skip
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA GPU")
         if compute not in self.COMPUTE:
@@ -110,6 +130,8 @@ class TorchBackend(Backend):
         self.generator = generator
         self.device = torch.device(device)
         self.loss = loss
+        self.threads = threads or default_threads()
+        self.rows = RowParallel(self.threads) if self.device.type == "cpu" else None
         self.compute = compute
         generator.module.to(self.device)
         self.module = generator.module
@@ -121,6 +143,10 @@ class TorchBackend(Backend):
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
+    @property
+    def state_device(self) -> torch.device:
+        return self.device
+
     def _forward(self, z: torch.Tensor) -> torch.Tensor:
         if self.compute == "float32":
             return self.generator.forward(z)
@@ -128,11 +154,19 @@ class TorchBackend(Backend):
         return self.module(z.contiguous(memory_format=torch.channels_last) if z.dim() == 4 else z).float()
 
     def loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.rows is not None:
+            loss, grad = self.rows.map(self._loss_and_grad, z, x)
+            return loss, grad
+        return self._loss_and_grad(z, x)
+
+    def _loss_and_grad(self, z: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             y = self._forward(z)
         loss, gy = reference.loss_and_grad(y.detach(), x, self.loss)
-        (gz,) = torch.autograd.grad(y, z, gy)
+        # the VJP gyᵀ·∂y/∂z as the gradient of the scalar Σ y⊙gy: the same bits (its backward hands gy·1 to y),
+        # and torch.autograd.grad with a tensor grad_outputs imports sympy on first use (0.4 s of CPU at start-up)
+        (gz,) = torch.autograd.grad((y * gy).sum(), z)
         return loss, gz
 
     @torch.no_grad()
@@ -140,8 +174,12 @@ class TorchBackend(Backend):
         return self._forward(self.asarray(z)).clamp(0, 1).cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
-        out = {"backend": self.name, "device": str(self.device), "threads": torch.get_num_threads()}
+        out = {"backend": self.name, "device": str(self.device), "threads": self.threads}
         return out if self.compute == "float32" else {**out, "compute": self.compute}
+
+    def close(self) -> None:
+        if self.rows is not None:
+            self.rows.close()
 
 
 def to_numpy(a: Array) -> np.ndarray:

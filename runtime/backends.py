@@ -94,7 +94,7 @@ def _torch(device: str, compute: str = "float32") -> Callable[[BackendTarget, st
     def build(target: BackendTarget, loss: str, threads: int | None) -> Backend:
         from genorigin.runtime.backend import TorchBackend
 
-        return TorchBackend(target.generator, device, loss, compute)
+        return TorchBackend(target.generator, device, loss, threads, compute)
 
     return build
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genorigin.runtime.decision import empirical_threshold, grubbs_critical_value
+from genorigin.runtime.decision import empirical_threshold, grubbs_accepts, grubbs_critical_value, quantile_accepts
 
 from genorigin import __version__
 from genorigin.files import atomic_write_text
@@ -73,6 +73,8 @@ def validate_fields(cal: Calibration) -> None:
         raise ValueError("sample_seed and restarted must be integers (restarted ≥ 0)")
     if cal.encoder is not None and not isinstance(cal.encoder, str):
         raise ValueError("field 'encoder' must be a digest string or null")
+    if cal.band is not None and not (_is_number(cal.band) and math.isfinite(cal.band) and cal.band >= 0.0):
+        raise ValueError(f"band must be a finite number ≥ 0 or null, got {cal.band!r}")
     _validate_checkpoints(cal)
 
 
@@ -127,6 +129,10 @@ class Calibration:
     restarted: int = 0  # own samples whose stalled trajectory needed fresh starts
     transforms: list[str] | None = None  # robust mode: the transform each own sample went through
     stall_floor: float | None = None  # the loss the stall detector counts as converged (None: the 8-bit floor)
+    # reproducibility band: the largest |log(score′/score)| of own samples replayed under float32 rounding
+    # perturbations (another CPU's arithmetic); None: not measured (files written before it existed)
+    band: float | None = None
+    band_samples: int = 0
     format: str = CALIBRATION_FORMAT
 
     def __post_init__(self) -> None:
@@ -157,6 +163,18 @@ class Calibration:
     @property
     def quantile_threshold(self) -> float:
         return empirical_threshold(np.asarray(self.scores), self.alpha)
+
+    def threshold(self, rule: str) -> float:
+        """The largest score ``rule`` ("grubbs" or "quantile") accepts, for display and figures."""
+        return self.grubbs_threshold if rule == "grubbs" else self.quantile_threshold
+
+    def accepts(self, scores: np.ndarray | float, rule: str) -> np.ndarray:
+        """Which scores ``rule`` calls belonging: the verdict's own comparison (runtime/decision.py)."""
+        if rule == "grubbs":
+            return grubbs_accepts(scores, self.mean, self.std, self.n, self.alpha)
+        if rule == "quantile":
+            return quantile_accepts(scores, self.quantile_threshold)
+        raise ValueError(f"rule must be 'grubbs' or 'quantile', got {rule!r}")
 
     def with_alpha(self, alpha: float) -> Calibration:
         return Calibration(**{**asdict(self), "alpha": alpha})

@@ -1,7 +1,8 @@
 """Is an input inside what its calibration covers? One warning per result, for the CLI and the service.
 
 A calibration describes the model's own samples as the calibration saw them: 8-bit PNGs at the model's size
-(plain mode) or those plus JPEG round trips over a quality range (robust mode, runtime/robust.py). An input
+(plain mode), those plus JPEG round trips over a quality range (robust mode, runtime/robust.py), or those
+also cropped and rescaled, kept at their own size (platform mode, runtime/platform.py). An input
 that went through something else — JPEG with a plain calibration, a JPEG quality below the robust range,
 lossy WebP, an upscale from a smaller image, a large downscale, a crop to another aspect ratio, a colour
 conversion — can push an own image's loss past the threshold: the verdict "non-belonging" then says less
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.robust import family
+from genorigin.runtime.transforms import PlatformFamily
 
 from genorigin.facts import ImageFacts
 
@@ -39,6 +41,29 @@ def coverage_warning(facts: ImageFacts, calibration: Calibration | dict[str, Any
     if facts.format == "WEBP":
         reasons.append("WebP input (possibly lossy): the calibration covers "
                        + ("unmodified PNGs" if fam is None else "PNGs and JPEG"))  # fmt: skip
+    if isinstance(fam, PlatformFamily):
+        reasons += platform_reasons(facts, fam)
+    else:
+        reasons += geometry_reasons(facts)
+    if facts.conversion is not None:
+        reasons.append(f"converted ({facts.conversion}): not the pixels as stored")
+    return "; ".join(reasons) or None
+
+
+def platform_reasons(facts: ImageFacts, fam: PlatformFamily) -> list[str]:
+    """The platform mode inverts crops and rescales at their own size: only an aspect ratio beyond its
+    family's is outside (a larger image is brought inside when read, a smaller one refused: ``ServedImages``)."""
+    widest = 1.0 / fam.keep[0]
+    ratio = max(facts.width, facts.height) / min(facts.width, facts.height)
+    if ratio <= widest * 1.001:
+        return []
+    return [f"aspect ratio {ratio:.2f}, beyond the platform calibration's (its windows keep ≥ {fam.keep[0]:.0%} "
+            f"of each side: at most {widest:.2f})"]  # fmt: skip
+
+
+def geometry_reasons(facts: ImageFacts) -> list[str]:
+    """Size and shape reasons for the modes that take the model's size (plain, jpeg)."""
+    reasons = []
     ratio = stored_scale(facts)
     if ratio is not None and ratio > UPSCALE_TOLERANCE:
         reasons.append(f"upscaled ×{ratio:.2f} to the model's size: smaller than the model's output, so detail "
@@ -47,9 +72,7 @@ def coverage_warning(facts: ImageFacts, calibration: Calibration | dict[str, Any
         reasons.append(f"downscaled ×{ratio:.2f} to the model's size: far larger than the model's output")
     if facts.width != facts.height:
         reasons.append(f"not square ({facts.width}×{facts.height}): only the centre square is compared")
-    if facts.conversion is not None:
-        reasons.append(f"converted ({facts.conversion}): not the pixels as stored")
-    return "; ".join(reasons) or None
+    return reasons
 
 
 def stored_scale(facts: ImageFacts) -> float | None:

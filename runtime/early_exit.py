@@ -25,12 +25,13 @@ from genorigin.runtime.inversion import BELONGING, CONTINUE, NON_BELONGING
 
 
 class TrajectoryStopRule:
-    """The StopRule used by attribution; built from a calibration and the primary rule's threshold."""
+    """The StopRule used by attribution; built from a calibration and the decision rule ("grubbs" or
+    "quantile"), whose own comparison (``Calibration.accepts``) makes the belonging exit."""
 
     def __init__(
         self,
         calibration: Calibration,
-        accept_threshold: float,
+        rule: str = "grubbs",
         margin: float = 2.0,
         min_step: int = 100,
         envelope_rank: int = 1,
@@ -39,12 +40,14 @@ class TrajectoryStopRule:
             raise ValueError(f"margin must be ≥ 1, got {margin}")
         if envelope_rank < 1:
             raise ValueError(f"envelope_rank must be ≥ 1, got {envelope_rank}")
-        self.accept_threshold = accept_threshold
+        self.calibration = calibration
+        self.rule = rule
+        self.accept_threshold = calibration.threshold(rule)
         self.margin = margin
         self.min_step = min_step
         self.steps = list(calibration.checkpoint_steps)
         final = np.asarray(calibration.scores)
-        accepted = final <= accept_threshold
+        accepted = calibration.accepts(final, rule)
         per_step = np.asarray(calibration.checkpoint_scores, dtype=np.float64).reshape(len(self.steps), len(final))
         if not self.steps or accepted.sum() < envelope_rank:  # no trajectories: only the exact belonging exit
             self.envelope = np.full(len(self.steps), math.inf)
@@ -59,8 +62,11 @@ class TrajectoryStopRule:
         return float(self.margin * self.envelope[j])
 
     def check(self, step: int, best_loss: np.ndarray, complexity: np.ndarray) -> np.ndarray:
+        """Belonging once even the top of the score's reproducibility band is accepted (the verdict at the
+        budget would be ``belonging`` on any machine); non-belonging above the envelope."""
         score = calibrated_score(best_loss, complexity)
         out = np.full(len(score), CONTINUE, dtype=np.int64)
-        out[score <= self.accept_threshold] = BELONGING
+        top = score * math.exp(self.calibration.band or 0.0)
+        out[self.calibration.accepts(top, self.rule)] = BELONGING
         out[(out == CONTINUE) & (score > self.reject_threshold(step))] = NON_BELONGING
         return out

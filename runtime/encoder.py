@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from genorigin.export.generator import Generator, LatentSpec
 from genorigin.runtime.backend import Backend, to_numpy
+from genorigin.runtime.invariant import exact_rows
+from genorigin.runtime.settings import FitSettings as FitSettings  # re-exported: plain data the CLI shows
 from torch import nn
 
 from genorigin.files import atomic_write_bytes, sha256_file
@@ -69,22 +71,6 @@ class LatentEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """N×C×H×W in [0, 1] → N×latent."""
         return self.head(self.features(x * 2.0 - 1.0)).reshape(x.shape[0], *self.shape.latent_shape)
-
-
-@dataclass(frozen=True)
-class FitSettings:
-    """How E is fitted; recorded beside the weights (and so in the hash a calibration pins)."""
-
-    steps: int = 3000
-    batch: int = 64
-    lr: float = 1e-3
-    recon_weight: float = 0.0  # > 0 adds ‖G(E(x)) − x‖² (MSE in [0, 1]; ~100 balances it with the latent term)
-    recon_from: int = 0  # the step from which the reconstruction term is on (it costs a VJP per step)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch < 1 or not self.lr > 0 or self.recon_weight < 0:
-            raise ValueError(f"bad encoder fit settings {self}")
 
 
 class Encoder(Protocol):
@@ -130,8 +116,9 @@ class FittedEncoder:
     def encode(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
         """Latents for N×C×H×W float32 images in [0, 1] (float32, N×latent)."""
         self.module.eval()
-        out = [self.module(torch.from_numpy(np.ascontiguousarray(images[i : i + batch]))).numpy()
-               for i in range(0, len(images), batch)]  # fmt: skip
+        with exact_rows():  # a start is the same bits whatever torch's threads (runtime/invariant.py)
+            out = [self.module(torch.from_numpy(np.ascontiguousarray(images[i : i + batch]))).numpy()
+                   for i in range(0, len(images), batch)]  # fmt: skip
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, *self.shape.latent_shape), np.float32)
 
     def save(self, path: str | Path) -> Path:
@@ -215,17 +202,25 @@ def fit_encoder(
     seconds: float | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     shape: EncoderShape | None = None,
+    pairs: Pairs | None = None,
+    warm_start: LatentEncoder | None = None,
 ) -> FittedEncoder:
     """Fit E on fresh own samples: ``render`` maps host latents to images in [0, 1] (the model's forward).
 
     ``backend`` supplies the reconstruction term's gradient (None: latent regression only). ``seconds``
-    caps the wall clock; the steps done are recorded either way.
+    caps the wall clock; the steps done are recorded either way. ``pairs`` replaces the training pairs
+    (image, latent) — default: z from the prior, its 8-bit rendering — and ``warm_start`` copies the weights
+    of another encoder wherever the shapes agree (the platform encoder starts from the model's).
     """
     c, h, w = image_shape
     shape = shape or EncoderShape(c, h, w, latent.shape)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     module = LatentEncoder(shape)
+    if warm_start is not None:
+        _copy_matching(warm_start, module)
+    if pairs is None:
+        pairs = lambda rng, n: _own_pairs(render, latent, rng, n)  # noqa: E731
     opt = torch.optim.Adam(module.parameters(), lr=settings.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=settings.steps, eta_min=settings.lr * 0.05)
     history: list[dict[str, float]] = []
@@ -233,8 +228,7 @@ def fit_encoder(
     step = 0
     module.train()
     while step < settings.steps and (seconds is None or time.perf_counter() - start < seconds):
-        z = latent.sample(settings.batch, rng)
-        x = quantize_8bit(np.asarray(render(z), dtype=np.float32))
+        x, z = pairs(rng, settings.batch)
         z_hat = module(torch.from_numpy(x))
         latent_err = ((z_hat - torch.from_numpy(z)) ** 2).mean()
         loss = latent_err
@@ -257,6 +251,30 @@ def fit_encoder(
         for p in module.parameters():
             p.copy_(p.half().float())
     return FittedEncoder(module, settings, step, time.perf_counter() - start, history)
+
+
+# (the fit's generator, batch size) → (N×C×H×W images in [0, 1], N×latent targets)
+Pairs = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
+
+
+def _own_pairs(render: Callable[[np.ndarray], np.ndarray], latent: LatentSpec, rng: np.random.Generator,
+               n: int) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    z = latent.sample(n, rng)
+    return quantize_8bit(np.asarray(render(z), dtype=np.float32)), z
+
+
+def _copy_matching(source: LatentEncoder, target: LatentEncoder) -> None:
+    """Copy ``source``'s weights into ``target`` where the shapes agree; the output layer's rows as far as
+    both have them (the platform encoder's first outputs are the model's latent)."""
+    mine = target.state_dict()
+    for key, value in source.state_dict().items():
+        if key not in mine:
+            continue
+        if mine[key].shape == value.shape:
+            mine[key] = value.clone()
+        elif mine[key].shape[1:] == value.shape[1:] and mine[key].shape[0] > value.shape[0]:
+            mine[key][: value.shape[0]] = value
+    target.load_state_dict(mine)
 
 
 def fit_generator_encoder(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from genorigin.runtime.coverage import record_input
 
-from genorigin.images import ReadResult, read_images
+from genorigin.images import Preparer, ReadResult, read_images
 
 if TYPE_CHECKING:
     from genorigin.export.generator import Generator
@@ -30,15 +30,20 @@ class FileAttribution:
     results: list[AttributionResult]
     errors: list[str]  # one line per input that gave no image, naming it
     skipped: list[str] = field(default_factory=list)  # notes: what the path expansion passed over, and why
-    images: np.ndarray | None = None  # the prepared inputs, N×C×H×W float32 in [0, 1] (for figures)
+    images: np.ndarray | list[np.ndarray] | None = None  # the prepared inputs in [0, 1] (for figures; a list of
+    # C×H×W when their sizes differ: the platform mode)
 
 
 class Attributes(Protocol):
-    """What attributing files needs of a method: its generator (to read for), its calibration (what an input
+    """What attributing files needs of a method: what reads its inputs (``reader``: the generator, which
+    brings them to its size, or the platform mode's, which keeps their own), its calibration (what an input
     is compared with: ``coverage_warning``) and ``attribute``."""
 
     generator: Generator
     calibration: Calibration | None
+
+    @property
+    def reader(self) -> Preparer: ...
 
     def attribute(
         self,
@@ -66,11 +71,22 @@ def attribute_read(
         )
         for r, facts in zip(results, read.facts):
             record_input(r, facts, method.calibration)
-    return FileAttribution(results, list(read.errors), list(read.skipped), read.images)
+    errors = list(read.errors) + [f"{r.source}: {r.error}" for r in results if r.error is not None]
+    images = read.images
+    if len(errors) > len(read.errors):  # an image no decision was made for is an error line, not a result
+        kept = [i for i, r in enumerate(results) if r.error is None]
+        results = [results[i] for i in kept]
+        images = images[kept] if isinstance(images, np.ndarray) else [images[i] for i in kept]  # a list: own sizes
+    return FileAttribution(results, errors, list(read.skipped), images)
 
 
 class AttributesFiles:
     """Mixin: ``attribute_files(paths)`` for any method that has ``generator`` and ``attribute``."""
+
+    @property
+    def reader(self: Attributes) -> Preparer:
+        """What brings a decoded file to this method's input: the generator (its size)."""
+        return self.generator
 
     def attribute_files(
         self: Attributes,
@@ -85,5 +101,5 @@ class AttributesFiles:
         ``convert="white"|"black"`` reads greyscale, palette and alpha images as RGB on that background (the
         conversion is recorded in each result's ``input``); by default they are refused.
         """
-        read = read_images(list(specs), self.generator, convert=convert)
+        read = read_images(list(specs), self.reader, convert=convert)
         return attribute_read(self, read, keep_reconstructions=keep_reconstructions, on_done=on_done)

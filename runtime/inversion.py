@@ -20,17 +20,22 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
 
 import numpy as np
 from genorigin.export.generator import LatentSpec
-from genorigin.kernels.reference import AdamConfig, loss_kinds
 from genorigin.runtime.backend import Backend
-from genorigin.runtime.optimizers import LBFGSConfig, Optimizer, make_optimizer
+from genorigin.runtime.settings import FAST_SCHEDULE as FAST_SCHEDULE  # re-exported (below too): the settings
+from genorigin.runtime.settings import FAST_SETTINGS as FAST_SETTINGS  # live apart, importable without torch
+from genorigin.runtime.settings import OPTIMIZERS as OPTIMIZERS
+from genorigin.runtime.settings import PAPER_SCHEDULE as PAPER_SCHEDULE
+from genorigin.runtime.settings import PAPER_SETTINGS as PAPER_SETTINGS
+from genorigin.runtime.settings import PRESETS as PRESETS
+from genorigin.runtime.settings import InversionSettings, Schedule
+from genorigin.runtime.settings import default_schedule as default_schedule
 from genorigin.runtime.slots import FreshSlots, SlotPool
-from genorigin.runtime.transforms import ROBUST_FAMILIES
 
 
 class Decision(IntEnum):
@@ -42,135 +47,8 @@ class Decision(IntEnum):
 
 
 CONTINUE, BELONGING, NON_BELONGING = Decision.CONTINUE, Decision.BELONGING, Decision.NON_BELONGING
-OPTIMIZERS = ("adam", "lbfgs")
-
-
-@dataclass(frozen=True)
-class InversionSettings:
-    """What a loss value depends on; recorded in (and checked against) the calibration file."""
-
-    steps: int = 1500
-    lr: float = 0.1
-    restarts: int = 2  # the authors' code used 8; one start leaves ~1 in 30 own samples stuck (measured)
-    halve_starts_at: tuple[int, ...] = ()  # successive halving: keep the better half of the starts at these steps
-    loss: str = "mse"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    lr_halve_every: int = 0  # 0: constant lr (the paper); k: halve every k steps (LatentTracer)
-    init: str = "prior"  # where the starts come from: "prior" (the paper) or a named initializer
-    optimizer: str = "adam"  # "adam" (the paper) or "lbfgs" (per-slot L-BFGS)
-    lbfgs_memory: int = 10
-    fresh_starts: int = 0  # adaptive restarts: fresh starts an image may get when its trajectory stalls
-    stall_window: int = 50  # steps over which a stalled trajectory has not improved ...
-    stall_factor: float = 1.5  # ... by this factor (see ``StallDetector``)
-    robust: str = "none"  # calibrate on own samples through this transform family (runtime/robust.py)
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.restarts < 1:
-            raise ValueError("steps and restarts must be ≥ 1")
-        if any(h < 1 for h in self.halve_starts_at) or list(self.halve_starts_at) != sorted(set(self.halve_starts_at)):
-            raise ValueError(f"halve_starts_at must be increasing steps ≥ 1, got {self.halve_starts_at}")
-        if self.lr_halve_every < 0:
-            raise ValueError("lr_halve_every must be ≥ 0")
-        if not self.lr > 0:
-            raise ValueError("lr must be > 0")
-        if self.loss not in loss_kinds():
-            raise ValueError(f"loss must be one of {', '.join(loss_kinds())}, got {self.loss!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.fresh_starts < 0 or self.stall_window < 1 or not self.stall_factor > 1.0:
-            raise ValueError("fresh_starts must be ≥ 0, stall_window ≥ 1 and stall_factor > 1")
-        if self.robust not in ROBUST_FAMILIES:
-            raise ValueError(f"robust must be one of {', '.join(ROBUST_FAMILIES)}, got {self.robust!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-shaped (lists, not tuples), so it compares equal to what a calibration file stores.
-
-        ``robust`` is written only when on: a plain-mode dict is the one calibrations made before the robust
-        mode existed recorded, so they stay valid, and a robust calibration never equals a plain one.
-        """
-        d = asdict(self)
-        d["halve_starts_at"] = list(self.halve_starts_at)
-        if self.robust == "none":
-            del d["robust"]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> InversionSettings:
-        """The settings a calibration file records (the inverse of ``to_dict``)."""
-        return cls(**{**d, "halve_starts_at": tuple(d.get("halve_starts_at", ()))})
-
-    @property
-    def adam(self) -> AdamConfig:
-        """The optimiser's part of the settings, as every backend's ``step`` takes it."""
-        return AdamConfig(self.lr, self.beta1, self.beta2, self.eps, self.lr_halve_every)
-
-    def make_optimizer(self) -> Optimizer:
-        return make_optimizer(self.optimizer, self.adam, LBFGSConfig(memory=self.lbfgs_memory))
-
-    def starts_alive(self, step: int) -> int:
-        """How many of an image's starts are still optimised after ``step`` steps (successive halving)."""
-        alive = self.restarts
-        for h in self.halve_starts_at:
-            if step >= h:
-                alive = (alive + 1) // 2
-        return alive
-
-    def start_steps(self, steps: int) -> int:
-        """Optimiser steps summed over an image's starts when it stops after ``steps`` (its gradient evaluations)."""
-        total, done = 0, 0
-        for h in [*(h for h in self.halve_starts_at if h < steps), steps]:  # constant between halving steps
-            total += self.starts_alive(done) * (h - done)
-            done = h
-        return total
-
-
-# The paper's procedure (its code's README example, with 2 starts) and the fast default: an encoder's start,
-# per-slot L-BFGS, a 200-step budget, one fresh start for a stalled trajectory (docs/accuracy.md measures both).
-PAPER_SETTINGS = InversionSettings()
-FAST_SETTINGS = InversionSettings(steps=200, restarts=1, init="encoder", optimizer="lbfgs", fresh_starts=1)
-
-
 # (image C×H×W, starts R, the image's own seeded generator) → R×latent starts
 Initializer = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How the loop is run; none of this changes a result except the early-exit switch and ``check_every``
-    (the steps at which early exit may decide)."""
-
-    batch_size: int = 32  # images in flight (each takes `restarts` slots)
-    check_every: int = 50
-    seed: int = 0
-    early_exit: bool = True
-    exit_margin: float = 2.0  # non-belonging exit: score > margin × the envelope of accepted own trajectories
-    exit_envelope_rank: int = 1  # the envelope is the k-th largest accepted own score at each step
-    exit_min_step: int = 100  # no non-belonging exit before this step (random starts dominate early scores)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.check_every < 1 or self.exit_min_step < 0:
-            raise ValueError("batch_size and check_every must be ≥ 1, exit_min_step ≥ 0")
-        if self.exit_margin < 1.0 or self.exit_envelope_rank < 1:
-            raise ValueError(f"exit margin must be ≥ 1 and envelope rank ≥ 1, got {self.exit_margin}, "
-                             f"{self.exit_envelope_rank}")  # fmt: skip
-
-
-PAPER_SCHEDULE = Schedule()
-FAST_SCHEDULE = Schedule(check_every=10, exit_min_step=10)  # encoder starts: scores mean something from step 10
-
-
-def default_schedule(settings: InversionSettings) -> Schedule:
-    """The schedule that suits a procedure: checkpoints every 10 steps from step 10 where encoder starts make
-    early scores meaningful, the paper's every 50 from step 100 for random starts."""
-    return FAST_SCHEDULE if settings.init != "prior" and settings.optimizer == "lbfgs" else PAPER_SCHEDULE
-
-
-PRESETS: dict[str, tuple[InversionSettings, Schedule]] = {
-    "fast": (FAST_SETTINGS, FAST_SCHEDULE),
-    "paper": (PAPER_SETTINGS, PAPER_SCHEDULE),
-}
 
 
 class StopRule(Protocol):
@@ -313,6 +191,18 @@ class _Image:
     trajectory: list[tuple[int, float]] = field(default_factory=list)
 
 
+def images_in_flight(batch_size: int, slots_per_image: int, max_slots: int | None) -> int:
+    """How many images may be in flight: ``batch_size``, fewer when the backend cannot hold their slots."""
+    if max_slots is None:
+        return batch_size
+    if max_slots < slots_per_image:
+        raise ValueError(
+            f"one image may need {slots_per_image} slots (restarts × (1 + fresh starts)) but the backend holds "
+            f"{max_slots}: rebuild the engines with a larger max batch, or lower --restarts / --fresh-starts"
+        )
+    return min(batch_size, max_slots // slots_per_image)
+
+
 class InversionLoop:
     """The loop's machinery: a slot pool, an optimiser, a stop rule and the images in flight."""
 
@@ -339,7 +229,9 @@ class InversionLoop:
         self.initializer = initializer
         self.optimizer = settings.make_optimizer()
         self.stall = StallDetector(settings.stall_window, settings.stall_factor, stall_floor)
-        self.capacity = schedule.batch_size * settings.restarts
+        self.slots_per_image = settings.restarts * (1 + settings.fresh_starts)
+        self.batch_size = images_in_flight(schedule.batch_size, self.slots_per_image, backend.max_slots)
+        self.capacity = self.batch_size * self.slots_per_image
         self.pool = SlotPool(backend)
         self.images: dict[int, _Image] = {}
         self.step = 0
@@ -362,15 +254,15 @@ class InversionLoop:
             self.pool.absorb(state)
             self.step += 1
             # 2. sync only at checkpoints, budget ends and halving steps
-            regular = self.step % self.schedule.check_every == 0 or self.step >= self._budget_due()
+            on_grid = self.step % self.schedule.check_every == 0
+            budget_end = not on_grid and self.step >= self._budget_due()
             halving = self._halving_rows()
-            if not regular and not halving.size:
+            if not on_grid and not budget_end and not halving.size:
                 continue
             host_loss = self.pool.best_losses()
             keep = np.ones(len(self.pool), dtype=bool)
-            if not regular:  # a halving step between checkpoints: drop the worse starts, decide nothing
-                self._count_evaluations(np.unique(self.pool.image[halving]))
-                self._halve(np.unique(self.pool.image[halving]), host_loss, keep)
+            if not on_grid:  # between checkpoints only the images due there are touched: the others never see it
+                self._between_checkpoints(halving, budget_end, host_loss, keep, on_done)
                 self.pool.rebuild(np.flatnonzero(keep), None)
                 continue
             # 3. checkpoint: record, halve, decide, restart the stalled, refill
@@ -378,14 +270,33 @@ class InversionLoop:
             self._count_evaluations(active)
             self._record(active, host_loss)
             self._halve(active, host_loss, keep)
-            finished = self._decide(active)
-            for i, reason in finished:
-                keep[self.pool.image == i] = False
-                on_done(self.images[i].item, self._outcome(self.images.pop(i), reason))
+            self._finish(self._decide(active), keep, on_done)
             fresh = self._restart_stalled([i for i in active if i in self.images])
-            if self.step % self.schedule.check_every == 0:  # new images join on the checkpoint grid only, so
-                fresh = self._admit(source, fresh, keep_count=int(keep.sum()))  # every image sees the same grid
+            fresh = self._admit(source, fresh)  # new images join on the checkpoint grid only: all see the same grid
             self.pool.rebuild(np.flatnonzero(keep), FreshSlots.concat(fresh))
+
+    def _between_checkpoints(
+        self, halving: np.ndarray, budget_end: bool, host_loss: np.ndarray, keep: np.ndarray,
+        on_done: Callable[[WorkItem, InversionOutcome], None],
+    ) -> None:  # fmt: skip
+        """A halving step (drop the worse starts) or a budget end off the grid (``steps`` not a multiple of
+        ``check_every``): only the images concerned are counted, recorded and decided, so an image's result
+        never depends on another's budget falling between its checkpoints."""
+        if halving.size:
+            images = np.unique(self.pool.image[halving])
+            self._count_evaluations(images)
+            self._halve(images, host_loss, keep)
+        if budget_end:
+            due = np.array([i for i, img in self.images.items() if self.step - img.admitted >= self.settings.steps])
+            self._count_evaluations(due)
+            self._record(due, host_loss)
+            self._finish(self._decide(due), keep, on_done)
+
+    def _finish(self, finished: list[tuple[int, str]], keep: np.ndarray,
+                on_done: Callable[[WorkItem, InversionOutcome], None]) -> None:  # fmt: skip
+        for i, reason in finished:
+            keep[self.pool.image == i] = False
+            on_done(self.images[i].item, self._outcome(self.images.pop(i), reason))
 
     def invert(
         self, targets: np.ndarray, complexity: np.ndarray | None = None, on_done: Callable[[int], None] | None = None
@@ -401,6 +312,9 @@ class InversionLoop:
                 on_done(item.key)
 
         self.run(ListSource([WorkItem(i, targets[i], float(comp[i])) for i in range(n)]), done)
+        missing = [i for i, o in enumerate(outcomes) if o is None]
+        if missing:  # callers pair outcomes with their inputs by position: a gap would shift every later one
+            raise RuntimeError(f"the inversion loop ended without an outcome for inputs {missing}")
         return [o for o in outcomes if o is not None]
 
     # ------------------------------------------------------------------------------------------------ phases
@@ -483,11 +397,15 @@ class InversionLoop:
             fresh.append(self._slots(i, starts))
         return fresh
 
-    def _admit(self, source: WorkSource, fresh: list[FreshSlots], keep_count: int = 0, wait: bool = False
-               ) -> list[FreshSlots]:  # fmt: skip
-        """``fresh`` (rows of restarted images) plus rows for as many new images as the free slots hold."""
-        used = keep_count + sum(len(f.z) for f in fresh)
-        free_images = (self.capacity - used) // self.settings.restarts
+    def _admit(self, source: WorkSource, fresh: list[FreshSlots], wait: bool = False) -> list[FreshSlots]:
+        """``fresh`` (rows of restarted images) plus rows for as many new images as may join.
+
+        Each image in flight holds room for its largest slot count (``slots_per_image``: its starts and every
+        fresh start it may get), so an adaptive restart never waits for room (which would make its result
+        depend on the batch) and the slots never exceed ``batch_size × slots_per_image`` — within what the
+        backend can hold (``Backend.max_slots``; the engines' largest batch on TensorRT).
+        """
+        free_images = self.batch_size - len(self.images)
         if free_images > 0:
             fresh = fresh + [self._new_image(item) for item in source.take(free_images, wait=wait and not fresh)]
         return fresh

@@ -14,11 +14,8 @@ import numpy as np
 from genorigin.export.latent_diffusion import LatentDiffusionModel
 from genorigin.runtime.attribution import Attributor
 from genorigin.runtime.inversion import InversionSettings, image_key
-
-TRACER_METHOD = "inversion-encoder"
-TRACER_SETTINGS = InversionSettings(
-    steps=100, lr=0.05, lr_halve_every=50, init="encoder", restarts=2, halve_starts_at=()
-)
+from genorigin.runtime.settings import TRACER_METHOD as TRACER_METHOD  # re-exported: the preset lives with the
+from genorigin.runtime.settings import TRACER_SETTINGS  # others, importable without torch
 
 
 class EncoderInit:

@@ -6,28 +6,41 @@ LatentTracer's) and ``AEDRAttributor`` (forward-only) both follow it, so no call
 
 ``METHODS`` maps a name to a ``MethodSpec``: how to build it for a model, whether it runs the inversion loop
 (and so takes ``InversionSettings``, a ``Schedule`` and presets), whether it needs an autoencoder. To add a
-method: a class following the protocol, a builder, one ``register_method(MethodSpec(...))`` line.
+method: a class following the protocol, a builder, one ``register_method(MethodSpec(...))`` line. The registry
+itself is plain data (names, help, presets): each builder imports its implementation when it runs, so the
+command line lists the methods without importing torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from genorigin.export.generator import Generator
-from genorigin.export.latent_diffusion import LatentDiffusionModel
-from genorigin.runtime.aedr import AEDRAttributor, AEDRSettings
-from genorigin.runtime.attribution import Attributor, DecisionRule
-from genorigin.runtime.backend import Backend
 from genorigin.runtime.backends import BackendTarget, GeneratorOnly, make_backend
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.encoder import FitSettings, FittedEncoder
-from genorigin.runtime.file_input import Attributes, FileAttribution
-from genorigin.runtime.inversion import PAPER_SCHEDULE, PRESETS, InversionSettings, Schedule, default_schedule
-from genorigin.runtime.latent_tracer import TRACER_METHOD, TRACER_SETTINGS, EncoderInit
+from genorigin.runtime.file_input import Attributes
+from genorigin.runtime.settings import (
+    PAPER_SCHEDULE,
+    PRESETS,
+    TRACER_METHOD,
+    TRACER_SETTINGS,
+    FitSettings,
+    InversionSettings,
+    Schedule,
+    default_schedule,
+)
 
-from genorigin.decode import Background
+if TYPE_CHECKING:
+    from genorigin.export.generator import Generator
+    from genorigin.export.latent_diffusion import LatentDiffusionModel
+    from genorigin.runtime.aedr import AEDRAttributor
+    from genorigin.runtime.attribution import Attributor, DecisionRule
+    from genorigin.runtime.backend import Backend
+    from genorigin.runtime.calibration import Calibration
+    from genorigin.runtime.encoder import FittedEncoder
+    from genorigin.runtime.file_input import FileAttribution
+
+    from genorigin.decode import Background
 
 
 class SettingsRecord(Protocol):
@@ -199,12 +212,21 @@ def build_method(name: str, model: ModelHandle, options: MethodOptions = MethodO
 
 
 def _loop(model: ModelHandle, o: MethodOptions, method: str, **starts: Any) -> Attributor:
-    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=)."""
+    """An Attributor on the shared loop with the resolved settings (``starts``: encoder= or initializer=);
+    in the platform mode, the one that inverts each image at its own size (runtime/platform.py)."""
+    from genorigin.runtime.attribution import Attributor
+    from genorigin.runtime.backend import Backend
+
     assert o.settings is not None and o.schedule is not None  # build_method resolved them
     backend = o.backend if isinstance(o.backend, Backend) else make_backend(model, o.backend, o.settings.loss,
                                                                             o.threads)  # fmt: skip
-    return Attributor(model.generator, backend=backend, settings=o.settings, schedule=o.schedule,
-                      calibration=o.calibration, rule=o.rule, method=method, **starts)  # fmt: skip
+    options = {"backend": backend, "settings": o.settings, "schedule": o.schedule, "calibration": o.calibration,
+               "rule": o.rule, "method": method, **starts}  # fmt: skip
+    if o.settings.robust == "platform":
+        from genorigin.runtime.platform import PlatformAttributor
+
+        return PlatformAttributor(model.generator, threads=o.threads, **options)
+    return Attributor(model.generator, **options)
 
 
 def _inversion(model: ModelHandle, o: MethodOptions) -> Attributor:
@@ -212,13 +234,19 @@ def _inversion(model: ModelHandle, o: MethodOptions) -> Attributor:
 
 
 def _tracer(model: ModelHandle, o: MethodOptions) -> Attributor:
+    from genorigin.runtime.latent_tracer import EncoderInit
+
     assert o.settings is not None and model.latent_model is not None  # build_method checked
+    if o.settings.robust == "platform":
+        raise ValueError("LatentTracer starts from the autoencoder's encoding: it has no platform mode")
     if o.settings.init != "encoder":
         raise ValueError("LatentTracer settings need init='encoder' (its starts are the autoencoder's encoding)")
     return _loop(model, o, TRACER_METHOD, initializer=EncoderInit(model.latent_model))
 
 
 def _aedr(model: ModelHandle, o: MethodOptions) -> AEDRAttributor:
+    from genorigin.runtime.aedr import AEDRAttributor, AEDRSettings
+
     assert model.latent_model is not None  # build_method checked
     if o.encoder is not None:
         raise ValueError("AEDR reconstructs with the autoencoder's own encoder: it takes no fitted encoder")

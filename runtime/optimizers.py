@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import Array, Backend, SlotState
+from genorigin.runtime.invariant import row_dot, row_norm
 
 
 class Optimizer(Protocol):
@@ -66,24 +67,35 @@ class LBFGSConfig:
             raise ValueError(f"bad L-BFGS line-search constants {self}")
 
 
-def _t(a: Array) -> torch.Tensor:
-    return a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+def _torch(a: Array, device: torch.device | None = None) -> torch.Tensor:
+    """A backend array as a tensor without a copy: NumPy arrays on the CPU are shared, tensors pass through."""
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a))
+    return t if device is None else t.to(device, non_blocking=True)
 
 
-def _like(a: torch.Tensor, ref: Array) -> Array:
-    return a.to(ref.device) if isinstance(ref, torch.Tensor) else a.cpu().numpy()
+def _rows(a: torch.Tensor) -> torch.Tensor:
+    """Broadcast an (N,) per-slot value against (N, D) rows."""
+    return a.reshape(-1, 1)
 
 
 @dataclass(frozen=True)
 class LBFGS:
-    """Batched per-slot L-BFGS with an Armijo backtracking line search, one evaluation per step."""
+    """Batched per-slot L-BFGS with an Armijo backtracking line search, one evaluation per step.
+
+    Written to be captured (a CUDA graph, ``torch.compile(fullgraph=True)``) and to be batch-invariant: fixed
+    shapes, no data-dependent Python branch and no device→host read in a step (masks and ``where`` instead of
+    ``if``), the history a ring buffer written in place at a per-slot index (no copy of it per step), and
+    every dot product and norm in ``row_sum``'s fixed order, so a slot's step is the same bits alone or in any
+    batch, on any CPU instruction set.
+    """
 
     config: LBFGSConfig = LBFGSConfig()
     name: ClassVar[str] = "lbfgs"
 
-    # per-slot arrays (float64; slot axis first): history S, Y (N×m×D) and 1/sᵀy (N×m, 0 where empty);
-    # the accepted point x_k (z_prev), its loss and gradient, the search direction and the step length
-    FIELDS: ClassVar[tuple[str, ...]] = ("S", "Y", "rho", "z_prev", "f_prev", "g_prev", "d", "alpha")
+    # per-slot arrays (float64; slot axis first): history S, Y (N×m×D) and 1/sᵀy (N×m, 0 where empty) in a ring
+    # whose newest entry is at ``head``; the accepted point x_k (z_prev), its loss and gradient, the search
+    # direction and the step length
+    FIELDS: ClassVar[tuple[str, ...]] = ("S", "Y", "rho", "head", "z_prev", "f_prev", "g_prev", "d", "alpha")
 
     def fresh_slots(self, z: np.ndarray) -> dict[str, np.ndarray]:
         n, d, m = len(z), int(np.prod(z.shape[1:])), self.config.memory
@@ -91,6 +103,7 @@ class LBFGS:
             "S": np.zeros((n, m, d)),
             "Y": np.zeros((n, m, d)),
             "rho": np.zeros((n, m)),
+            "head": np.zeros(n, dtype=np.int64),
             "z_prev": np.asarray(z, np.float64).reshape(n, d).copy(),
             "f_prev": np.full(n, np.nan),  # NaN: no accepted point yet (the first evaluation is accepted)
             "g_prev": np.zeros((n, d)),
@@ -99,67 +112,87 @@ class LBFGS:
         }
 
     def step(self, backend: Backend, state: SlotState) -> None:
-        cfg = self.config
+        if backend.fuses(self):  # a GPU backend replays loss, gradient and this update as one captured graph
+            backend.step(state, self)
+            return
         state.t = state.t + 1
         loss, grad = backend.loss_and_grad(state.z, state.x)
         improved = loss < state.best_loss
         state.best_loss = _where(improved, loss, state.best_loss)
         state.best_z = _where(improved.reshape(-1, *([1] * (state.z.ndim - 1))), state.z, state.best_z)
+        z = _torch(state.z)
+        e = dict(state.extra)  # torch tensors beside z (SlotPool keeps an optimiser's state so)
+        device = e["f_prev"].device
+        new_z = self.update(z.reshape(len(z), -1), _torch(loss, device), _torch(grad, device).reshape(len(z), -1), e)
+        new_z = new_z.to(z.device).reshape(z.shape)
+        state.z = new_z if isinstance(state.z, torch.Tensor) else new_z.numpy()
+        state.extra = e
 
-        n = len(state.z)
-        z = _t(state.z).reshape(n, -1).double()
-        e = {k: _t(state.extra[k]).to(z.device) for k in self.FIELDS}  # the history lives beside z (GPU or CPU)
-        f = _t(loss).double().to(z.device)
-        g = _t(grad).reshape(n, -1).double().to(z.device)
+    def update(self, z: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, e: dict[str, torch.Tensor]
+               ) -> torch.Tensor:  # fmt: skip
+        """The update proper: (N×D latents, N losses, N×D gradients, the history) → the next N×D latents.
+
+        ``e``'s tensors are updated (replaced in the dict; the history written in place). A pure tensor
+        function with fixed shapes: what a CUDA graph captures and ``torch.compile(fullgraph=True)`` traces.
+        """
+        cfg = self.config
+        f, g, zd = loss.double(), grad.double(), z.double()
         first = torch.isnan(e["f_prev"])
-        slope = (e["g_prev"] * e["d"]).sum(1)
+        slope = row_dot(e["g_prev"], e["d"])
         accept = first | (f <= e["f_prev"] + cfg.armijo * e["alpha"] * slope) | ~torch.isfinite(e["f_prev"])
-        accept &= torch.isfinite(f)
+        accept = accept & torch.isfinite(f)
 
-        # remember the curvature pair of every accepted (non-first) step
-        s, y = z - e["z_prev"], g - e["g_prev"]
-        sy = (s * y).sum(1)
-        push = accept & ~first & (sy > 1e-10 * s.norm(dim=1) * y.norm(dim=1))
-        if bool(push.any()):
-            rolled = {k: torch.roll(e[k], 1, dims=1) for k in ("S", "Y", "rho")}
-            rolled["S"][:, 0], rolled["Y"][:, 0] = s, y
-            rolled["rho"][:, 0] = torch.where(push, 1.0 / sy.where(push, torch.ones_like(sy)), 0.0)
-            for k in ("S", "Y", "rho"):
-                e[k] = torch.where(push.reshape(-1, *([1] * (e[k].ndim - 1))), rolled[k], e[k])
+        # remember the curvature pair of every accepted (non-first) step: the ring's next entry, in place
+        s, y = zd - e["z_prev"], g - e["g_prev"]
+        sy = row_dot(s, y)
+        push = accept & ~first & (sy > 1e-10 * row_norm(s) * row_norm(y))
+        m = e["S"].shape[1]
+        head = torch.where(push, (e["head"] + 1) % m, e["head"])
+        slots = torch.arange(len(head), device=head.device)
+        keep_pair = _rows(push)
+        e["S"][slots, head] = torch.where(keep_pair, s, e["S"][slots, head])
+        e["Y"][slots, head] = torch.where(keep_pair, y, e["Y"][slots, head])
+        inverse = 1.0 / torch.where(push, sy, torch.ones_like(sy))
+        e["rho"][slots, head] = torch.where(push, inverse, e["rho"][slots, head])
+        e["head"] = head
 
-        direction = self._direction(g, e["S"], e["Y"], e["rho"])
+        direction = self._direction(g, e["S"], e["Y"], e["rho"], head)
         # accepted slots move on from z; rejected ones retry from z_prev along d with a shorter step
-        keep = accept.reshape(-1, 1)
-        e["z_prev"] = torch.where(keep, z, e["z_prev"])
+        keep = _rows(accept)
+        e["z_prev"] = torch.where(keep, zd, e["z_prev"])
         e["f_prev"] = torch.where(accept, f, e["f_prev"])
         e["g_prev"] = torch.where(keep, g, e["g_prev"])
         e["d"] = torch.where(keep, direction, e["d"])
         e["alpha"] = torch.where(accept, torch.ones_like(e["alpha"]), e["alpha"] * cfg.backtrack)
-        new_z = (e["z_prev"] + e["alpha"].reshape(-1, 1) * e["d"]).float().reshape(state.z.shape)
-        state.z = _like(new_z, state.z)
-        state.extra = {k: _like(v, state.extra[k]) for k, v in e.items()}
+        return (e["z_prev"] + _rows(e["alpha"]) * e["d"]).to(z.dtype)
 
-    def _direction(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        """−H·g by the two-loop recursion per slot; scaled steepest descent where no curvature is known yet."""
+    def _direction(self, g: torch.Tensor, S: torch.Tensor, Y: torch.Tensor, rho: torch.Tensor, head: torch.Tensor
+                   ) -> torch.Tensor:  # fmt: skip
+        """−H·g by the two-loop recursion per slot (newest pair first, read from the ring at ``head``);
+        scaled steepest descent where no curvature is known yet. Empty entries have ρ = 0 and S = Y = 0, so
+        they contribute nothing."""
         cfg = self.config
-        q = g.clone()
-        a = torch.zeros_like(rho)
-        for i in range(S.shape[1]):  # newest first
-            a[:, i] = rho[:, i] * (S[:, i] * q).sum(1)
-            q = q - a[:, i : i + 1] * Y[:, i]
-        yy = (Y[:, 0] * Y[:, 0]).sum(1)
-        known = rho[:, 0] > 0
-        gamma = torch.where(known, (S[:, 0] * Y[:, 0]).sum(1) / yy.clamp_min(1e-300), 1.0)
-        r = gamma.reshape(-1, 1) * q
-        for i in reversed(range(S.shape[1])):
-            b = rho[:, i] * (Y[:, i] * r).sum(1)
-            r = r + S[:, i] * (a[:, i] - b).reshape(-1, 1)
+        m = S.shape[1]
+        slots = torch.arange(len(g), device=g.device)
+        order = [(head - k) % m for k in range(m)]  # newest first, per slot
+        q = g
+        a = []
+        for idx in order:
+            a_k = rho[slots, idx] * row_dot(S[slots, idx], q)
+            q = q - _rows(a_k) * Y[slots, idx]
+            a.append(a_k)
+        s0, y0 = S[slots, head], Y[slots, head]
+        known = rho[slots, head] > 0
+        gamma = torch.where(known, row_dot(s0, y0) / row_dot(y0, y0).clamp_min(1e-300), torch.ones_like(a[0]))
+        r = _rows(gamma) * q
+        for idx, a_k in zip(reversed(order), reversed(a)):
+            b = rho[slots, idx] * row_dot(Y[slots, idx], r)
+            r = r + S[slots, idx] * _rows(a_k - b)
         d = -r
-        gnorm = g.norm(dim=1, keepdim=True).clamp_min(1e-30)
-        steepest = -g * (cfg.first_step / gnorm)
-        fallback = ~known.reshape(-1, 1) | ((d * g).sum(1, keepdim=True) >= 0)  # not a descent direction
+        steepest = -g * (cfg.first_step / _rows(row_norm(g).clamp_min(1e-30)))
+        fallback = _rows(~known | (row_dot(d, g) >= 0))  # not a descent direction
         d = torch.where(fallback, steepest, d)
-        length = d.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        length = _rows(row_norm(d).clamp_min(1e-30))
         return d * torch.clamp(cfg.max_step / length, max=1.0)
 
 

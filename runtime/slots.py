@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from genorigin.runtime.backend import Array, Backend, SlotState, concat, take, to_numpy
 
 CORE_FIELDS = ("z", "m", "v", "best_z", "best_loss", "x", "t")
@@ -74,12 +75,19 @@ class SlotPool:
             if len(keep) and name in self.arrays:
                 parts.append(take(self.arrays[name], keep))
             if name in host_fresh:
-                parts.append(self.backend.asarray(host_fresh[name]))
+                parts.append(self._upload(name, host_fresh[name], fresh))
             merged[name] = concat(parts) if parts else None
         self.arrays = {k: v for k, v in merged.items() if v is not None}
         added = fresh.image if fresh is not None else np.zeros(0, dtype=np.int64)
         self.image = np.concatenate([self.image[keep], added])
         self.steps = np.concatenate([self.steps[keep], np.zeros(len(added), dtype=np.int64)])
+
+    def _upload(self, name: str, host: np.ndarray, fresh: FreshSlots | None) -> Array:
+        """Core fields in the backend's array type; the optimiser's own as torch tensors beside them, dtype
+        kept (L-BFGS works in float64 on every backend)."""
+        if fresh is not None and name in fresh.extra:
+            return torch.from_numpy(np.ascontiguousarray(host)).to(self.backend.state_device)
+        return self.backend.asarray(host)
 
     def state(self) -> SlotState:
         """The arrays as the optimiser steps them (core fields by name, the optimiser's own in ``extra``)."""

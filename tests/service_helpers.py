@@ -16,7 +16,7 @@ import torch
 from genorigin.export.adapters import BUNDLED_FORMAT
 from genorigin.export.architectures import DCGANConfig, DCGANGenerator
 from genorigin.export.generator import Generator
-from genorigin.runtime.attribution import Attributor
+from genorigin.runtime.attribution import Attributor, quantize_8bit
 from genorigin.runtime.backend import TorchBackend
 from genorigin.runtime.inversion import InversionSettings, Schedule, invert
 from genorigin.runtime.service import Limits, ServedModel, Service, ServiceThread
@@ -26,6 +26,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 TINY_DCGAN = DCGANConfig(latent_dim=8, width=4)
 FAST_SCHEDULE = Schedule(check_every=10, batch_size=4)
+# the command line's settings for the model files of ``cli_models``; the service's schedule is the paper preset's
+# with this grid (``load_served_model(..., schedule=CLI_SCHEDULE, max_batch=8)``)
+CLI_STEPS = ["--preset", "paper", "--steps", "150", "--lr", "0.1", "--check-every", "10", "--batch-size", "8"]
+CLI_SCHEDULE = {"check_every": 10}
 
 
 def write_tiny_dcgan(path: Path, seed: int) -> Path:
@@ -35,6 +39,62 @@ def write_tiny_dcgan(path: Path, seed: int) -> Path:
     torch.save({"format": BUNDLED_FORMAT, "kind": "dcgan", "name": path.stem, "config": TINY_DCGAN.to_dict(),
                 "state_dict": net.state_dict()}, path)  # fmt: skip
     return path
+
+
+def cli_models(folder: Path) -> tuple[dict[str, tuple[Path, Path]], Path]:
+    """Two small real DCGAN model files (their step is batch-exact on the CPU: one image alone or in a batch
+    gives the same floats), calibrated by the command line, and a folder of images: each model's own sample,
+    noise, and a JPEG of beta's sample (outside a plain calibration: a coverage warning)."""
+    from genorigin.export.adapters import load_generator_file
+
+    from genorigin.cli import main
+
+    models = {}
+    for name, seed in (("alpha", 1), ("beta", 2)):
+        model = write_tiny_dcgan(folder / f"{name}.pt", seed)
+        cal = folder / f"{name}.calibration.json"
+        assert main(["calibrate", "--model", str(model), "--samples", "6", "--out", str(cal), "--quiet",
+                     *CLI_STEPS]) == 0  # fmt: skip
+        models[name] = (model, cal)
+    images = folder / "images"
+    images.mkdir()
+    for name, (model, _) in models.items():
+        (images / f"{name}_own.png").write_bytes(png(quantize_8bit(load_generator_file(model).sample(1, seed=9))[0]))
+    (images / "noise.png").write_bytes(png(np.random.default_rng(5).random((3, 32, 32))))
+    own = np.round(quantize_8bit(load_generator_file(models["beta"][0]).sample(1, seed=9))[0] * 255).astype(np.uint8)
+    Image.fromarray(own.transpose(1, 2, 0)).save(images / "beta_own_q85.jpg", quality=85)
+    return models, images
+
+
+def cli_reports(models: dict[str, tuple[Path, Path]], images: Path, folder: Path) -> dict[str, dict[str, dict]]:
+    """``genorigin attribute`` of the images folder with each of ``cli_models``' models alone: model → file
+    name → its report entry."""
+    from genorigin.cli import main
+
+    reports = {}
+    for name, (model, cal) in models.items():
+        report = folder / f"{name}.report.json"
+        assert main(["attribute", str(images), "--model", str(model), "--calibration", str(cal), "--quiet",
+                     "--report", str(report), *CLI_STEPS]) == 0  # fmt: skip
+        reports[name] = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    return reports
+
+
+def cli_service(models: dict[str, tuple[Path, Path]]) -> ServiceThread:
+    """The service over ``cli_models``' files with the command line's schedule (``with`` it, ``wait_ready()``)."""
+    from genorigin.runtime.service import load_served_model
+
+    served = [load_served_model(str(m), c, name=n, schedule=CLI_SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
+    return ServiceThread(Service(served))
+
+
+class ReportEntry:
+    """A command line report entry as the cross-model rule (``decide_across``) reads it."""
+
+    def __init__(self, d: dict) -> None:
+        self.belonging = d["verdict"] == "belonging"
+        self.p_value, self.calibrated_loss = d["p_value"], d["calibrated_loss"]
+        self.statistic, self.critical_value = d["statistic"], d["critical_value"]
 
 
 def png(image_chw: np.ndarray) -> bytes:
@@ -99,11 +159,11 @@ def split_response(raw: bytes) -> tuple[int, dict[str, str], dict]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, json.loads(body) if body else {}
 
 
-def metric(url: str, name: str, **labels: str) -> float:
+def metric(url: str, name: str, token: str | None = None, **labels: str) -> float:
     """The sum of a metric's samples matching ``labels`` (0 if none)."""
     u = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
-    conn.request("GET", "/metrics")
+    conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
     text = conn.getresponse().read().decode()
     conn.close()
     total = 0.0

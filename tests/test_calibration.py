@@ -101,6 +101,6 @@ def test_a_calibration_without_trajectories_keeps_only_the_exact_exit(calibrated
 
     _, cal = calibrated
     bare = Calibration(**{**cal.__dict__, "checkpoint_steps": [], "checkpoint_scores": []})
-    rule = TrajectoryStopRule(bare, bare.grubbs_threshold)
+    rule = TrajectoryStopRule(bare, "grubbs")
     assert math.isinf(rule.reject_threshold(100))
     assert list(rule.check(100, np.array([0.0, 1e9]), np.ones(2))) == [1, 0]

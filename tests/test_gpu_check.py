@@ -27,6 +27,10 @@ JUNIT = """<testsuites><testsuite>
 LATENCY = {"results": {"cudagraph": {"describe": {"kernels": "cuda", "cuda_graph": True},
                                      "loop": {"latency_ms": {"p50": 12.5}, "images_per_s": {"8": 900.0}}}},
            "skipped": {"tensorrt": "TensorRT is not installed"}}  # fmt: skip
+FAST = {"results": {"torch-cuda-graph": {"p50_ms": 8.25, "p99_ms": 19.5, "images_per_s_batch64": 2400.0,
+                                         "host_syncs_per_step": 0.0, "encoder_start_ms_per_image": 0.31,
+                                         "verdicts_differing_from_cpu": 0, "max_log_score_ratio_vs_cpu": 0.012}},
+        "skipped": {"tensorrt": "TensorRT is not installed"}}  # fmt: skip
 
 
 def _outputs(tmp: Path, *, fail_test: bool, step_rc: int = 0) -> Path:
@@ -35,6 +39,7 @@ def _outputs(tmp: Path, *, fail_test: bool, step_rc: int = 0) -> Path:
     failure = '<failure message="AssertionError: 5 blocks/SM, plan 6"/>' if fail_test else ""
     (tmp / "pytest.xml").write_text(JUNIT.format(failure=failure))
     (tmp / "bench_latency.json").write_text(json.dumps(LATENCY))
+    (tmp / "bench_fast_gpu.json").write_text(json.dumps(FAST))
     return tmp
 
 
@@ -45,6 +50,7 @@ def test_report_passes_when_every_part_and_test_passes(tmp_path: Path) -> None:
     assert report["gpu_tests"]["skip_reasons"] == {"needs TensorRT >= 10: none": 1}
     md = (tmp_path / "report.md").read_text()
     assert "| cudagraph | cuda | True | 12.5 | 8: 900 |" in md and "Not measured (bench_kernels.json missing)" in md
+    assert "| torch-cuda-graph | 8.2 | 19.5 | 2400 | 0.00 | 0.31 | 0 | 1.20e-02 |" in md  # the fast preset
 
 
 @pytest.mark.parametrize(("fail_test", "step_rc"), [(True, 0), (False, 124)])

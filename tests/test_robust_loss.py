@@ -130,3 +130,17 @@ def test_settings_know_the_projection_kinds():
         InversionSettings(loss="mse-dct9")
     with pytest.raises(ValueError, match="1- or 3-channel"):
         projection_weights(KIND, 2)
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("side", [8, 16, 26, 32])
+def test_a_samples_projection_loss_is_the_same_bits_in_any_batch(side):
+    """The robust and platform modes' loss is batch-invariant as the plain one is (runtime/invariant.py): a
+    batched contraction chose its kernel by the batch's size (8×8 and 16×16 residuals differed by an ulp)."""
+    rng = np.random.default_rng(side)
+    y = torch.tensor(rng.random((5, 3, side, side)), dtype=torch.float32)
+    x = torch.tensor(rng.random((5, 3, side, side)), dtype=torch.float32)
+    loss, grad = loss_and_grad(y, x, KIND)
+    for n in (1, 2, 3, 4):
+        part_loss, part_grad = loss_and_grad(y[:n], x[:n], KIND)
+        assert torch.equal(part_loss, loss[:n]) and torch.equal(part_grad, grad[:n])

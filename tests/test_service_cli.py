@@ -17,50 +17,40 @@ import threading
 import numpy as np
 import pytest
 from genorigin.export.adapters import load_generator_file
-from genorigin.runtime.attribution import quantize_8bit
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.multimodel import decide_across
-from genorigin.runtime.service import Service, ServiceLoadError, ServiceThread, load_served_model
-from PIL import Image
-from service_helpers import budget_for, metric, png, post, request, wait_until, write_tiny_dcgan
+from genorigin.runtime.service import ServiceLoadError, load_served_model
+from service_helpers import (
+    CLI_SCHEDULE,
+    CLI_STEPS,
+    ReportEntry,
+    budget_for,
+    cli_models,
+    cli_reports,
+    cli_service,
+    metric,
+    png,
+    post,
+    request,
+    wait_until,
+)
 
 from genorigin.cli import main
 from genorigin.client import Client
 
-STEPS = ["--preset", "paper", "--steps", "150", "--lr", "0.1", "--check-every", "10", "--batch-size", "8"]
-SCHEDULE = {"check_every": 10}  # the rest of the CLI's schedule is the paper preset's, as `load_served_model`'s
+STEPS, SCHEDULE = CLI_STEPS, CLI_SCHEDULE
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("serve")
-    out = {}
-    for name, seed in (("alpha", 1), ("beta", 2)):
-        model = write_tiny_dcgan(folder / f"{name}.pt", seed)
-        cal = folder / f"{name}.calibration.json"
-        assert main(["calibrate", "--model", str(model), "--samples", "6", "--out", str(cal), "--quiet", *STEPS]) == 0
-        out[name] = (model, cal)
-    images = folder / "images"
-    images.mkdir()
-    for name, (model, _) in out.items():
-        (images / f"{name}_own.png").write_bytes(png(quantize_8bit(load_generator_file(model).sample(1, seed=9))[0]))
-    (images / "noise.png").write_bytes(png(np.random.default_rng(5).random((3, 32, 32))))
-    own = np.round(quantize_8bit(load_generator_file(out["beta"][0]).sample(1, seed=9))[0] * 255).astype(np.uint8)
-    Image.fromarray(own.transpose(1, 2, 0)).save(images / "beta_own_q85.jpg", quality=85)  # a coverage warning
-    return out, images
+    return cli_models(tmp_path_factory.mktemp("serve"))
 
 
 def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path, capsys):
     models, images = files
-    cli = {}
-    for name, (model, cal) in models.items():
-        report = tmp_path / f"{name}.json"
-        assert main(["attribute", str(images), "--model", str(model), "--calibration", str(cal), "--quiet",
-                     "--report", str(report), *STEPS]) == 0  # fmt: skip
-        cli[name] = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    cli = cli_reports(models, images, tmp_path)
     capsys.readouterr()
-    served = [load_served_model(str(m), c, name=n, schedule=SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
-    st = ServiceThread(Service(served))
+    st = cli_service(models)
     with st as url:
         st.wait_ready()
         for path in sorted(images.iterdir()):
@@ -75,19 +65,42 @@ def test_multi_model_answers_equal_the_command_line_bit_for_bit(files, tmp_path,
                 kept = {k: v for k, v in want.items() if k not in ("source", "seconds", "input")}
                 assert got == kept, (path.name, name)
                 assert ("plain-mode calibration" in (want["warning"] or "")) == path.name.endswith(".jpg")
-            decision = decide_across({n: _Result(cli[n][path.name]) for n in models})
+            decision = decide_across({n: ReportEntry(cli[n][path.name]) for n in models})
             assert answer["decision"] == decision.model and answer["accepting"] == list(decision.accepting)
         own = post(url, (images / "alpha_own.png").read_bytes(), "model=alpha")[2]
         assert own["verdict"] == "belonging" and own["model"] == "alpha"
 
 
-class _Result:
-    """A CLI report entry as the cross-model rule reads it."""
-
-    def __init__(self, d: dict) -> None:
-        self.belonging = d["verdict"] == "belonging"
-        self.p_value, self.calibrated_loss = d["p_value"], d["calibrated_loss"]
-        self.statistic, self.critical_value = d["statistic"], d["critical_value"]
+def test_several_models_on_the_command_line_equal_the_services_decision(files, tmp_path, capsys):
+    """`attribute --model A --model B`: one row per image with each model's verdict and the decision across
+    them, equal to the service's model=all answer field by field (and in the table and the CSV)."""
+    models, images = files
+    report, table = tmp_path / "across.json", tmp_path / "across.csv"
+    argv = ["attribute", str(images), "--quiet", "--report", str(report), "--csv", str(table), *STEPS]
+    for name, (model, cal) in models.items():
+        argv += ["--model", f"{name}={model}", "--calibration", f"{name}={cal}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    cli = {r["source"].split("/")[-1]: r for r in json.loads(report.read_text())["results"]}
+    rows = {line.split(",")[0].split("/")[-1]: line.split(",") for line in table.read_text().splitlines()[1:]}
+    assert set(cli) == {p.name for p in images.iterdir()} == set(rows)
+    st = cli_service(models)
+    with st as url:
+        st.wait_ready()
+        for path in sorted(images.iterdir()):
+            status, _, answer = post(url, path.read_bytes(), headers={"X-Image-Name": path.name})
+            want = cli[path.name]
+            assert status == 200
+            for key in ("decision", "verdict", "accepting", "ambiguous", "rule"):
+                assert want[key] == answer[key], (path.name, key)
+            for name in models:
+                skip = ("source", "seconds", "input", "timing")
+                got = {k: v for k, v in answer["models"][name].items() if k not in skip}
+                assert got == {k: v for k, v in want["models"][name].items() if k not in skip}, (path.name, name)
+            assert rows[path.name][1] == (answer["decision"] or "")
+            decided = answer["decision"] or "none"  # the table's row: image, decision (* when ambiguous), verdicts
+            assert any(path.name in line and line.split()[1].rstrip("*") == decided for line in out.splitlines())
+    assert {r["decision"] for r in cli.values()} >= {"alpha", "beta", None}  # each own sample, and noise
 
 
 def test_serve_refuses_what_every_request_would_fail_on(files, tmp_path, capsys):

@@ -31,10 +31,12 @@ from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import Backend, SlotState
 from genorigin.runtime.gpu.ops import resolve_kernels
 from genorigin.runtime.gpu.slots import SlotBuffers
+from genorigin.runtime.optimizers import LBFGS
 
 log = logging.getLogger(__name__)
 
-BucketKey = tuple[int, AdamConfig | None]  # (slot bucket, the Adam settings the graph bakes in; None: no Adam)
+Update = AdamConfig | LBFGS  # the optimiser half of the iteration a graph bakes in
+BucketKey = tuple[int, Update | None]  # (slot bucket, the update the graph bakes in; None: loss and gradient only)
 
 
 @dataclass
@@ -71,16 +73,17 @@ class GraphedBackend(Backend):
         """Static buffers (and what they bind) for one bucket."""
         raise NotImplementedError
 
-    def _iteration(self, b: GraphBucket, adam: AdamConfig) -> None:
-        """One whole iteration on the bucket's buffers, enqueued on the current stream."""
+    def _iteration(self, b: GraphBucket, update: Update) -> None:
+        """One whole iteration on the bucket's buffers, enqueued on the current stream: forward, loss and
+        gradient, then ``ops.update_into`` (Adam or L-BFGS)."""
         raise NotImplementedError
 
     def _prepare(self, b: GraphBucket) -> None:
         """Called before each use of a bucket (TensorRT binds its contexts here and may drop a stale graph)."""
 
-    def _warmup(self, b: GraphBucket, adam: AdamConfig) -> None:
+    def _warmup(self, b: GraphBucket, update: Update) -> None:
         """Eager iteration(s) before capture: lazy initialisation must not happen inside a capture."""
-        self._iteration(b, adam)
+        self._iteration(b, update)
 
     def _math(self) -> contextlib.AbstractContextManager[None]:
         """Numerics context around warm-up, capture and eager iterations (torch's TF32 flags)."""
@@ -91,20 +94,28 @@ class GraphedBackend(Backend):
 
     # ------------------------------------------------------------------ skeleton
 
-    def step(self, state: SlotState, adam: AdamConfig) -> None:
-        if adam.lr_halve_every:  # a captured graph bakes lr in; per-slot schedules run on the CPU backends
+    def fuses(self, update: object) -> bool:
+        """This backend runs ``update`` inside its captured iteration (Adam and the per-slot L-BFGS)."""
+        return isinstance(update, AdamConfig | LBFGS)
+
+    def step(self, state: SlotState, update: Update) -> None:
+        """One whole iteration (forward, loss, VJP and the optimiser's update) replayed on static buffers: the
+        only host work is staging arrays the loop replaced at a checkpoint."""
+        if isinstance(update, AdamConfig) and update.lr_halve_every:  # a graph bakes lr in
             raise NotImplementedError(f"{self.name}: learning-rate schedules (lr_halve_every) are not supported")
         with self.on_stream():
-            b = self.bucket((self.bucket_for(int(state.z.shape[0])), adam))
+            b = self.bucket((self.bucket_for(int(state.z.shape[0])), update))
+            if isinstance(update, LBFGS):
+                b.buffers.ensure_extra(update.fresh_slots(np.zeros((1, *b.buffers.z.shape[1:]), np.float32)))
             if self.capture and b.graph is None:
                 b.buffers.detach(state)  # warm-up overwrites the buffers the loop's arrays may still view
-                self._capture(b, adam)
+                self._capture(b, update)
             b.buffers.stage(state)
             if b.graph is not None:
                 b.graph.replay()
             else:
                 with self._math():
-                    self._iteration(b, adam)
+                    self._iteration(b, update)
             b.buffers.publish(state)
         self.steps += 1
 
@@ -118,7 +129,7 @@ class GraphedBackend(Backend):
         self._prepare(b)
         return b
 
-    def _capture(self, b: GraphBucket, adam: AdamConfig) -> None:
+    def _capture(self, b: GraphBucket, adam: Update) -> None:
         """Warm up eagerly on padding, then capture one iteration on the backend's stream (or fall back)."""
         b.buffers.reset()
         graph: torch.cuda.CUDAGraph | None = torch.cuda.CUDAGraph()
@@ -159,6 +170,10 @@ class GraphedBackend(Backend):
 
     def asarray(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    @property
+    def state_device(self) -> torch.device:
+        return self.device
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -16,6 +16,7 @@ from genorigin.kernels import reference
 from genorigin.kernels.plan import LOSS_KINDS
 from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.gpu.slots import SlotBuffers
+from genorigin.runtime.optimizers import LBFGS
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,30 @@ def loss_into(y: torch.Tensor, bufs: SlotBuffers, kind: str, kernels: Any | None
         loss, gy = reference.loss_and_grad(y, bufs.x, kind, bufs.weight)
     bufs.loss.copy_(loss)
     return gy
+
+
+def update_into(bufs: SlotBuffers, grad: torch.Tensor, update: AdamConfig | LBFGS, kernels: Any | None) -> None:
+    """The optimiser half of a captured iteration: Adam (kernel or reference) or the per-slot L-BFGS."""
+    if isinstance(update, LBFGS):
+        lbfgs_into(bufs, grad, update)
+    else:
+        adam_into(bufs, grad, update, kernels)
+
+
+def lbfgs_into(bufs: SlotBuffers, grad: torch.Tensor, lbfgs: LBFGS) -> None:
+    """t += 1, best-so-far, then the L-BFGS update (its history in ``bufs.extra``), all in place on the
+    buffers: the same ``LBFGS.update`` the CPU runs, with no host read, so a CUDA graph captures it whole."""
+    bufs.t.add_(1.0)
+    improved = bufs.loss < bufs.best_loss
+    bufs.best_z.copy_(torch.where(improved.reshape(-1, *([1] * (bufs.z.dim() - 1))), bufs.z, bufs.best_z))
+    bufs.best_loss.copy_(torch.where(improved, bufs.loss, bufs.best_loss))
+    n = bufs.bucket
+    state = dict(bufs.extra)
+    new_z = lbfgs.update(bufs.z.reshape(n, -1), bufs.loss, grad.reshape(n, -1).float(), state)
+    bufs.z.copy_(new_z.reshape(bufs.z.shape))
+    for name, value in state.items():
+        if value is not bufs.extra[name]:
+            bufs.extra[name].copy_(value)
 
 
 def adam_into(bufs: SlotBuffers, grad: torch.Tensor, adam: AdamConfig, kernels: Any | None) -> None:

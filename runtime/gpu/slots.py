@@ -89,36 +89,56 @@ class SlotBuffers:
         self.t = torch.zeros((bucket,), **f32)
         self.weight = torch.zeros((bucket,), **f32)  # 1 for real slots, 0 for padding
         self.loss = torch.zeros((bucket,), **f32)  # this step's per-slot loss
+        self.extra: dict[str, torch.Tensor] = {}  # an optimiser's own per-slot state (L-BFGS), dtype kept
+        self._extra_fill: dict[str, torch.Tensor] = {}  # one fresh row of each, what padding rows hold
         self.n = 0
 
-    def _own_storage(self, fields: Iterable[str] = FIELDS) -> set[int]:
-        return {getattr(self, f).untyped_storage().data_ptr() for f in fields}
+    def ensure_extra(self, fresh_row: dict[str, Any]) -> None:
+        """Buffers for an optimiser's own state, from one fresh row of it (``Optimizer.fresh_slots``)."""
+        for name, row in fresh_row.items():
+            if name not in self.extra:
+                fill = torch.as_tensor(row).to(self.z.device)
+                self._extra_fill[name] = fill
+                self.extra[name] = fill.expand(self.bucket, *fill.shape[1:]).clone()
+
+    def _names(self) -> tuple[str, ...]:
+        return (*FIELDS, *self.extra)
+
+    def _buffer(self, name: str) -> torch.Tensor:
+        return self.extra[name] if name in self.extra else getattr(self, name)
+
+    def _own_storage(self, fields: Iterable[str] | None = None) -> set[int]:
+        return {self._buffer(f).untyped_storage().data_ptr() for f in (self._names() if fields is None else fields)}
 
     def reset(self, start: int = 0) -> None:
-        """Rows ``start:`` become padding: zero latent and moments, zero target, t = 0, weight 0."""
+        """Rows ``start:`` become padding: zero latent and moments, zero target, t = 0, weight 0, fresh
+        optimiser state."""
         for a in (self.z, self.m, self.v, self.best_z, self.x, self.weight, self.loss):
             a[start:].zero_()
         self.best_loss[start:].fill_(float("inf"))
         self.t[start:].zero_()
+        for name, fill in self._extra_fill.items():
+            self.extra[name][start:] = fill
         if start == 0:
             self.n = 0
 
     def detach(self, state: SlotState) -> None:
         """Give the loop private copies of any array that lives in these buffers (before they are overwritten)."""
         own = self._own_storage()
-        for f in FIELDS:
-            a = getattr(state, f)
+        for f in self._names():
+            a = _get(state, f)
             if isinstance(a, torch.Tensor) and a.untyped_storage().data_ptr() in own:
-                setattr(state, f, a.clone())
+                _set(state, f, a.clone())
 
     def stage(self, state: SlotState) -> int:
         """Bring the loop's arrays into rows ``:n`` (a no-op for the views the last step handed out)."""
         n = self._check_rows(state.z)
-        stale = [f for f in FIELDS if not _same_view(getattr(state, f), getattr(self, f)[:n])]
+        names = [f for f in self._names() if f in FIELDS or f in state.extra]
+        stale = [f for f in names if not _same_view(_get(state, f), self._buffer(f)[:n])]
         if stale:
             own = self._own_storage()
             for f in stale:
-                self._copy_in(f, getattr(state, f), n, own)
+                self._copy_in(f, _get(state, f), n, own)
         self._set_count(n)
         return n
 
@@ -138,7 +158,7 @@ class SlotBuffers:
         return n
 
     def _copy_in(self, name: str, src: Any, n: int, own: set[int]) -> None:
-        dst = getattr(self, name)[:n]
+        dst = self._buffer(name)[:n]
         src = torch.as_tensor(src)
         if src.shape[0] != n:
             raise ValueError(f"{name} has {src.shape[0]} rows, z has {n}")
@@ -156,3 +176,17 @@ class SlotBuffers:
         """Point the loop's state at rows ``:n`` (the loop must treat them as read-only between steps)."""
         for f in FIELDS:
             setattr(state, f, getattr(self, f)[: self.n])
+        for f in state.extra:
+            if f in self.extra:
+                state.extra[f] = self.extra[f][: self.n]
+
+
+def _get(state: SlotState, name: str) -> Any:
+    return getattr(state, name) if name in FIELDS else state.extra[name]
+
+
+def _set(state: SlotState, name: str, value: Any) -> None:
+    if name in FIELDS:
+        setattr(state, name, value)
+    else:
+        state.extra[name] = value

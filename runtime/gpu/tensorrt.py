@@ -26,11 +26,10 @@ import torch
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
 from genorigin.kernels.plan import dtype_name
-from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.gpu.engine_io import TensorSpec, assign_io, buffer_shapes
-from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend
+from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend, Update
 from genorigin.runtime.gpu.graphs import GraphSource, usable_role_sets
-from genorigin.runtime.gpu.ops import adam_into, require_gpu_loss
+from genorigin.runtime.gpu.ops import require_gpu_loss, update_into
 from genorigin.runtime.gpu.profiles import BatchProfile, choose_profile
 from genorigin.runtime.gpu.slots import SlotBuffers, bucket_sizes, choose_bucket
 from genorigin.runtime.gpu.trt_build import BuiltEngine, build_engines
@@ -192,6 +191,11 @@ class TensorRTBackend(GraphedBackend):
     def bucket_for(self, n: int) -> int:
         return choose_bucket(n, self.buckets)
 
+    @property
+    def max_slots(self) -> int:  # type: ignore[override]
+        """The engines' largest batch: the loop admits no more slots than this (``images_in_flight``)."""
+        return max(self.buckets)
+
     def _alloc(self, bucket: int) -> TrtBucket:
         b = TrtBucket(SlotBuffers(bucket, self.latent_shape, self.image_shape, self.device))
         for role, eng in self.engines.items():
@@ -286,9 +290,9 @@ class TensorRTBackend(GraphedBackend):
         self._execute(b, "vjp")
         return self._tensor(b, "vjp", "grad")
 
-    def _iteration(self, b: GraphBucket, adam: AdamConfig) -> None:
+    def _iteration(self, b: GraphBucket, update: Update) -> None:
         assert isinstance(b, TrtBucket)
-        adam_into(b.buffers, self._forward_backward(b), adam, self.kernels)
+        update_into(b.buffers, self._forward_backward(b), update, self.kernels)
 
     # ------------------------------------------------------------------ Backend API
 

@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 from genorigin.export.generator import Generator
-from genorigin.kernels.reference import AdamConfig
 from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend
+from genorigin.runtime.gpu.graphed import GraphBucket, GraphedBackend, Update
 from genorigin.runtime.gpu.numerics import fp32_math
-from genorigin.runtime.gpu.ops import adam_into, loss_into, require_gpu_loss, warn_fallback
+from genorigin.runtime.gpu.ops import loss_into, require_gpu_loss, update_into, warn_fallback
 from genorigin.runtime.gpu.slots import SlotBuffers, pow2_bucket
 
 log = logging.getLogger(__name__)
@@ -72,16 +71,16 @@ class CudaGraphTorchBackend(GraphedBackend, TorchBackend):
     def _alloc(self, bucket: int) -> GraphBucket:
         return GraphBucket(SlotBuffers(bucket, self.latent_shape, self.image_shape, self.device))
 
-    def _iteration(self, b: GraphBucket, adam: AdamConfig) -> None:
+    def _iteration(self, b: GraphBucket, update: Update) -> None:
         bufs = b.buffers
         z = bufs.z.detach().requires_grad_(True)
         with torch.enable_grad():
             y = self.generator.forward(z)
         gy = loss_into(y.detach(), bufs, self.loss, self.kernels)
         (gz,) = torch.autograd.grad(y, z, gy)
-        adam_into(bufs, gz, adam, self.kernels)
+        update_into(bufs, gz, update, self.kernels)
 
-    def _warmup(self, b: GraphBucket, adam: AdamConfig) -> None:
+    def _warmup(self, b: GraphBucket, adam: Update) -> None:
         """``warmup`` eager iterations (cuDNN/cuBLAS/NVRTC initialise here, not in capture); kernels that fail
         here are dropped for torch ops, loudly."""
         try:

@@ -2,10 +2,11 @@
 
 Modules, one job each: ``loading`` (a model spec + calibration → a checked Attributor), ``batching`` (the
 model's worker: a live bounded queue feeding ``Attributor.stream``), ``admission`` (limits, deadlines,
-reservations, token), ``uploads`` (bodies and multipart), ``attribute`` (the POST flow), ``responses`` (JSON),
-``errors`` (the one error shape), ``core`` (state, warm-up, readiness, draining), ``metrics`` (Prometheus),
-``protocol`` (HTTP guards below the app), ``app`` (routes) and ``server`` (uvicorn, SIGTERM).
-``docs/serving.md`` is the user's guide.
+reservations, token), ``uploads`` (bodies and multipart), ``flow`` (an attribution request's path, whatever
+the protocol), ``attribute`` (``/v1/attribute``), ``v2_codec`` and ``v2_api`` (the Open Inference Protocol's
+tensors and routes), ``responses`` (JSON), ``errors`` (the one error shape), ``core`` (state, warm-up,
+readiness, draining), ``metrics`` (Prometheus), ``protocol`` (HTTP guards below the app), ``app`` (routes) and
+``server`` (uvicorn, SIGTERM). ``docs/serving.md`` is the user's guide.
 """
 
 from genorigin.runtime.service.admission import Limits

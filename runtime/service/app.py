@@ -2,8 +2,10 @@
 
 Routes: ``POST /v1/attribute`` (raw image body or ``multipart/form-data``; ``?model=NAME``, ``model=all`` or
 none for the decision across models; deadline ``X-Deadline-Ms`` or ``?deadline_ms``), ``GET /v1/models``,
-``GET /healthz`` (alive), ``GET /readyz`` (ready), ``GET /metrics`` (Prometheus). ``/v1/*`` and ``/metrics``
-need the bearer token when one is configured. A wrong method gets ``405`` with ``Allow``.
+``GET /healthz`` (alive), ``GET /readyz`` (ready), ``GET /metrics`` (Prometheus), and the Open Inference
+Protocol under ``/v2`` (``v2_api``). ``/v1/*``, ``/v2`` metadata and inference, and ``/metrics`` need the
+bearer token when one is configured. A wrong method gets ``405`` with ``Allow``. Errors under ``/v2`` take the
+protocol's shape (``{"error": "<message>"}``), every other one the service's.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from genorigin.runtime.service.admission import check_token
-from genorigin.runtime.service.attribute import attribute, json_response
+from genorigin.runtime.service.attribute import attribute
 from genorigin.runtime.service.core import Service
-from genorigin.runtime.service.errors import ServiceError, code_for_status, error_payload
-from genorigin.runtime.service.metrics import CONTENT_TYPE
+from genorigin.runtime.service.errors import ServiceError, code_for_status
+from genorigin.runtime.service.flow import json_response
+from genorigin.runtime.service.metrics import CONTENT_TYPE, ServiceMetrics
+from genorigin.runtime.service.v2_api import add_v2_routes, v2_error
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,11 +62,18 @@ ERRORS = {s: {"description": d} for s, d in ((400, "bad request or unreadable im
           (504, "deadline passed: best score so far in details"))}  # fmt: skip
 
 
-class AccessLog:
-    """Pure ASGI middleware: one log line per request (status, time, outcome); stamps the arrival time."""
+def protocol_of(path: str) -> str:
+    """Which API a path belongs to: ``v1``, ``v2`` (the Open Inference Protocol), or ``other`` (probes, docs)."""
+    return next((p for p in ("v1", "v2") if path == f"/{p}" or path.startswith(f"/{p}/")), "other")
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class AccessLog:
+    """Pure ASGI middleware: one log line per request (status, time, outcome), counted per protocol; stamps
+    the arrival time."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,9 +98,13 @@ class AccessLog:
             target = scope["path"] + (f"?{query}" if query else "")
             access_log.info('%s "%s %s" %d %.1fms %s', client, scope["method"], target, status or 500,
                             1000 * (time.monotonic() - t0), state.get("outcome", "-"))  # fmt: skip
+            self.metrics.protocol_request(protocol_of(scope["path"]), status or 500)
 
 
-def _error(exc: ServiceError) -> Response:
+def _error(request: Request, exc: ServiceError) -> Response:
+    """A refusal in the shape of the API the path belongs to."""
+    if protocol_of(request.url.path) == "v2":
+        return v2_error(exc)
     return json_response(exc.status, exc.payload(), exc.headers)
 
 
@@ -114,22 +129,22 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
     )
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError) -> Response:
-        return _error(exc)
+    async def service_error(request: Request, exc: ServiceError) -> Response:
+        return _error(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         status = exc.status_code
-        return json_response(status, error_payload(status, code_for_status(status), str(exc.detail)),
-                             dict(exc.headers or {}))  # fmt: skip
+        error = ServiceError(code_for_status(status), str(exc.detail), status=status, headers=dict(exc.headers or {}))
+        return _error(request, error)
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> Response:  # logged with its traceback by Starlette
-        return json_response(500, error_payload(500, "internal", f"{type(exc).__name__}: {exc}"))
+    async def internal_error(request: Request, exc: Exception) -> Response:  # logged with its traceback by Starlette
+        return _error(request, ServiceError("internal", f"{type(exc).__name__}: {exc}"))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
-        return json_response(400, error_payload(400, "bad_request", str(exc.errors())))
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(request, ServiceError("bad_request", str(exc.errors())))
 
     @app.post("/v1/attribute", openapi_extra=ATTRIBUTE_BODY, responses=ERRORS,
               summary="Which served model made this image, or none")  # fmt: skip
@@ -156,5 +171,6 @@ def create_app(service: Service, *, manage_lifecycle: bool = True) -> FastAPI:
         check_token(request.headers.get("authorization"), service.limits.token)
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
-    app.add_middleware(AccessLog)
+    add_v2_routes(app, service)
+    app.add_middleware(AccessLog, metrics=service.metrics)
     return app

@@ -165,10 +165,11 @@ class ModelWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def try_reserve(self, n: int) -> bool:
-        """Admit ``n`` more jobs if the bound allows; each is released when answered (``release``)."""
+    def try_reserve(self, n: int, *, bounded: bool = True) -> bool:
+        """Admit ``n`` more jobs if the bound allows; each is released when answered (``release``).
+        ``bounded=False``: count them whatever the bound (the service's own warm-up job, never refused)."""
         with self._lock:
-            if self.reserved + n > self.capacity:
+            if bounded and self.reserved + n > self.capacity:
                 return False
             self.reserved += n
             return True
@@ -241,6 +242,10 @@ class ModelWorker:
         self.running.discard(job)
         self.healthy = True
         self.mean_run_s = 0.9 * self.mean_run_s + 0.1 * (time.monotonic() - job.started)
+        if result.error is not None:  # this image's failure is its own answer; the batch goes on
+            job.error = result.error
+            self._answer(job, None)
+            return
         self._answer(job, result)
 
     def _answer(self, job: Job, result: AttributionResult | None) -> None:

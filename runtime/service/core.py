@@ -72,7 +72,8 @@ class Service:
             try:
                 job = w.job("warm-up", quantize_8bit(gen.sample(1, seed=WARMUP_SEED))[0], time.monotonic() + 3600)
                 job.internal = True
-                w.try_reserve(1)  # released when answered, like a request's
+                w.try_reserve(1, bounded=False)  # released when answered, like a request's; requests may fill
+                # the bound first, and an uncounted job's release would drive the count negative
                 w.submit([job])
                 result = job.future.result()
                 if result is None or result.stop_reason == "cancelled":
@@ -104,19 +105,23 @@ class Service:
     def alive(self) -> bool:
         return all(w.alive for w in self.workers.values())
 
+    def model_reasons(self, name: str) -> list[str]:
+        """Why model ``name`` is not ready (empty: it is)."""
+        w, reasons = self.workers[name], []
+        if not w.alive:
+            reasons.append(f"{name}: worker stopped")
+        elif not w.healthy:
+            reasons.append(f"{name}: its last inversion failed")
+        if name in self.warmup_errors:
+            reasons.append(f"{name}: warm-up failed ({self.warmup_errors[name]})")
+        elif not self.warm[name]:
+            reasons.append(f"{name}: warming up")
+        return reasons
+
     def readiness(self) -> dict[str, Any]:
-        reasons = []
-        if self.draining:
-            reasons.append("draining")
-        for name, w in self.workers.items():
-            if not w.alive:
-                reasons.append(f"{name}: worker stopped")
-            elif not w.healthy:
-                reasons.append(f"{name}: its last inversion failed")
-            if name in self.warmup_errors:
-                reasons.append(f"{name}: warm-up failed ({self.warmup_errors[name]})")
-            elif not self.warm[name]:
-                reasons.append(f"{name}: warming up")
+        reasons = ["draining"] if self.draining else []
+        for name in self.workers:
+            reasons += self.model_reasons(name)
         return {"ready": not reasons, "reasons": reasons, "models": {n: self.warm[n] for n in self.workers}}
 
     def ready(self) -> bool:

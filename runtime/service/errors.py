@@ -21,6 +21,7 @@ CODES: dict[str, int] = {
     "request_timeout": 408,
     "too_large": 413,
     "unsupported_image": 415,
+    "unsupported_encoding": 415,
     "internal": 500,
     "overloaded": 503,
     "draining": 503,

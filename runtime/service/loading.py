@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genorigin.export.bundled import BUNDLED_MODELS
 from genorigin.runtime.attribution import Attributor, DecisionRule
 from genorigin.runtime.calibration import Calibration
 from genorigin.runtime.inversion import Schedule
+
+from genorigin.models import model_name
 
 SERVED_METHOD = "inversion"  # the shared loop's method: what continuous batching runs
 SCHEDULE_KEYS = ("check_every", "seed", "exit_margin", "exit_envelope_rank", "exit_min_step")
@@ -66,6 +67,10 @@ def check_servable(attributor: Attributor) -> None:
     cal = attributor.calibration
     if cal is None:
         raise ServiceLoadError("the model has no calibration: run `genorigin calibrate` first")
+    if attributor.settings.robust == "platform":
+        raise ServiceLoadError(f"calibration of {cal.model_name!r} is in the platform mode, which inverts each input "
+                               "size in its own loop: the service's continuous batching cannot serve it yet (use "
+                               "genorigin attribute or the Python API)")  # fmt: skip
     if attributor.schedule.early_exit and not cal.checkpoint_steps:
         raise ServiceLoadError(f"calibration of {cal.model_name!r} has no checkpoint scores, so early exit cannot "
                                "run: recalibrate with this genorigin (`genorigin calibrate --force`)")  # fmt: skip
@@ -73,14 +78,6 @@ def check_servable(attributor: Attributor) -> None:
         attributor.stop_rule()
     except ValueError as exc:
         raise ServiceLoadError(f"calibration of {cal.model_name!r} is unusable for early exit: {exc}") from exc
-
-
-def served_name(spec: str) -> str:
-    """The default name of a model spec: the bundled name, or the file or folder name without suffix."""
-    if spec in BUNDLED_MODELS:
-        return spec
-    path = Path(spec.rstrip("/"))
-    return path.stem if path.suffix == ".pt" else path.name
 
 
 def _schedule(base: Schedule, max_batch: int | None, overrides: Mapping[str, Any] | None) -> Schedule:
@@ -129,4 +126,4 @@ def load_served_model(
         raise ServiceLoadError(f"{spec}: method {attributor.method!r} cannot be served (the inversion method can)")
     attributor.schedule = _schedule(attributor.schedule, max_batch, schedule)
     check_servable(attributor)
-    return ServedModel(name or served_name(spec), model.source, attributor, str(loaded.calibration_path))
+    return ServedModel(name or model_name(spec), model.source, attributor, str(loaded.calibration_path))

@@ -82,6 +82,13 @@ class ServiceMetrics:
                                     ["model", "verdict", "stop_reason"], registry=self.registry)  # fmt: skip
         self.latency = Histogram("genorigin_request_seconds", "time from request headers to answer",
                                  ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.protocol_requests = Counter(
+            "genorigin_protocol_requests",
+            "HTTP requests answered, by API (v1: genorigin's own; v2: the Open Inference Protocol; other: probes, "
+            "metrics, docs) and status",
+            ["protocol", "status"],
+            registry=self.registry,
+        )
         self.queue_wait = Histogram("genorigin_queue_wait_seconds", "time a job waited for a slot", ["model"],
                                     buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
         self.registry.register(_WorkerCollector(workers, ready))
@@ -103,6 +110,9 @@ class ServiceMetrics:
     def request(self, route: str, status: int, outcome: str, seconds: float) -> None:
         self.requests.labels(route, str(status), outcome).inc()
         self.latency.labels(route).observe(seconds)
+
+    def protocol_request(self, protocol: str, status: int) -> None:
+        self.protocol_requests.labels(protocol, str(status)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

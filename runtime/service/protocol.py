@@ -1,7 +1,13 @@
 """uvicorn's HTTP/1.1 protocol (h11) with the guards a public endpoint needs before any request exists.
 
-* Headers must be complete within the read timeout: a client that connects and sends part of a request (or
-  nothing) is answered ``408`` and closed, instead of holding its connection forever.
+* Headers must be complete within the read timeout: a client that sends part of a request and stops is
+  answered ``408`` and closed, instead of holding its connection forever. A fresh connection that has sent
+  nothing yet waits twice as long, then gets the same ``408``: no connection is closed unanswered. Its first
+  byte is late because of the client's own scheduling (a client opening many connections at once writes them
+  one after the other), not a slow network, and an idle socket costs the server nothing but a descriptor.
+* Every refusal here is followed by a lingering close: the answer is sent, the write side shut, and whatever
+  the client still sends is read and discarded until it closes (at most ``LINGER_S``). Closing with unread
+  data would make the kernel send a reset, which can destroy the answer before the client reads it.
 * A request line that is not ``METHOD TARGET HTTP/x.y`` (an HTTP/0.9 ``GET /``) is answered ``400`` as soon as
   the line ends; h11 would wait for a blank line that never comes.
 * Malformed requests (a non-numeric or negative ``Content-Length`` …) get the service's JSON error, not text.
@@ -21,6 +27,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 access_log = logging.getLogger("genorigin.access")
 REQUEST_LINE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/\d\.\d\r?$")
 MAX_LINE = 8192
+FIRST_BYTE_FACTOR = 2.0  # a connection that has sent nothing waits this many read timeouts
+LINGER_S = 2.0  # after a refusal: read and discard what the client still sends, this long at most
 
 
 def raw_response(status: int, reason: str, code: str, message: str) -> bytes:
@@ -36,16 +44,23 @@ def guarded_protocol(header_timeout_s: float) -> type[H11Protocol]:
     class GuardedH11Protocol(H11Protocol):
         _timer: asyncio.TimerHandle | None = None
         _head: bytes = b""
+        _fresh: bool = True  # no byte received yet on this connection
+        _lingering: bool = False  # refused: discard what arrives until the client closes
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self._arm()
+            self._arm(FIRST_BYTE_FACTOR * header_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self._lingering:
+                return
+            if self._fresh and data:
+                self._fresh = False
+                self._disarm()  # the first byte: from now on the read timeout applies
             waiting_head = self.conn.their_state is h11.IDLE
             if waiting_head and self._refuse_bad_line(data):
                 return
@@ -71,9 +86,9 @@ def guarded_protocol(header_timeout_s: float) -> type[H11Protocol]:
             self._refuse(400, "Bad Request", "bad_http", "the request line must be METHOD TARGET HTTP/1.x")
             return True
 
-        def _arm(self) -> None:
+        def _arm(self, seconds: float = header_timeout_s) -> None:
             if self._timer is None and not self.transport.is_closing():
-                self._timer = self.loop.call_later(header_timeout_s, self._header_timeout)
+                self._timer = self.loop.call_later(seconds, self._header_timeout)
 
         def _disarm(self) -> None:
             if self._timer is not None:
@@ -84,19 +99,29 @@ def guarded_protocol(header_timeout_s: float) -> type[H11Protocol]:
             self._timer = None
             if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
                 return
-            if self._head.strip():
-                self._refuse(408, "Request Timeout", "request_timeout",
-                             f"request headers incomplete after {header_timeout_s:g} s")  # fmt: skip
+            if self._fresh:
+                message = f"no request arrived within {FIRST_BYTE_FACTOR * header_timeout_s:g} s of connecting"
             else:
-                self.transport.close()  # an idle connection: nothing to answer
+                message = f"request headers incomplete after {header_timeout_s:g} s"
+            self._refuse(408, "Request Timeout", "request_timeout", message)
 
         def _refuse(self, status: int, reason: str, code: str, message: str) -> None:
             self._disarm()
             if self.transport.is_closing():
                 return
             self.transport.write(raw_response(status, reason, code, message))
-            self.transport.close()
+            self._linger()
             client = "{}:{}".format(*self.client) if self.client else "-"
             access_log.info('%s "-" %d %s', client, status, code)
+
+        def _linger(self) -> None:
+            """Shut the write side after the answer, discard what still arrives, close on the client's EOF (uvicorn's
+            ``eof_received`` lets the transport close) or after ``LINGER_S``."""
+            if not self.transport.can_write_eof():
+                self.transport.close()
+                return
+            self._lingering = True
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self.transport.close)
 
     return GuardedH11Protocol

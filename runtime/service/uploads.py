@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from genorigin.runtime.service.admission import Limits
 from genorigin.runtime.service.errors import ServiceError
 from starlette.datastructures import Headers, UploadFile
@@ -29,10 +30,12 @@ class ClientGone(Exception):
 
 @dataclass
 class Upload:
-    """One image's bytes and the name its result is reported under."""
+    """One image and the name its result is reported under: its encoded bytes, or (the Open Inference
+    Protocol's ``UINT8`` input) its decoded H×W×3 pixels."""
 
     name: str
-    data: bytes
+    data: bytes = b""
+    pixels: np.ndarray | None = None
 
 
 class Body:

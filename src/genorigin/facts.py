@@ -41,6 +41,12 @@ class ImageFacts:
         box, scale = prepare_geometry(self.decoded_size, image_size)
         return replace(self, crop_box=box, scale=scale)
 
+    def served(self, size: tuple[int, int]) -> ImageFacts:
+        """These facts plus the platform mode's preparation: the whole decoded image kept at (H, W) ``size``
+        (its own size unless it was larger than the mode takes)."""
+        w, h = self.decoded_size
+        return replace(self, crop_box=(0, 0, w, h), scale=(size[1] / w, size[0] / h))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (tuples become lists), with ``is_jpeg``."""
         d = asdict(self) | {"is_jpeg": self.is_jpeg}

@@ -61,6 +61,7 @@ __all__ = [
     "expand_inputs",
     "load_rgb8",
     "pixel_limit",
+    "prepare_pixels",
     "read_image",
     "read_image_hashed",
     "read_images",
@@ -115,12 +116,15 @@ DECODE_GATE = DecodeGate(int(os.environ.get("GENORIGIN_MAX_DECODES") or min(4, o
 
 
 class Preparer(Protocol):
-    """What reading needs of a model: its channels and size, and its own ``prepare_image``."""
+    """What reading needs of a model: its channels and size, its own ``prepare_image`` and what that did
+    (``prepared_facts``). A ``Generator`` brings images to its size; the platform mode keeps their own."""
 
     channels: int
     image_size: tuple[int, int]
 
     def prepare_image(self, image: np.ndarray) -> np.ndarray: ...
+
+    def prepared_facts(self, facts: ImageFacts) -> ImageFacts: ...
 
 
 @dataclass
@@ -128,7 +132,7 @@ class ReadResult:
     """Images ready for ``Attributor.attribute(images, sources)``, their facts, and what could not be read."""
 
     sources: list[str]
-    images: np.ndarray  # N×C×H×W float32 in [0, 1]
+    images: np.ndarray | list[np.ndarray]  # N×C×H×W float32 in [0, 1]; a list of C×H×W if sizes differ
     facts: list[ImageFacts]  # one per source
     errors: list[str]  # one line per input that gave no image, naming it: the CLI's exit 1
     skipped: list[str]  # notes on what the expansion passed over (links, loops, folders named *.png …)
@@ -166,6 +170,28 @@ def decode_upload(
     """An HTTP body → (C×H×W float32 model input, facts), or an ImageError whose ``http_status`` to answer."""
     limit = max_pixels or pixel_limit(generator.image_size)
     return _decode_prepared(io.BytesIO(data), name, generator, convert, limit)
+
+
+def prepare_pixels(
+    pixels: np.ndarray, name: str, generator: Preparer, *, max_pixels: int | None = None
+) -> tuple[np.ndarray, ImageFacts]:
+    """Decoded H×W×3 uint8 pixels (the Open Inference Protocol's ``UINT8`` input) → (model input, facts), on the
+    path of a decoded file: the pixel limit, the decode gate, ``prepare_image``. Facts: format ``RAW``."""
+    limit = max_pixels or pixel_limit(generator.image_size)
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise UnsupportedImage(name, f"pixels must be H×W×3 uint8 (RGB), got {pixels.dtype} {list(pixels.shape)}")
+    height, width = int(pixels.shape[0]), int(pixels.shape[1])
+    if height * width > limit:
+        raise ImageTooLarge(name, f"{width}×{height} pixels, over the limit of {limit} for this model")
+    if _model_mode(generator) != "RGB":
+        raise UnsupportedImage(name, "RGB pixels sent to a greyscale model: send the encoded image instead")
+    facts = ImageFacts(source=name, format="RAW", width=width, height=height, mode="RGB", bit_depth=8,
+                       decoded_size=(width, height))  # fmt: skip
+    with DECODE_GATE.slot():
+        try:
+            return generator.prepare_image(pixels), facts.prepared(generator.image_size)
+        except ValueError as exc:
+            raise ImageError(name, str(exc)) from exc
 
 
 def set_max_concurrent_decodes(n: int) -> None:
@@ -260,7 +286,7 @@ def _decode_prepared(
         pixels, facts = decode_image(fp, source, mode=mode, convert=convert, max_pixels=max_pixels,
                                      target_size=generator.image_size)  # fmt: skip
         try:
-            return generator.prepare_image(pixels), facts.prepared(generator.image_size)
+            return generator.prepare_image(pixels), generator.prepared_facts(facts)
         except ValueError as exc:
             raise ImageError(source, str(exc)) from exc
 
@@ -297,6 +323,8 @@ def _collect(
         arrays.append(outcome[0])
         result.facts.append(outcome[1])
         result.sources.append(str(path))
-    if arrays:
+    if arrays and len({a.shape for a in arrays}) == 1:
         result.images = np.stack(arrays).astype(np.float32, copy=False)
+    elif arrays:  # the platform mode keeps each image's own size
+        result.images = [a.astype(np.float32, copy=False) for a in arrays]
     return result

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from genorigin.export.adapters import load_generator_file
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
-from genorigin.export.generator import Generator
 from genorigin.files import cache_dir
 from genorigin.runtime.calibration import canonical_method
 
 if TYPE_CHECKING:
+    from genorigin.export.generator import Generator
     from genorigin.export.latent_diffusion import LatentDiffusionModel
     from genorigin.export.package import AttributionPackage
     from genorigin.runtime.backend import Backend
@@ -53,15 +52,11 @@ class ResolvedModel:
 
     def package(self) -> AttributionPackage:
         """The model's attribution package; PyTorch models are exported once into the user cache."""
-        from genorigin.export.package import AttributionPackage, export_generator
+        from genorigin.export.package import exported_once
 
         if self._package is None:
             path = self.package_path or cache_dir("packages") / f"{self.generator.name}-{self._fp12()}"
-            if not (path / "manifest.json").exists():
-                export_generator(self.generator, path, overwrite=True)
-            self._package = AttributionPackage.load(path)
-            if self._package.source_fingerprint != self.generator.fingerprint():
-                raise ValueError(f"{path}: package was exported from another model")
+            self._package = exported_once(self.generator, path)
         return self._package
 
     def backend(self, name: str | None = None, loss: str = "mse", threads: int | None = None) -> Backend:
@@ -98,6 +93,15 @@ def bundled_encoder_path(name: str, generator: Generator) -> Path:
     return shipped if shipped.exists() else cache_dir("encoders") / f"{name}-{generator.fingerprint()[:12]}.encoder.pt"
 
 
+def model_name(spec: str) -> str:
+    """The name a model goes by when several are used at once (``serve``, ``attribute --model A --model B``):
+    the bundled name, or the file or folder name without its suffix."""
+    if spec in BUNDLED_MODELS:
+        return spec
+    path = Path(spec.rstrip("/"))
+    return path.stem if path.suffix == ".pt" else path.name
+
+
 def portable_spec(spec: str) -> str:
     """``spec`` as another process resolves it whatever its working folder (a Ray actor or replica): a bundled
     name, or a spec naming no file, as it is; a path made absolute."""
@@ -127,6 +131,8 @@ def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -
         return _resolve_folder(p, ddim_steps)
     if p.suffix == ".onnx":
         raise ValueError(f"{p}: export ONNX generators first: genorigin export --onnx {p} --out PACKAGE_DIR")
+    from genorigin.export.adapters import load_generator_file  # torch: only once a model file is loaded
+
     gen = load_generator_file(p)
     return ResolvedModel(
         gen, p.with_name(p.name + ".calibration.json"), str(p), "file", p.with_name(p.name + ".encoder.pt")

@@ -29,7 +29,7 @@ from genorigin.files import atomic_write_bytes
 from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
 
-VERDICT_COLOURS = {"belonging": "#1a9641", "non-belonging": "#d7191c"}
+VERDICT_COLOURS = {"belonging": "#1a9641", "non-belonging": "#d7191c", "uncertain": "#e6a100", "error": "#000000"}
 CALIBRATION_COLOUR = "#8c8c8c"
 GROUP_COLOURS = ("#2c7bb6", "#fdae61", "#7b3294", "#a6611a", "#018571", "#f1b6da")  # no green, red or grey
 

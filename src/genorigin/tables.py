@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -36,7 +37,7 @@ def tail(text: str, width: int) -> str:
     return text if len(text) <= width else "…" + text[-(width - 1) :]
 
 
-def _p(value: float | None) -> str:
+def p_text(value: float | None) -> str:
     if value is None:
         return "-"
     return "<1e-4" if value < 1e-4 else f"{value:.2g}"
@@ -55,7 +56,7 @@ def format_table(
         name = r.source if labels is None else f"{labels[i]}/{r.source.rsplit('/', 1)[-1]}"
         lines.append(
             f"{tail(name, NAME_WIDTH):<{NAME_WIDTH}} {r.verdict:<13} {r.calibrated_loss:9.2e} "
-            f"{_p(r.p_value):>7} {r.steps:5d}  {r.stop_reason}"
+            f"{p_text(r.p_value):>7} {r.steps:5d}  {r.stop_reason}"
         )
     return "\n".join([*lines, "", *legend(threshold, calibration, results[0].rule if results else "grubbs")])
 
@@ -68,13 +69,17 @@ def legend(threshold: float, calibration: Calibration, rule: str) -> list[str]:
         f"  ({test} at α = {calibration.alpha:g} against {calibration.n} of the model's own samples).",
         "p-value: how often the model's own images score this high (small: unlike them). steps: optimiser",
         "  steps spent; stop: why it stopped (belonging/non-belonging: early decision, budget: all steps).",
+        *([f"uncertain: the score is within the calibration's reproducibility band (×{math.exp(calibration.band):.2f})"
+           " of the threshold: another CPU may read it either way (--json: readings)."] if calibration.band else []),
     ]
 
 
 def summary_line(results: Sequence[AttributionResult], unreadable: int, skipped: int = 0) -> str:
-    """``12 images: 4 belonging, 8 non-belonging; 1 unreadable; 2 skipped``."""
+    """``12 images: 4 belonging, 7 non-belonging, 1 uncertain; 1 unreadable; 2 skipped``."""
     belonging = sum(r.belonging for r in results)
-    text = f"{len(results)} images: {belonging} belonging, {len(results) - belonging} non-belonging"
+    uncertain = sum(r.verdict == "uncertain" for r in results)
+    text = f"{len(results)} images: {belonging} belonging, {len(results) - belonging - uncertain} non-belonging"
+    text += f", {uncertain} uncertain" if uncertain else ""
     text += f"; {unreadable} unreadable" if unreadable else ""
     text += f"; {skipped} skipped" if skipped else ""
     return text

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,16 +18,17 @@ from genorigin import __version__
 from genorigin.choices import InversionChoices
 from genorigin.decode import Background
 from genorigin.errors import GenoriginError
-from genorigin.export.package import ENCODER_GRAPH, MANIFEST
 from genorigin.files import atomic_write_bytes
-from genorigin.images import ReadResult, read_images
+from genorigin.images import Preparer, ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
-from genorigin.runtime.attribution import AttributionResult
 from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.encoder import Encoder, FitSettings, FittedEncoder, OnnxEncoder, attach_encoder
 from genorigin.runtime.file_input import FileAttribution, attribute_read
-from genorigin.runtime.inversion import InversionSettings, Schedule
 from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
+from genorigin.runtime.settings import FitSettings, InversionSettings, Schedule
+
+if TYPE_CHECKING:  # torch (and, for packages, ONNX) are imported by the steps that use them, not by importing this
+    from genorigin.runtime.attribution import AttributionResult
+    from genorigin.runtime.encoder import Encoder, FittedEncoder
 
 
 class WorkflowError(GenoriginError):
@@ -106,13 +107,22 @@ def calibration_settings(choice: MethodChoice) -> tuple[MethodSpec, tuple[Invers
         raise WorkflowError(str(exc)) from exc
 
 
-def encoder_path(model: ResolvedModel, choice: MethodChoice) -> Path:
-    """Where the model's encoder is read from and saved to (``--encoder`` wins)."""
-    return choice.encoder or model.encoder_path
+def encoder_path(model: ResolvedModel, choice: MethodChoice, method: AttributionMethod | None = None) -> Path:
+    """Where the model's encoder is read from and saved to (``--encoder`` wins); the platform mode's is its
+    platform encoder, beside the model's (runtime/platform_encoder.py)."""
+    if choice.encoder is not None:
+        return choice.encoder
+    if method is not None and method.settings.to_dict().get("robust") == "platform":
+        from genorigin.runtime.platform_encoder import platform_encoder_path
+
+        return platform_encoder_path(model.encoder_path)
+    return model.encoder_path
 
 
 def load_encoder(path: Path) -> Encoder:
     """A fitted torch encoder (``.pt``), or an encoder graph (``.onnx``, how a package carries it)."""
+    from genorigin.runtime.encoder import FittedEncoder, OnnxEncoder
+
     try:
         return OnnxEncoder(path) if path.suffix == ".onnx" else FittedEncoder.load(path)
     except (ValueError, OSError) as exc:
@@ -147,6 +157,9 @@ def prepare_encoder(
 
 def save_encoder(fitted: FittedEncoder, path: Path) -> None:
     """Atomically: the weights (``.pt``), or the graph (``.onnx``; into a package's manifest when it is one)."""
+    from genorigin.export.package import ENCODER_GRAPH, MANIFEST
+    from genorigin.runtime.encoder import attach_encoder
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix != ".onnx":
@@ -197,7 +210,7 @@ def method_for_attribution(
     else:
         _refuse_inversion_flags(spec, choice)
     method = _build(model, spec, choice, **options)
-    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice)) if method.needs_encoder else None
+    enc_path = _attach_encoder(method, cal, path, encoder_path(model, choice, method)) if method.needs_encoder else None
     try:
         method.use_calibration(cal)
     except ValueError as exc:
@@ -224,10 +237,12 @@ def _attach_encoder(method: AttributionMethod, cal: Calibration, cal_path: Path,
     return path
 
 
-def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None) -> ReadResult:
-    """Expand and read the inputs for this model (``genorigin.images.read_images``)."""
+def read(model: ResolvedModel, specs: Sequence[str], convert: Background | None = None,
+         reader: Preparer | None = None) -> ReadResult:  # fmt: skip
+    """Expand and read the inputs for this model (``genorigin.images.read_images``); ``reader``: the method's
+    (``AttributionMethod.reader``; default the model's generator, which brings inputs to its size)."""
     try:
-        return read_images(list(specs), model.generator, convert=convert)
+        return read_images(list(specs), reader or model.generator, convert=convert)
     except ValueError as exc:
         raise WorkflowError(str(exc)) from exc
 

@@ -2,27 +2,32 @@
 
 Inversion flags default to None ("not given"): the preset supplies the value when calibrating and the
 calibration when attributing, and only a flag the user typed can contradict a calibration. Their help says
-each preset's value, read from ``runtime.inversion.PRESETS``.
+each preset's value, read from ``runtime.settings.PRESETS``. Declaring the options imports no torch (``--help``
+answers at once); turning them into a job imports the workflow.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from genorigin import workflow
 from genorigin.choices import SCHEDULE_FLAGS, SETTINGS_FLAGS, InversionChoices
 from genorigin.errors import CliError
-from genorigin.models import MODEL_KINDS, ResolvedModel
+from genorigin.models import MODEL_KINDS, model_name
 from genorigin.runtime.backends import BACKENDS
-from genorigin.runtime.encoder import FitSettings
-from genorigin.runtime.inversion import OPTIMIZERS, PRESETS
 from genorigin.runtime.methods import METHODS, method_choices
 from genorigin.runtime.robust import ROBUST_MODES
+from genorigin.runtime.settings import OPTIMIZERS, PRESETS, FitSettings
 from genorigin.threads import WORKERS_ENV, use_threads
 
+if TYPE_CHECKING:
+    from genorigin import workflow
+    from genorigin.models import ResolvedModel
+
+NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")  # NAME=SPEC, NAME=PATH
 ENCODER_HELP = (
     "the encoder file the starts come from (default: the model's: shipped beside a bundled model, else in the "
     "user cache; <file>.encoder.pt; <package>/encoder.pt; <folder>/genorigin.encoder.pt)"
@@ -52,8 +57,10 @@ SETTINGS = (
     Flag("fresh_starts", "new starts an image gets when its loss stalls"),
     Flag(
         "robust",
-        "robust mode for JPEG'd inputs: calibrate on own samples through JPEG q50-95 (25 %% unmodified) and "
-        "compare a block-DCT projection of the residual (docs/robustness.md)",
+        "robust mode: jpeg for JPEG'd inputs (calibrate on own samples through JPEG q50-95, 25 %% unmodified, "
+        "and compare a block-DCT projection of the residual); platform for cropped and resized ones too (inputs "
+        "at their own size, inverted through the platform's crop-and-resample, the window searched with the "
+        "latent) (docs/robustness.md)",
         str,
         ROBUST_MODES,
     ),
@@ -69,6 +76,38 @@ SCHEDULE = (
 
 def add_model(p: argparse.ArgumentParser, what: str = "the model") -> None:
     p.add_argument("--model", required=True, help=f"{what}: {'; '.join(MODEL_KINDS.values())}")
+
+
+def named_specs(values: list[str]) -> list[tuple[str, str]]:
+    """Repeated ``--model [NAME=]SPEC`` → (name, spec) pairs; a name defaults to ``models.model_name(spec)``
+    (a path that exists is a spec even if it contains ``=``)."""
+    pairs = []
+    for v in values:
+        m = NAMED.match(v)
+        pairs.append((m.group(1), m.group(2)) if m and not Path(v).exists() else (model_name(v), v))
+    names = [n for n, _ in pairs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CliError(f"two models named {', '.join(twice)}: name them apart with --model NAME=SPEC")
+    return pairs
+
+
+def per_model(values: list[str], names: list[str], flag: str) -> dict[str, str]:
+    """Repeated ``NAME=PATH`` values (``--calibration``, ``--encoder``) by model name; a bare PATH only with one
+    model; one value per model."""
+    out: dict[str, str] = {}
+    for v in values:
+        m = NAMED.match(v)
+        if m and m.group(1) in names:
+            name, path = m.group(1), m.group(2)
+        elif len(names) == 1:
+            name, path = names[0], v
+        else:
+            raise CliError(f"{flag} {v!r}: with several models write NAME=PATH (models: {', '.join(names)})")
+        if name in out:
+            raise CliError(f"{flag} given twice for model {name!r}")
+        out[name] = path
+    return out
 
 
 def add_method(p: argparse.ArgumentParser) -> None:
@@ -178,8 +217,10 @@ def add_method_options(p: argparse.ArgumentParser, *, attributing: bool) -> None
 
 
 def add_calibration_choice(p: argparse.ArgumentParser) -> None:
-    """Which calibration decides, with which rule and level (attribute, serve)."""
-    p.add_argument("--calibration", type=Path, help="calibration file (default: the model's, for --method)")
+    """Which calibration decides, with which rule and level (attribute)."""
+    p.add_argument("--calibration", action="append", default=[], metavar="[NAME=]PATH",
+                   help="calibration file of a model (default: the model's own, for --method); NAME=PATH with "
+                   "several models, repeatable")  # fmt: skip
     p.add_argument(
         "--rule",
         choices=["grubbs", "quantile"],
@@ -218,6 +259,8 @@ def fit_settings(args: argparse.Namespace) -> FitSettings:
 
 def method_choice(args: argparse.Namespace, threads: int | None, rule: str = "grubbs") -> workflow.MethodChoice:
     """The workflow's MethodChoice from parsed options (every command that builds a method has these)."""
+    from genorigin import workflow
+
     return workflow.MethodChoice(
         method=args.method,
         inversion=InversionChoices.from_namespace(vars(args)),
@@ -236,11 +279,14 @@ def configure_threads(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
 
 
-def load_for_attribution(args: argparse.Namespace, early_exit: bool = True) -> tuple[ResolvedModel, workflow.Loaded]:
-    """Threads, the model, and its method as the calibration made it (attribute, serve)."""
+def load_for_attribution(args: argparse.Namespace, spec: str, calibration: str | None, early_exit: bool = True
+                         ) -> tuple[ResolvedModel, workflow.Loaded]:  # fmt: skip
+    """Threads, the model ``spec``, and its method as ``calibration`` (None: the model's own) made it."""
+    from genorigin import workflow
+
     threads = configure_threads(args)
-    model = workflow.resolve(args.model, args.ddim_steps, threads)
+    model = workflow.resolve(spec, args.ddim_steps, threads)
     choice = method_choice(args, threads, rule=args.rule)
     return model, workflow.method_for_attribution(
-        model, choice, calibration=args.calibration, alpha=args.alpha, early_exit=early_exit
+        model, choice, calibration=Path(calibration) if calibration else None, alpha=args.alpha, early_exit=early_exit
     )

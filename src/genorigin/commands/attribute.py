@@ -1,4 +1,5 @@
-"""genorigin attribute: decide for each image whether the model generated it.
+"""genorigin attribute: decide for each image whether the model generated it — or, with several ``--model``,
+which of them did (each model's verdict and the decision across them: ``genorigin.across``).
 
 The settings are the calibration's. Unreadable inputs are one ``error:`` line each on stderr (exit 1, the
 others attributed), what the path expansion passed over a ``note:`` line. Every output file is checked
@@ -12,20 +13,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from genorigin import workflow
+from genorigin import __version__, across, workflow
 from genorigin.commands import args as common
-from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, print_problems
+from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CliError, print_problems
 from genorigin.images import encode_png
+from genorigin.models import MODEL_KINDS
 from genorigin.outputs import OutputPlan, unique_names, write_bytes, write_text
 from genorigin.progress import Progress
 from genorigin.runtime.file_input import FileAttribution
+from genorigin.runtime.multimodel import RULE
 from genorigin.tables import format_table, summary_line, to_csv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (PNG, JPEG, WebP; docs/inputs.md)")
-    common.add_model(p, "the model whose images to recognise")
+    p.add_argument("--model", action="append", required=True, metavar="[NAME=]SPEC",
+                   help=f"the model whose images to recognise: {'; '.join(MODEL_KINDS.values())}. Repeat it for "
+                   "several models: each image gets every model's verdict and the decision across them (which of "
+                   "them made it, or none; the service's rule)")  # fmt: skip
     common.add_calibration_choice(p)
     p.add_argument("--no-early-exit", action="store_true", help="spend the full step budget on every image")
     p.add_argument(
@@ -50,15 +57,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    specs = common.named_specs(args.model)
+    calibrations = common.per_model(args.calibration, [name for name, _ in specs], "--calibration")
     if args.engine == "ray":
         from genorigin.scale import cli as scale_cli
 
+        if len(specs) > 1:
+            raise CliError("--engine ray attributes with one --model")
+        args.model, args.calibration = specs[0][1], calibrations.get(specs[0][0])
         return scale_cli.run(args)
     common.check_ranges(args)
+    if len(specs) > 1:
+        return run_several(args, specs, calibrations)
+    name, spec = specs[0]
     files = {k: v for k, v in (("report", args.report), ("csv", args.csv), ("figure", args.figure)) if v}
     OutputPlan(files=files).check(args.force)  # before the model loads: a taken target costs nothing
-    model, loaded = common.load_for_attribution(args, early_exit=not args.no_early_exit)
-    images = workflow.read(model, args.inputs, args.convert)
+    model, loaded = common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
+    images = workflow.read(model, args.inputs, args.convert, loaded.method.reader)
     print_problems(images.errors, images.skipped)
     if not images.sources:
         print("error: no image could be read", file=sys.stderr)
@@ -87,6 +102,62 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     write_outputs(plan, report, found, loaded)
     return EXIT_PARTIAL if found.errors else EXIT_OK
+
+
+def run_several(args: argparse.Namespace, specs: list[tuple[str, str]], calibrations: dict[str, str]) -> int:
+    """Every model on the same images; one row per image with each model's verdict and the decision across."""
+    if args.figure or args.recon_dir or args.encoder:
+        raise CliError("--figure, --recon-dir and --encoder are for one --model (each model's encoder is found "
+                       "beside it, as its calibration pins it)")  # fmt: skip
+    files = {k: v for k, v in (("report", args.report), ("csv", args.csv)) if v}
+    OutputPlan(files=files).check(args.force)
+    loaded = {name: common.load_for_attribution(args, spec, calibrations.get(name), early_exit=not args.no_early_exit)
+              for name, spec in specs}  # fmt: skip
+    reads = {name: workflow.read(model, args.inputs, args.convert, load.method.reader)
+             for name, (model, load) in loaded.items()}  # fmt: skip
+    found = {}
+    with Progress(sum(len(r.sources) for r in reads.values()), "attributing", "images", quiet=args.quiet) as bar:
+        for name, (_, load) in loaded.items():
+            found[name] = workflow.run(load.method, reads[name], on_done=lambda _: bar.update())
+    rows, errors, skipped = across.join(found)
+    print_problems(errors, skipped)
+    if not rows:
+        print("error: no image could be read", file=sys.stderr)
+        return EXIT_FAILED
+    names = list(loaded)
+    summary = across.summary(rows, names, len(errors), len(skipped))
+    models = {name: _model_part(workflow.build_report(model, load, found[name])) for name, (model, load) in
+              loaded.items()}  # fmt: skip
+    report = {
+        "genorigin_version": __version__,
+        "models": models,
+        "rule": RULE,
+        "results": [row.to_dict() for row in rows],
+        "errors": errors,
+        "skipped": skipped,
+        "summary": summary,
+    }
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(across.format_table(rows, names))
+        print(across.summary_line(summary))
+        for row in rows:
+            for name, r in row.results.items():
+                if r.warning:
+                    print(f"warning: {row.source} ({name}): {r.warning}")
+    sys.stdout.flush()
+    if "report" in files:
+        write_text(files["report"], json.dumps(report, indent=1))
+    if "csv" in files:
+        write_text(files["csv"], across.to_csv(rows, names))
+    return EXIT_PARTIAL if errors else EXIT_OK
+
+
+def _model_part(report: dict[str, Any]) -> dict[str, Any]:
+    """A one-model report without its images: what the model, method and calibration were."""
+    return {k: v for k, v in report.items() if k not in ("genorigin_version", "results", "errors", "skipped",
+                                                          "summary")}  # fmt: skip
 
 
 def write_outputs(plan: OutputPlan, report: dict, found: FileAttribution, loaded: workflow.Loaded) -> None:

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     model = workflow.resolve(args.model, args.ddim_steps, threads)
     method = workflow.method_for_calibration(model, choice)
     out = args.out or model.calibration_file(method.method)
-    enc_path = workflow.encoder_path(model, choice)
+    enc_path = workflow.encoder_path(model, choice, method)
     fit_now = workflow.needs_fit(method, enc_path)
     plan = OutputPlan(files={"calibration": out} | ({"encoder": enc_path} if fit_now else {}))
     plan.check(args.force)  # before any compute: a taken or unwritable target costs nothing

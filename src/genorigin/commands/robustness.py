@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,11 +21,13 @@ from genorigin.errors import EXIT_FAILED, EXIT_OK
 from genorigin.export.bundled import real_images_dir
 from genorigin.images import load_rgb8, read_images
 from genorigin.models import ResolvedModel, resolve_model
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.encoder import Encoder, FittedEncoder
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
-from genorigin.runtime.robustness import MODES, evaluate_robustness
+from genorigin.runtime.robust import EVALUATION_MODES as MODES
+from genorigin.runtime.settings import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
 from genorigin.runtime.transforms import TRANSFORMS
+
+if TYPE_CHECKING:  # the loop (torch) is imported when the evaluation runs, not for --help
+    from genorigin.runtime.attribution import Attributor
+    from genorigin.runtime.encoder import Encoder
 
 OWN_SEED = 777  # fresh own samples: not the calibration's seed
 JPEG_AXIS = [("none", 100), ("jpeg95", 95), ("jpeg90", 90), ("jpeg80", 80), ("jpeg70", 70), ("jpeg50", 50)]
@@ -51,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from genorigin.runtime.attribution import Attributor, quantize_8bit
+    from genorigin.runtime.robustness import evaluate_robustness
+
     if args.threads:
         import torch
 
@@ -95,6 +100,9 @@ def negatives(model: ResolvedModel, args: argparse.Namespace) -> np.ndarray:
 
 def encoder_for(model: ResolvedModel, args: argparse.Namespace) -> Encoder:
     """The encoder whose latents start every inversion: ``--encoder``, the bundled one, or one fitted now."""
+    from genorigin.runtime.attribution import Attributor
+    from genorigin.runtime.encoder import FittedEncoder
+
     if args.encoder:
         return FittedEncoder.load(args.encoder)
     if model.encoder_path.exists():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
     from genorigin.runtime.service.config import ServiceConfig
 
 EXIT_OK, EXIT_FAILED = 0, 2
-_NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,32 +86,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=None)
 
 
-def _named(values: list[str], names: list[str], flag: str) -> dict[str, str]:
-    """``NAME=PATH`` values by model name; a bare PATH is allowed with one model."""
-    out: dict[str, str] = {}
-    for v in values:
-        m = _NAMED.match(v)
-        if m and m.group(1) in names:
-            out[m.group(1)] = m.group(2)
-        elif len(names) == 1:
-            out[names[0]] = v
-        else:
-            raise ValueError(f"{flag} {v!r}: with several models write NAME=PATH (models: {', '.join(names)})")
-    return out
-
-
 def service_config(args: argparse.Namespace, token: str | None) -> ServiceConfig:
     """The service the flags ask for, as data (``runtime.service.config``): built here, or by each Ray replica."""
+    from genorigin.commands.args import named_specs, per_model
     from genorigin.runtime.service import Limits
     from genorigin.runtime.service.config import ModelRequest, ServiceConfig
-    from genorigin.runtime.service.loading import served_name
 
-    specs = []
-    for v in args.model:
-        m = _NAMED.match(v)
-        specs.append((m.group(1), m.group(2)) if m and not Path(v).exists() else (served_name(v), v))
+    specs = named_specs(args.model)
     names = [n for n, _ in specs]
-    cals, encs = _named(args.calibration, names, "--calibration"), _named(args.encoder, names, "--encoder")
+    cals, encs = per_model(args.calibration, names, "--calibration"), per_model(args.encoder, names, "--encoder")
     schedule = {k: getattr(args, k) for k in ("check_every", "exit_margin", "exit_envelope_rank", "exit_min_step",
                                               "seed")}  # fmt: skip
     limits = Limits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_files=args.max_files,
@@ -162,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
 
     def listening(url: str) -> None:
         print(f"serving {names} on {url} (POST /v1/attribute, GET /v1/models, /docs, /healthz, /readyz, "
-              f"/metrics)", flush=True)  # fmt: skip
+              f"/metrics; Open Inference Protocol under /v2)", flush=True)  # fmt: skip
 
     return serve(service, args.host, args.port, backlog=args.backlog, log_level=args.log_level,
                  on_listening=listening)  # fmt: skip

@@ -148,6 +148,10 @@ def prepare(specs: Sequence[str], model: str, output: Path, *, calibration: str 
     loaded = workflow.method_for_attribution(resolved, replace(choice, backend=None),
                                              calibration=Path(calibration) if calibration else None, alpha=alpha,
                                              early_exit=early_exit)  # fmt: skip
+    if loaded.method.settings.to_dict().get("robust") == "platform":
+        raise workflow.WorkflowError("a platform-mode calibration (--robust platform) inverts each input size "
+                                     "in its own loop; the Ray engine's live loop takes one: use the local "
+                                     "engine")  # fmt: skip
     encoder = choice.encoder.resolve() if choice.encoder else None
     job = JobSpec(portable_spec(model),
                   replace(choice, encoder=encoder, threads=None), str(loaded.calibration_path.resolve()), alpha,
