@@ -118,7 +118,7 @@ def phase_steps(report: dict, work: Path, names: list[str], rounds: int) -> None
 
     report["gemm_peak_gflops_2_threads"] = gemm_peak(2)
     for name in names:
-        rows: dict[str, list[float]] = {"torch": [], "onnxruntime": [], "torch-bf16": []}
+        rows: dict[str, list[float]] = {"eager-torch": [], "torch": [], "onnxruntime": [], "torch-bf16": []}
         info: dict[str, Any] = {}
         loads = []
         for _ in range(rounds if MODELS[name] < 512 else min(rounds, 2)):
@@ -130,7 +130,7 @@ def phase_steps(report: dict, work: Path, names: list[str], rounds: int) -> None
                 rows[backend].append(result["seconds"])
                 info.setdefault(backend, {}).update({k: v for k, v in result.items() if k != "seconds"})
                 info[backend]["peak_rss_bytes"] = max(rss, info[backend].get("peak_rss_bytes", 0))
-        flops = info["torch"]["flops_per_step"]
+        flops = info["eager-torch"]["flops_per_step"]
         for backend in rows:
             info[backend].update(errors_vs_torch(work, name, backend))
         entry = {"flops_per_step": flops, "loads": loads}
@@ -146,10 +146,10 @@ def phase_steps(report: dict, work: Path, names: list[str], rounds: int) -> None
 
 
 def errors_vs_torch(work: Path, name: str, backend: str) -> dict[str, float]:
-    """Loss and gradient of ``backend`` against eager torch float32 on the same latent and target (relative)."""
+    """Loss and gradient of ``backend`` against eager torch float32 (2 threads) on the same latent and target."""
     import numpy as np
 
-    ref, got = np.load(work / f"{name}-torch.npz"), np.load(work / f"{name}-{backend}.npz")
+    ref, got = np.load(work / f"{name}-eager-torch.npz"), np.load(work / f"{name}-{backend}.npz")
     ref_grad, grad = ref["grad"].astype(np.float64), got["grad"].astype(np.float64)
     return {
         "grad_error_vs_torch_fp32": float(np.linalg.norm(grad - ref_grad) / np.linalg.norm(ref_grad)),
@@ -200,7 +200,7 @@ def phase_aedr(report: dict, work: Path) -> None:
     if step:
         from genorigin.runtime.latent_tracer import TRACER_SETTINGS
 
-        per_step = min(step[b]["median_seconds"] for b in ("torch", "onnxruntime"))
+        per_step = min(step[b]["median_seconds"] for b in ("torch", "onnxruntime", "eager-torch"))
         entry["inversion_encoder_seconds_per_image"] = (
             TRACER_SETTINGS.steps * per_step + entry["float32"]["encode_seconds"]
         )

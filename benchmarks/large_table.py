@@ -41,11 +41,11 @@ def export_rows(report: dict[str, Any]) -> list[str]:
 def step_rows(report: dict[str, Any]) -> list[str]:
     peak = report.get("gemm_peak_gflops_2_threads", float("nan"))
     head = ["model", "GFLOP per step", "backend", "s per step (median)", "GFLOP/s", "% of GEMM peak",
-            "grad error vs torch fp32", "peak RSS GB"]  # fmt: skip
+            "grad error vs eager fp32", "peak RSS GB"]  # fmt: skip
     rows = [f"GEMM peak, 2 threads, torch.mm 2048² in the same run: {peak:.0f} GFLOP/s", "", _row(head)]
     rows.append(_row(["---"] * len(head)))
     for name, e in report.get("steps", {}).items():
-        for backend in ("torch", "onnxruntime", "torch-bf16"):
+        for backend in ("eager-torch", "torch", "onnxruntime", "torch-bf16"):
             b = e[backend]
             cells = [name, f"{e['flops_per_step'] / 1e9:.0f}", backend, f"{b['median_seconds']:.2f}",
                      f"{b['gflops']:.0f}", f"{b['of_gemm_peak']:.0%}", f"{b['grad_error_vs_torch_fp32']:.1e}",

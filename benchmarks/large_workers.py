@@ -31,8 +31,27 @@ def generator(name: str, paths: dict[str, Path]) -> Any:
     return load_latent_diffusion(paths[name], name=name).generator
 
 
+class EagerTorch:
+    """Plain eager PyTorch autograd at torch's 2 intra-op threads: the reference ceiling. (The product's
+    TorchBackend evaluates each row at one intra-op thread for batch invariance, runtime/invariant.py, so at
+    batch 1 it uses one core.)"""
+
+    def __init__(self, gen: Any) -> None:
+        self.gen = gen
+
+    def loss_and_grad(self, z: Any, x: Any) -> tuple[Any, Any]:
+        import torch
+        from genorigin.kernels.reference import loss_and_grad
+
+        z = z.detach().requires_grad_(True)
+        y = self.gen.forward(z)
+        loss, gy = loss_and_grad(y.detach(), x)
+        (gz,) = torch.autograd.grad(y, z, gy)
+        return loss, gz
+
+
 def worker_step(name: str, backend: str, pkg_dir: Path, work: Path) -> dict[str, Any]:
-    """Warm-up, then the median of timed loss-and-gradient steps at batch 1 on 2 threads."""
+    """Warm-up, then the best of timed loss-and-gradient steps at batch 1 with 2 threads."""
     import numpy as np
     import torch
 
@@ -42,21 +61,23 @@ def worker_step(name: str, backend: str, pkg_dir: Path, work: Path) -> dict[str,
     z = gen.latent.sample(1, rng)
     x = rng.random((1, gen.channels, *gen.image_size), dtype=np.float32)
     out: dict[str, Any] = {}
+    args: tuple[Any, Any] = (torch.from_numpy(z), torch.from_numpy(x))
     if backend == "onnxruntime":
         from genorigin.export.package import AttributionPackage
         from genorigin.runtime.ort_backend import OrtBackend
 
-        be = OrtBackend(AttributionPackage.load(pkg_dir), threads=2)
+        be: Any = OrtBackend(AttributionPackage.load(pkg_dir), threads=2)
         args = (z, x)
+    elif backend == "eager-torch":
+        be = EagerTorch(gen)
+        out["flops_per_step"] = count_flops(gen, z)
     else:
         from genorigin.runtime.backend import TorchBackend
 
-        be = TorchBackend(gen, compute="bfloat16" if backend == "torch-bf16" else "float32")
-        args = (torch.from_numpy(z), torch.from_numpy(x))
+        be = TorchBackend(gen, threads=2, compute="bfloat16" if backend == "torch-bf16" else "float32")
     loss, grad = be.loss_and_grad(*args)
-    np.savez(work / f"{name}-{backend}.npz", loss=np.asarray(loss), grad=np.asarray(grad))  # compared by the phase
-    if backend == "torch":
-        out["flops_per_step"] = count_flops(gen, z)
+    loss, grad = (np.asarray(a.detach() if hasattr(a, "detach") else a) for a in (loss, grad))
+    np.savez(work / f"{name}-{backend}.npz", loss=loss, grad=grad)  # compared by the phase
     times = []
     for _ in range(2 if gen.image_size[0] < 512 else 1):  # a 512 px step takes a minute here
         t0 = time.perf_counter()
