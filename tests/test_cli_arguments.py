@@ -56,9 +56,14 @@ def test_attribute_refuses_bad_arguments_and_taken_outputs_before_the_model(caps
     assert "exists" in err and report.read_text() == "{}"
 
 
-def test_export_refuses_bad_arguments_before_the_model(capsys, tmp_path):
-    err = _refused(capsys, ["export", "--model", MISSING, "--out", str(tmp_path / "p.pkg"), "--ddim-steps", "0"])
-    assert "--ddim-steps must be at least 1" in err and not (tmp_path / "p.pkg").exists()
+@pytest.mark.parametrize(
+    "flags,message",
+    [(["--ddim-steps", "0"], "--ddim-steps must be at least 1"),
+     (["--activation-budget", "0"], "--activation-budget must be more than 0")],
+)  # fmt: skip
+def test_export_refuses_bad_arguments_before_the_model(capsys, tmp_path, flags, message):
+    err = _refused(capsys, ["export", "--model", MISSING, "--out", str(tmp_path / "p.pkg"), *flags])
+    assert message in err and not (tmp_path / "p.pkg").exists()
 
 
 def test_a_good_calibration_still_runs(capsys, tmp_path):
