@@ -1,6 +1,6 @@
 """Eager PyTorch vs ONNX Runtime on the CPU: time per image-step and per decision.
 
-First both backends invert the same few bundled images (``runtime.compare.compare_backends``): the report
+First both backends invert the same few bundled images (``runtime.backends.compare.compare_backends``): the report
 records how far ONNX Runtime's best losses are from PyTorch's, so a speed-up never hides a wrong answer.
 Round-robin in one process (backends alternate inside every round), medians over rounds, so machine noise
 hits both alike. Per decision = the fixed 1500-step budget at that batch size (step time × steps / batch),
@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 from common import evaluation_sets, machine, write
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.backend import SlotState
-from genorigin.runtime.compare import compare_backends
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.backends.compare import compare_backends
+from genorigin.runtime.loop.backend import SlotState
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 
 from genorigin.models import resolve_model
 

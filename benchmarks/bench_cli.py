@@ -67,7 +67,7 @@ def prepare(folder: Path, env: dict[str, str]) -> dict:
     import numpy as np
     from common import EVAL_SAMPLE_SEED, real_crops
     from genorigin.export.bundled import load_bundled
-    from genorigin.runtime.attribution import quantize_8bit
+    from genorigin.runtime.decide.calibration import quantize_8bit
 
     from genorigin.images import save_png
 

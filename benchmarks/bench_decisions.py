@@ -22,9 +22,9 @@ import torch
 from common import evaluation_sets, machine, write
 from eval_accuracy import ronan_faithful_seconds
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, PAPER_SCHEDULE, PAPER_SETTINGS, Schedule
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS, PAPER_SCHEDULE, PAPER_SETTINGS, Schedule
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FittedEncoder
 
 from genorigin.models import resolve_model
 

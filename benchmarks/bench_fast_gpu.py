@@ -34,7 +34,7 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
 
 def _images(n: int) -> tuple[Any, np.ndarray, list[str]]:
     from genorigin.export.bundled import real_images_dir
-    from genorigin.runtime.attribution import quantize_8bit
+    from genorigin.runtime.decide.calibration import quantize_8bit
 
     from genorigin.images import load_rgb8
     from genorigin.models import resolve_model
@@ -47,9 +47,9 @@ def _images(n: int) -> tuple[Any, np.ndarray, list[str]]:
 
 
 def _attributor(model: Any, backend: Any, calibration: Any = None, batch_size: int = 32) -> Any:
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.encoder import FittedEncoder
-    from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS
+    from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS
+    from genorigin.runtime.methods.attribution import Attributor
+    from genorigin.runtime.methods.encoder import FittedEncoder
 
     schedule = FAST_SCHEDULE.__class__(**{**FAST_SCHEDULE.__dict__, "batch_size": batch_size})
     return Attributor(model.generator, backend=backend, settings=FAST_SETTINGS, schedule=schedule,
@@ -57,7 +57,7 @@ def _attributor(model: Any, backend: Any, calibration: Any = None, batch_size: i
 
 
 def _gpu_backends(model: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    from genorigin.runtime.backends import make_backend
+    from genorigin.runtime.backends.registry import make_backend
 
     made, skipped = {}, {}
     for name in ("torch-cuda", "torch-cuda-graph", "tensorrt", "onnxruntime-cuda"):
@@ -71,8 +71,9 @@ def _gpu_backends(model: Any) -> tuple[dict[str, Any], dict[str, str]]:
 def host_syncs_per_step(attributor: Any, images: np.ndarray, steps: int = 9) -> float:
     """Device→host synchronisations per optimiser step, between two checkpoints (profiler events)."""
     import torch
-    from genorigin.runtime.inversion import InversionLoop, ListSource, WorkItem
-    from genorigin.runtime.slots import FreshSlots
+    from genorigin.runtime.loop.inversion import InversionLoop
+    from genorigin.runtime.loop.slots import FreshSlots
+    from genorigin.runtime.loop.work import ListSource, WorkItem
 
     loop: InversionLoop = attributor._loop(attributor.schedule, None)
     source = ListSource([WorkItem(i, img) for i, img in enumerate(images)])
@@ -136,7 +137,7 @@ def main() -> int:
         print("bench_fast_gpu: no CUDA GPU visible to torch; nothing measured", file=sys.stderr)
         args.out.write_text(json.dumps({"skipped": "no CUDA GPU"}))
         return 0
-    from genorigin.runtime.backend import TorchBackend
+    from genorigin.runtime.backends.eager import TorchBackend
 
     model, images, labels = _images(args.n)
     cpu_att = _attributor(model, TorchBackend(model.generator))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from genorigin.runtime.gpu.trt_env import PRECISIONS
+from genorigin.runtime.backends.gpu.trt_env import PRECISIONS
 
 BACKENDS = ("eager", "cudagraph", "cudagraph-torchops", "ort-cuda", "ort-iobinding", "tensorrt")
 GOAL_P50_MS = 20.0
@@ -80,7 +80,7 @@ def export_package(generator: Any, folder: Path) -> Path:
 def make_ort_backend(loss_onnx: Path, device_index: int, tf32: bool) -> Any:
     """ONNX Runtime CUDA on the loss graph with I/O bound to torch CUDA tensors; reference Adam in torch."""
     import torch
-    from genorigin.runtime.backend import Backend
+    from genorigin.runtime.loop.backend import Backend
 
     try:
         import onnxruntime as ort
@@ -126,11 +126,11 @@ def make_backend(name: str, generator: Any, args: argparse.Namespace, work: Path
     import torch
 
     if name == "eager":
-        from genorigin.runtime.backend import TorchBackend
+        from genorigin.runtime.backends.eager import TorchBackend
 
         return TorchBackend(generator, device="cuda")
     if name.startswith("cudagraph"):
-        from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
+        from genorigin.runtime.backends.gpu.torch_graph import CudaGraphTorchBackend
 
         kernels = "torch" if name == "cudagraph-torchops" else args.kernels
         return CudaGraphTorchBackend(generator, device="cuda", kernels=kernels, tf32=args.tf32)
@@ -139,16 +139,16 @@ def make_backend(name: str, generator: Any, args: argparse.Namespace, work: Path
         return make_ort_backend(loss_graph, torch.cuda.current_device(), args.tf32)
     if name == "ort-cuda":
         from genorigin.export.package import AttributionPackage
-        from genorigin.runtime.ort_backend import OrtBackend
+        from genorigin.runtime.backends.ort import OrtBackend
 
         try:
             return OrtBackend(AttributionPackage.load(export_package(generator, work / "package")), device="cuda")
         except RuntimeError as e:  # no CUDAExecutionProvider, or ONNX Runtime fell back to the CPU
             raise Skip(str(e)) from e
     if name == "tensorrt":
-        from genorigin.runtime.gpu.profiles import BatchProfile
-        from genorigin.runtime.gpu.tensorrt import TensorRTBackend
-        from genorigin.runtime.gpu.trt_env import tensorrt_available
+        from genorigin.runtime.backends.gpu.profiles import BatchProfile
+        from genorigin.runtime.backends.gpu.tensorrt import TensorRTBackend
+        from genorigin.runtime.backends.gpu.trt_env import tensorrt_available
 
         ok, why = tensorrt_available()
         if not ok:
@@ -165,7 +165,8 @@ def make_backend(name: str, generator: Any, args: argparse.Namespace, work: Path
 def time_loop(backend: Any, generator: Any, targets: np.ndarray, steps: int) -> float:
     """Seconds for the shared loop to invert ``targets`` together (all in flight, no early exit)."""
     import torch
-    from genorigin.runtime.inversion import InversionSettings, Schedule, invert
+    from genorigin.runtime.loop.inversion import invert
+    from genorigin.runtime.loop.settings import InversionSettings, Schedule
 
     settings = InversionSettings(steps=steps, restarts=1)
     schedule = Schedule(batch_size=len(targets), early_exit=False)
@@ -179,8 +180,8 @@ def time_loop(backend: Any, generator: Any, targets: np.ndarray, steps: int) -> 
 def time_steps(backend: Any, generator: Any, targets: np.ndarray, steps: int) -> float:
     """Seconds for ``steps`` calls of ``backend.step`` on one batch, one host sync at the end."""
     import torch
-    from genorigin.runtime.backend import SlotState
-    from genorigin.runtime.inversion import InversionSettings
+    from genorigin.runtime.loop.backend import SlotState
+    from genorigin.runtime.loop.settings import InversionSettings
 
     settings = InversionSettings(steps=steps, restarts=1)
     n = len(targets)
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_latency: {note}")
     n_targets = max(args.decisions, max(args.batches))
     targets = generator.sample(n_targets, seed=1)  # the model's own images: every run goes the full budget
-    from genorigin.runtime.gpu.numerics import fp32_math
+    from genorigin.runtime.backends.gpu.numerics import fp32_math
 
     with tempfile.TemporaryDirectory() as tmp, fp32_math(args.tf32):
         for name in args.backends:

@@ -21,14 +21,15 @@ import numpy as np
 import torch
 from common import machine, real_crops, write
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
-from genorigin.runtime.attribution import quantize_8bit
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS
-from genorigin.runtime.methods import BareModel, MethodOptions, build_method
-from genorigin.runtime.platform_encoder import platform_encoder_path
-from genorigin.runtime.robust import robust_settings
-from genorigin.runtime.robustness import at_model_size
-from genorigin.runtime.transforms import apply_transform
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS
+from genorigin.runtime.methods.encoder import FittedEncoder
+from genorigin.runtime.methods.platform_encoder import platform_encoder_path
+from genorigin.runtime.methods.registry import BareModel, MethodOptions, build_method
+from genorigin.runtime.robust.modes import robust_settings
+from genorigin.runtime.robust.transforms import apply_transform
+
+from genorigin.robustness_eval import at_model_size
 
 
 def timed(method, images) -> dict:

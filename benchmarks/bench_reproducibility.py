@@ -42,9 +42,9 @@ CONFIGS = {
 def worker(args: argparse.Namespace) -> dict:
     """One configuration: calibrate, attribute alone and batched, per model; optionally time the cost."""
     import torch
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.backend import TorchBackend
-    from genorigin.runtime.encoder import FittedEncoder
+    from genorigin.runtime.backends.eager import TorchBackend
+    from genorigin.runtime.methods.attribution import Attributor
+    from genorigin.runtime.methods.encoder import FittedEncoder
 
     from genorigin.models import resolve_model
 
@@ -78,7 +78,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 def time_cost(att, images: np.ndarray, rounds: int, torch) -> dict:
     """Seconds per decision with batch invariance on and off, alternating rounds in this process."""
-    import genorigin.runtime.optimizers as optimizers
+    import genorigin.runtime.loop.optimizers as optimizers
 
     backend = att.backend
     invariant_rows, invariant_dot, invariant_norm = backend.rows, optimizers.row_dot, optimizers.row_norm

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from common import EVAL_SAMPLE_SEED, machine, real_crops
-from genorigin.runtime.attribution import quantize_8bit
+from genorigin.runtime.decide.calibration import quantize_8bit
 
 from genorigin import workflow
 from genorigin.cli import main

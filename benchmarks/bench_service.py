@@ -55,8 +55,8 @@ def prepare(work: Path, encoder_steps: int, cal_samples: int) -> dict:
     """Calibration (and encoder, when none is shipped) for dcgan_a's default settings, cached in ``work``."""
     import torch
     from genorigin.export.bundled import assets_dir, load_bundled
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.encoder import FitSettings, FittedEncoder
+    from genorigin.runtime.methods.attribution import Attributor
+    from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
 
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def upload_bodies(n: int) -> list[bytes]:
     import io
 
     from genorigin.export.bundled import load_bundled, real_images_dir
-    from genorigin.runtime.attribution import quantize_8bit
+    from genorigin.runtime.decide.calibration import quantize_8bit
     from PIL import Image
 
     own = quantize_8bit(load_bundled("dcgan_a").sample(n // 2, seed=4242))

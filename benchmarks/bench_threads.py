@@ -73,8 +73,8 @@ def child(args: argparse.Namespace) -> None:
     """Measure under the wait policy this process was started with; print JSON rows."""
     import numpy as np
     import torch
-    from genorigin.runtime.backend import TorchBackend
-    from genorigin.runtime.ort_backend import OrtBackend
+    from genorigin.runtime.backends.eager import TorchBackend
+    from genorigin.runtime.backends.ort import OrtBackend
 
     from genorigin.models import resolve_model
 

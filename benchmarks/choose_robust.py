@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from genorigin.runtime.decision import grubbs_critical_value
+from genorigin.runtime.decide.decision import grubbs_critical_value
 
 FAMILIES = {"q50-95, 25 % unmodified": (0.25, 50, 95), "q70-95, 25 % unmodified": (0.25, 70, 95),
             "q50-95, none unmodified": (0.0, 50, 95)}  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled, real_images_dir
-from genorigin.runtime.attribution import quantize_8bit
+from genorigin.runtime.decide.calibration import quantize_8bit
 
 from genorigin.images import load_rgb8
 

@@ -21,11 +21,13 @@ import numpy as np
 import torch
 from common import EVAL_SAMPLE_SEED, auc, evaluation_sets, machine, roc_curve, write
 from genorigin.export.bundled import BUNDLED_MODELS, load_bundled
-from genorigin.runtime.attribution import AttributionResult, Attributor
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.decision import grubbs_test, quantile_test
-from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.inversion import CONTINUE, InversionSettings, Schedule
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.decide.decision import grubbs_test, quantile_test
+from genorigin.runtime.decide.early_exit import TrajectoryStopRule
+from genorigin.runtime.decide.result import AttributionResult
+from genorigin.runtime.loop.outcome import CONTINUE
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 
 
 def early_exit_reading(r: AttributionResult, rule: TrajectoryStopRule) -> tuple[float, int]:

@@ -161,7 +161,7 @@ def evaluate(
 
 def eval_sets(gen: Any, other: Any, held_out: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """n own samples (seed 1) and n non-belonging: n//2 held-out real crops + the rest from the other model."""
-    from genorigin.runtime.attribution import quantize_8bit
+    from genorigin.runtime.decide.calibration import quantize_8bit
 
     own = quantize_8bit(gen.sample(n, seed=1))
     n_real = n // 2
@@ -172,8 +172,8 @@ def eval_sets(gen: Any, other: Any, held_out: np.ndarray, n: int) -> tuple[np.nd
 
 
 def inversion_attributor(gen: Any, steps: int, lr: float, restarts: int) -> Any:
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.inversion import InversionSettings, Schedule
+    from genorigin.runtime.loop.settings import InversionSettings, Schedule
+    from genorigin.runtime.methods.attribution import Attributor
 
     settings = InversionSettings(steps=steps, lr=lr, restarts=restarts)
     return Attributor(gen, settings=settings, schedule=Schedule(batch_size=64, check_every=25))
@@ -184,8 +184,8 @@ def run_family(name: str, args: argparse.Namespace, train: np.ndarray, held: np.
     from genorigin.export.diffusion import consistency_from_unet, ddim_from_unet
     from genorigin.export.latent_diffusion import latent_diffusion_from_vae
     from genorigin.export.stylegan import StyleGANConfig, random_stylegan
-    from genorigin.runtime.aedr import AEDRAttributor
-    from genorigin.runtime.latent_tracer import latent_tracer
+    from genorigin.runtime.methods.aedr import AEDRAttributor
+    from genorigin.runtime.methods.latent_tracer import latent_tracer
 
     t0 = time.perf_counter()
     rows: dict[str, Any] = {}

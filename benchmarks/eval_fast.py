@@ -32,23 +32,22 @@ import torch
 from common import EVAL_SAMPLE_SEED, auc, evaluation_sets, machine, write
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
 from genorigin.export.generator import Generator
-from genorigin.runtime.attribution import AttributionResult, Attributor, quantization_floor, quantize_8bit
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.decision import grubbs_test, quantile_test
-from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.encoder import FitSettings, FittedEncoder
-from genorigin.runtime.inversion import (
+from genorigin.runtime.decide.calibration import Calibration, quantize_8bit
+from genorigin.runtime.decide.decision import grubbs_test, quantile_test
+from genorigin.runtime.decide.early_exit import TrajectoryStopRule
+from genorigin.runtime.decide.result import AttributionResult
+from genorigin.runtime.loop.outcome import Decision
+from genorigin.runtime.loop.restarts import StallDetector, may_restart, stop_reason
+from genorigin.runtime.loop.settings import (
     FAST_SCHEDULE,
     FAST_SETTINGS,
     PAPER_SCHEDULE,
     PAPER_SETTINGS,
-    Decision,
     InversionSettings,
     Schedule,
-    StallDetector,
-    may_restart,
-    stop_reason,
 )
+from genorigin.runtime.methods.attribution import Attributor, quantization_floor
+from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
 
 NEAR_COPY_EPS = (0.05, 0.01)
 

@@ -31,18 +31,13 @@ import torch
 from common import auc, machine, write
 from eval_fast import NEAR_COPY_EPS, at_step, calibration_at, exit_reading, metrics
 from genorigin.export.package import AttributionPackage
-from genorigin.runtime.attribution import Attributor, quantization_floor, quantize_8bit
-from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.encoder import FitSettings, FittedEncoder, fit_generator_encoder
-from genorigin.runtime.inversion import (
-    FAST_SCHEDULE,
-    FAST_SETTINGS,
-    PAPER_SETTINGS,
-    InversionSettings,
-    Schedule,
-    StallDetector,
-)
-from genorigin.runtime.ort_backend import OrtBackend, package_generator
+from genorigin.runtime.backends.ort import OrtBackend, package_generator
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.decide.early_exit import TrajectoryStopRule
+from genorigin.runtime.loop.restarts import StallDetector
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS, PAPER_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor, quantization_floor
+from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder, fit_generator_encoder
 from PIL import Image
 from torch import nn
 

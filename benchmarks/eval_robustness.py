@@ -2,8 +2,8 @@
 
 For each inspected bundled model, with the fast preset and its shipped encoder: calibrate each mode on N own
 samples, then pass fresh own samples, the other model's samples (the sibling DCGAN; dcgan_a for the VAE) and
-held-out real crops through each transform of runtime/transforms.py and read AUC, accuracy, FPR and TPR at
-α = 0.05 (Grubbs) and mean steps (runtime/robustness.py). Choices are made on the first evaluation set (seed
+held-out real crops through each transform of runtime/robust/transforms.py and read AUC, accuracy, FPR and TPR at
+α = 0.05 (Grubbs) and mean steps (src/genorigin/robustness_eval.py). Choices are made on the first evaluation set (seed
 777, real crops from 0) and reported on the disjoint one (seed 778, real crops from 140):
 
     python benchmarks/eval_robustness.py --models dcgan_a --eval-seed 778 --real-offset 140 \\
@@ -23,15 +23,16 @@ import numpy as np
 import torch
 from common import EVAL_SAMPLE_SEED, machine, real_crops, write
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
-from genorigin.runtime.methods import BareModel, MethodOptions, build_method
-from genorigin.runtime.platform_encoder import platform_encoder_path
-from genorigin.runtime.robustness import MODES, evaluate_robustness
-from genorigin.runtime.transforms import GEOMETRY_TRANSFORMS, TRANSFORMS
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FittedEncoder
+from genorigin.runtime.methods.platform_encoder import platform_encoder_path
+from genorigin.runtime.methods.registry import BareModel, MethodOptions, build_method
+from genorigin.runtime.robust.transforms import GEOMETRY_TRANSFORMS, TRANSFORMS
 
 from genorigin.commands.robustness import JPEG_AXIS, jpeg_figure
+from genorigin.robustness_eval import MODES, evaluate_robustness
 
 OTHER_MODEL = {"dcgan_a": "dcgan_b", "dcgan_b": "dcgan_a", "vae": "dcgan_a"}
 

@@ -40,9 +40,10 @@ def main() -> None:
     from common import machine, real_crops
     from genorigin.export.package import AttributionPackage, export_generator
     from genorigin.export.stylegan import StyleGANConfig, random_stylegan
-    from genorigin.runtime.attribution import Attributor, quantize_8bit
-    from genorigin.runtime.inversion import PAPER_SETTINGS, Schedule
-    from genorigin.runtime.ort_backend import OrtBackend
+    from genorigin.runtime.backends.ort import OrtBackend
+    from genorigin.runtime.decide.calibration import quantize_8bit
+    from genorigin.runtime.loop.settings import PAPER_SETTINGS, Schedule
+    from genorigin.runtime.methods.attribution import Attributor
 
     gen = random_stylegan(StyleGANConfig.config_f(256), seed=0, name="stylegan2f-256")
     settings = dataclasses.replace(PAPER_SETTINGS, steps=args.steps, restarts=1)

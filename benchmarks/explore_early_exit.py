@@ -15,8 +15,8 @@ import json
 import numpy as np
 import torch
 from common import auc, evaluation_sets, machine, write
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 
 from genorigin.models import resolve_model
 

@@ -16,9 +16,9 @@ import json
 import numpy as np
 import torch
 from common import evaluation_sets
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.decision import grubbs_critical_value
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.decide.decision import grubbs_critical_value
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 
 from genorigin.models import resolve_model
 

@@ -21,11 +21,12 @@ from common import EVAL_SAMPLE_SEED, auc, machine, real_crops, write
 from genorigin.export.bundled import assets_dir, load_bundled
 from genorigin.kernels.projection import PROJECTIONS, BlockDCTMask
 from genorigin.kernels.reference import loss_and_grad
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.complexity import complexity
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import FAST_SETTINGS, InversionSettings, Schedule
-from genorigin.runtime.transforms import apply_transform
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.decide.complexity import complexity
+from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FittedEncoder
+from genorigin.runtime.robust.transforms import apply_transform
 
 CANDIDATES = {"dct-3-1": (3, 1), "dct-4-1": (4, 1), "dct-4-2": (4, 2), "dct-6-2": (6, 2), "dct-2-1": (2, 1),
               "dct-6-1": (6, 1), "dct-8-1": (8, 1)}

@@ -3,7 +3,7 @@
 The stall detector restarts an image whose best loss stopped falling while above a floor. A JPEG'd own image
 stops at its compression error, above the 8-bit floor, so with the plain floor it is "stalled" and gets a
 useless fresh start. The robust calibration raises the floor by the median projected compression error of
-its own samples (runtime/robust.py). This runs the robust mode live (early exit) on own samples and real
+its own samples (runtime/robust/modes.py). This runs the robust mode live (early exit) on own samples and real
 crops, unmodified and JPEG'd, once with each floor, and reports restarts, mean steps and verdicts.
 
     python benchmarks/explore_stall_floor.py --models dcgan_a vae --out benchmarks/results/robust/stall_floor.json
@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from common import EVAL_SAMPLE_SEED, machine, real_crops, write
 from genorigin.export.bundled import assets_dir, load_bundled
-from genorigin.runtime.attribution import Attributor, quantization_floor, quantize_8bit
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS
-from genorigin.runtime.robust import robust_settings
-from genorigin.runtime.transforms import apply_transform
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS
+from genorigin.runtime.methods.attribution import Attributor, quantization_floor
+from genorigin.runtime.methods.encoder import FittedEncoder
+from genorigin.runtime.robust.modes import robust_settings
+from genorigin.runtime.robust.transforms import apply_transform
 
 
 def main() -> None:

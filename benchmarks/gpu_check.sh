@@ -51,7 +51,7 @@ install() {
   fi
   missing=$("$PY" "$ROOT/benchmarks/gpu_env.py" --missing)
   [ -z "$missing" ] || "$PY" -m pip install -q $missing --constraint <(echo "$torch_pin") || true
-  "$PY" -c 'import genorigin.runtime.gpu.torch_graph, genorigin.kernels.launch'
+  "$PY" -c 'import genorigin.runtime.backends.gpu.torch_graph, genorigin.kernels.launch'
 }
 export -f install
 export PY ROOT

@@ -62,7 +62,7 @@ def main() -> int:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from genorigin.runtime.backends import make_backend
+    from genorigin.runtime.backends.registry import make_backend
     from large_workers import sd_folder
 
     from genorigin.models import resolve_model

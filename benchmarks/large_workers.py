@@ -33,7 +33,7 @@ def generator(name: str, paths: dict[str, Path]) -> Any:
 
 class EagerTorch:
     """Plain eager PyTorch autograd at torch's 2 intra-op threads: the reference ceiling. (The product's
-    TorchBackend evaluates each row at one intra-op thread for batch invariance, runtime/invariant.py, so at
+    TorchBackend evaluates each row at one intra-op thread for batch invariance, runtime/loop/invariant.py, so at
     batch 1 it uses one core.)"""
 
     def __init__(self, gen: Any) -> None:
@@ -64,7 +64,7 @@ def worker_step(name: str, backend: str, pkg_dir: Path, work: Path) -> dict[str,
     args: tuple[Any, Any] = (torch.from_numpy(z), torch.from_numpy(x))
     if backend == "onnxruntime":
         from genorigin.export.package import AttributionPackage
-        from genorigin.runtime.ort_backend import OrtBackend
+        from genorigin.runtime.backends.ort import OrtBackend
 
         be: Any = OrtBackend(AttributionPackage.load(pkg_dir), threads=2)
         args = (z, x)
@@ -72,7 +72,7 @@ def worker_step(name: str, backend: str, pkg_dir: Path, work: Path) -> dict[str,
         be = EagerTorch(gen)
         out["flops_per_step"] = count_flops(gen, z)
     else:
-        from genorigin.runtime.backend import TorchBackend
+        from genorigin.runtime.backends.eager import TorchBackend
 
         be = TorchBackend(gen, threads=2, compute="bfloat16" if backend == "torch-bf16" else "float32")
     loss, grad = be.loss_and_grad(*args)
@@ -123,7 +123,7 @@ def worker_memory(pkg_dir: Path) -> dict[str, Any]:
     from genorigin.export.activation_memory import peak_activation
     from genorigin.export.memory import release_freed_memory, resident_mib
     from genorigin.export.package import AttributionPackage
-    from genorigin.runtime.ort_backend import OrtBackend
+    from genorigin.runtime.backends.ort import OrtBackend
 
     pkg = AttributionPackage.load(pkg_dir)
     be = OrtBackend(pkg, threads=2)
@@ -153,7 +153,7 @@ def worker_aedr(name: str, compute: str, work: Path) -> dict[str, Any]:
     import numpy as np
     import torch
     from genorigin.export.latent_diffusion import load_latent_diffusion
-    from genorigin.runtime.aedr import aedr_scores
+    from genorigin.runtime.methods.aedr import aedr_scores
 
     torch.set_num_threads(2)
     model = load_latent_diffusion(make_models(work)[name])

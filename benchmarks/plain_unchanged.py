@@ -17,13 +17,14 @@ import hashlib
 import json
 from pathlib import Path
 
+import genorigin.runtime
 import numpy as np
 import torch
 from genorigin.export.bundled import assets_dir, load_bundled, real_images_dir
-from genorigin.runtime import attribution
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.inversion import FAST_SCHEDULE, FAST_SETTINGS
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FittedEncoder
 
 from genorigin.images import load_rgb8
 
@@ -54,7 +55,7 @@ def main() -> None:
     accuracy = (sum(r.belonging for r in results[: args.n]) + sum(not r.belonging for r in results[args.n :])) / (
         2 * args.n
     )
-    print(json.dumps({"genorigin": str(Path(attribution.__file__).parent.parent), "digest": digest,
+    print(json.dumps({"genorigin": str(Path(genorigin.runtime.__file__).parent.parent), "digest": digest,
                       "accuracy": accuracy}))  # fmt: skip
 
 

@@ -37,7 +37,7 @@ SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}
 class GeometryUnits:
     """How many model pixels (offset) and log-units (scale, aspect) one latent unit of θ moves the window.
 
-    Chosen so that the platform family's windows (runtime/transforms.py) lie within a few units of θ = 0, as
+    Chosen so that the platform family's windows (runtime/robust/transforms.py) lie within a few units of θ = 0, as
     the latent's N(0, 1) draws do, and a unit step in θ changes the image about as much as one in z (L-BFGS
     steps are at most 2 long in latent space); recorded in the view's config, so in its fingerprint.
     """

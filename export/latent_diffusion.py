@@ -5,12 +5,12 @@ x?" reduces to "is x in the range of the decoder?" (the paper's latent-diffusion
 diffusion model's latent z_s = (z − shift) · scaling_factor, which is ~N(0, I) for a trained pipeline, so random
 starts from N(0, I) are sensible and D receives z_s / scaling_factor + shift, as the pipelines decode.
 
-Methods (recorded in the calibration's ``method`` field; chosen and built in runtime/methods.py, since
+Methods (recorded in the calibration's ``method`` field; chosen and built in runtime/methods/registry.py, since
 export never imports the runtime):
 
-* ``"inversion"``: the paper's inversion on the shared loop (runtime/attribution.py).
-* ``"inversion-encoder"``: LatentTracer, started from ``encode`` below (runtime/latent_tracer.py).
-* ``"aedr"``: forward-only double reconstruction (runtime/aedr.py), using ``roundtrip`` below.
+* ``"inversion"``: the paper's inversion on the shared loop (runtime/methods/attribution.py).
+* ``"inversion-encoder"``: LatentTracer, started from ``encode`` below (runtime/methods/latent_tracer.py).
+* ``"aedr"``: forward-only double reconstruction (runtime/methods/aedr.py), using ``roundtrip`` below.
 """
 
 from __future__ import annotations

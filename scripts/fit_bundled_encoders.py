@@ -1,4 +1,4 @@
-"""Fit the encoders shipped beside the bundled models (amortised inversion starts; see runtime/encoder.py).
+"""Fit the encoders shipped beside the bundled models (amortised inversion starts; see runtime/methods/encoder.py).
 
 Seeded and deterministic (CPU, one torch thread)::
 
@@ -7,7 +7,7 @@ Seeded and deterministic (CPU, one torch thread)::
     python scripts/fit_bundled_encoders.py --platform   # the platform mode's encoders, from the shipped ones
 
 Writes ``src/genorigin/assets/models/<name>.encoder.pt`` (float16 weights, loaded with weights_only=True), or
-``<name>.platform-encoder.pt`` with ``--platform`` (runtime/platform_encoder.py; 2,000 steps by default).
+``<name>.platform-encoder.pt`` with ``--platform`` (runtime/methods/platform_encoder.py; 2,000 steps by default).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
-from genorigin.runtime.encoder import FitSettings, FittedEncoder, fit_generator_encoder
-from genorigin.runtime.platform_encoder import PLATFORM_FIT, fit_platform_encoder, platform_encoder_path
+from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.methods.platform_encoder import PLATFORM_FIT, fit_platform_encoder, platform_encoder_path
 
 
 def main() -> None:

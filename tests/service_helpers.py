@@ -16,13 +16,16 @@ import torch
 from genorigin.export.adapters import BUNDLED_FORMAT
 from genorigin.export.architectures import DCGANConfig, DCGANGenerator
 from genorigin.export.generator import Generator
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert
-from genorigin.runtime.service import Limits, ServedModel, Service, ServiceThread
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.inversion import invert
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
+
+from genorigin.service import Limits, ServedModel, Service, ServiceThread
 
 TINY_DCGAN = DCGANConfig(latent_dim=8, width=4)
 FAST_SCHEDULE = Schedule(check_every=10, batch_size=4)
@@ -82,7 +85,7 @@ def cli_reports(models: dict[str, tuple[Path, Path]], images: Path, folder: Path
 
 def cli_service(models: dict[str, tuple[Path, Path]]) -> ServiceThread:
     """The service over ``cli_models``' files with the command line's schedule (``with`` it, ``wait_ready()``)."""
-    from genorigin.runtime.service import load_served_model
+    from genorigin.service import load_served_model
 
     served = [load_served_model(str(m), c, name=n, schedule=CLI_SCHEDULE, max_batch=8) for n, (m, c) in models.items()]
     return ServiceThread(Service(served))

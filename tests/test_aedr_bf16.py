@@ -9,8 +9,8 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from genorigin.export.latent_diffusion import latent_diffusion_from_vae  # noqa: E402
-from genorigin.runtime.aedr import aedr_scores  # noqa: E402
-from genorigin.runtime.methods import make_attributor  # noqa: E402
+from genorigin.runtime.methods.aedr import aedr_scores  # noqa: E402
+from genorigin.runtime.methods.registry import make_attributor  # noqa: E402
 
 
 @pytest.fixture(scope="module")

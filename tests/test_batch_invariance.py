@@ -14,13 +14,15 @@ import pytest
 import torch
 from genorigin.export.bundled import real_images_dir
 from genorigin.export.package import AttributionPackage, export_generator
-from genorigin.runtime.attribution import AttributionResult, Attributor, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.encoder import FittedEncoder
-from genorigin.runtime.invariant import row_sum, split_rows
-from genorigin.runtime.inversion import PRESETS, InversionSettings, Schedule
-from genorigin.runtime.optimizers import LBFGS
-from genorigin.runtime.ort_backend import OrtBackend, package_generator
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.ort import OrtBackend, package_generator
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.decide.result import AttributionResult
+from genorigin.runtime.loop.invariant import row_sum, split_rows
+from genorigin.runtime.loop.optimizers import LBFGS
+from genorigin.runtime.loop.settings import PRESETS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FittedEncoder
 
 from genorigin.images import load_rgb8
 from genorigin.models import resolve_model

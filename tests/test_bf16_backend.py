@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 from genorigin.export.bundled import load_bundled
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.backends import GeneratorOnly, make_backend
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.registry import GeneratorOnly, make_backend
 
 
 def test_bfloat16_backend_is_close_to_float32_and_leaves_the_model_alone():

@@ -2,9 +2,9 @@ import json
 
 import numpy as np
 import pytest
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.calibration import Calibration, CalibrationMismatch
-from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.decide.calibration import Calibration, CalibrationMismatch
+from genorigin.runtime.loop.settings import InversionSettings
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 
 SETTINGS = InversionSettings(steps=100, lr=0.05)
@@ -97,7 +97,7 @@ def test_a_calibration_without_trajectories_keeps_only_the_exact_exit(calibrated
     """Empty checkpoints crashed the early-exit rule; now the envelope is simply off."""
     import math
 
-    from genorigin.runtime.early_exit import TrajectoryStopRule
+    from genorigin.runtime.decide.early_exit import TrajectoryStopRule
 
     _, cal = calibrated
     bare = Calibration(**{**cal.__dict__, "checkpoint_steps": [], "checkpoint_scores": []})

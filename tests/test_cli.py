@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from bad_images import write_bad_images
 from genorigin.export.bundled import load_bundled, real_images_dir
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.decide.calibration import Calibration, quantize_8bit
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 
 from genorigin.cli import main
 from genorigin.images import load_rgb8, save_png

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from genorigin.export.bundled import assets_dir
-from genorigin.runtime.encoder import FittedEncoder, OnnxEncoder
+from genorigin.runtime.methods.encoder import FittedEncoder, OnnxEncoder
 from tiny_models import write_own_pngs, write_tiny_dcgan
 
 from genorigin.cli import main

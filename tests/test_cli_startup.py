@@ -55,7 +55,7 @@ def _loaded(argv: list[str], cwd: Path | None = None) -> tuple[list[str], str]:
 
 @pytest.mark.parametrize("name", list(COMMANDS))
 def test_help_of_every_command_imports_no_torch_onnx_or_scipy(name):
-    """``genorigin attribute --help`` among them: the options are declared from plain data (runtime/settings.py,
+    """``genorigin attribute --help`` among them: the options are declared from plain data (runtime/loop/settings.py,
     the method and backend registries); each command imports its work when it runs."""
     loaded, out = _loaded([name, "--help"])
     assert loaded == [] and "usage: genorigin" in out, loaded

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from genorigin.runtime.complexity import MIN_COMPLEXITY, complexity, entropy_2d, to_grey8
+from genorigin.runtime.decide.complexity import MIN_COMPLEXITY, complexity, entropy_2d, to_grey8
 
 
 def brute_force_entropy(image: np.ndarray) -> float:

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 from corpus.build import CASES, write_corpus
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.inversion import InversionSettings
-from genorigin.runtime.service import Service, ServiceThread, load_served_model
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.loop.settings import InversionSettings
+from genorigin.runtime.methods.attribution import Attributor
 from service_helpers import post, write_tiny_dcgan
 
 from genorigin.cli import main
 from genorigin.errors import EXIT_FAILED, EXIT_PARTIAL
 from genorigin.models import resolve_model
+from genorigin.service import Service, ServiceThread, load_served_model
 
 STEPS = ["--preset", "paper", "--steps", "20", "--check-every", "10", "--batch-size", "8"]
 ACCEPTED = sorted(c.name for c in CASES if c.outcome == "accepted")

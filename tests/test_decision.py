@@ -2,13 +2,13 @@ import math
 
 import numpy as np
 import pytest
-from genorigin.runtime.decision import (
+from genorigin.runtime.decide.decision import (
     empirical_threshold,
     grubbs_critical_value,
     grubbs_p_value,
     grubbs_test,
 )
-from genorigin.runtime.student_t import regularized_beta, t_isf, t_pdf, t_sf
+from genorigin.runtime.decide.student_t import regularized_beta, t_isf, t_pdf, t_sf
 from scipy import stats
 
 pytestmark = pytest.mark.numeric  # holds on any CPU: .ci/run repeats it under other ATEN_CPU_CAPABILITY
@@ -58,7 +58,7 @@ def test_empirical_threshold_controls_false_rejections(rng):
 
 @pytest.mark.parametrize("df", [1, 2, 3, 5, 10, 30, 98, 398, 1000, 5000])
 def test_student_t_quantile_and_tail_match_scipy(df):
-    """runtime/student_t.py replaces scipy.stats (0.6 s of the command line's start-up) for the Grubbs test."""
+    """runtime/decide/student_t.py replaces scipy.stats (0.6 s of the command line's start-up) for the Grubbs test."""
     for p in (1e-12, 1e-9, 1e-6, 5e-5, 5e-4, 1e-3, 0.01, 0.05, 0.2, 0.5, 0.7, 0.99, 1 - 1e-6):
         assert t_isf(p, df) == pytest.approx(stats.t.isf(p, df), rel=1e-11, abs=1e-300), p
     for t in (-5.0, -1.0, 0.0, 0.3, 1.0, 2.5, 4.0, 10.0, 50.0, 1e3):

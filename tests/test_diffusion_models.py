@@ -19,10 +19,11 @@ from genorigin.export.diffusion import (  # noqa: E402
     ddim_timesteps,
 )
 from genorigin.export.model_folders import load_model_path  # noqa: E402
-from genorigin.runtime.attribution import Attributor, quantize_8bit  # noqa: E402
-from genorigin.runtime.backend import TorchBackend  # noqa: E402
-from genorigin.runtime.calibration import Calibration, CalibrationMismatch  # noqa: E402
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert  # noqa: E402
+from genorigin.runtime.backends.eager import TorchBackend  # noqa: E402
+from genorigin.runtime.decide.calibration import Calibration, CalibrationMismatch, quantize_8bit  # noqa: E402
+from genorigin.runtime.loop.inversion import invert  # noqa: E402
+from genorigin.runtime.loop.settings import InversionSettings, Schedule  # noqa: E402
+from genorigin.runtime.methods.attribution import Attributor  # noqa: E402
 
 
 def tiny_unet(seed: int) -> torch.nn.Module:

@@ -2,9 +2,9 @@ import math
 
 import numpy as np
 import pytest
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.inversion import BELONGING, CONTINUE, NON_BELONGING
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.decide.early_exit import TrajectoryStopRule
+from genorigin.runtime.loop.outcome import BELONGING, CONTINUE, NON_BELONGING
 
 
 def _calibration() -> Calibration:
@@ -59,8 +59,9 @@ def test_decisions():
 
 def test_bundled_model_own_sample_and_real_photo_exit_early():
     from genorigin.export.bundled import load_bundled, real_images_dir
-    from genorigin.runtime.attribution import Attributor, quantize_8bit
-    from genorigin.runtime.inversion import InversionSettings, Schedule
+    from genorigin.runtime.decide.calibration import quantize_8bit
+    from genorigin.runtime.loop.settings import InversionSettings, Schedule
+    from genorigin.runtime.methods.attribution import Attributor
 
     from genorigin.images import load_rgb8
 
@@ -77,8 +78,8 @@ def test_bundled_model_own_sample_and_real_photo_exit_early():
 
 
 def test_schedule_exit_settings_reach_the_stop_rule():
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.inversion import InversionSettings, Schedule
+    from genorigin.runtime.loop.settings import InversionSettings, Schedule
+    from genorigin.runtime.methods.attribution import Attributor
     from helpers import tiny_generator
 
     gen = tiny_generator()
@@ -108,7 +109,7 @@ def _boundary_disagreement(cal: Calibration) -> float | None:
 def test_a_belonging_exit_is_never_a_non_belonging_verdict_at_the_boundary():
     """The early exit and the verdict compare the same statistic (issue 21): at a score where the threshold
     form and the statistic form round differently, both still say the same thing."""
-    from genorigin.runtime.decision import grubbs_test
+    from genorigin.runtime.decide.decision import grubbs_test
 
     found = None
     for seed in range(200):  # find a calibration whose boundary rounds differently in the two forms

@@ -12,11 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from genorigin.runtime.gpu import engine_cache as ec
-from genorigin.runtime.gpu import engine_io, graphs, profiles, slots, trt_build, trt_env
-from genorigin.runtime.gpu.engine_cache import EngineCache, EngineKey
-from genorigin.runtime.gpu.engine_io import TensorSpec
-from genorigin.runtime.gpu.profiles import BatchProfile
+from genorigin.runtime.backends.gpu import engine_cache as ec
+from genorigin.runtime.backends.gpu import engine_io, graphs, profiles, slots, trt_build, trt_env
+from genorigin.runtime.backends.gpu.engine_cache import EngineCache, EngineKey
+from genorigin.runtime.backends.gpu.engine_io import TensorSpec
+from genorigin.runtime.backends.gpu.profiles import BatchProfile
 from helpers import tiny_generator
 
 

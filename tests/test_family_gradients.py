@@ -17,8 +17,8 @@ from genorigin.export.model_folders import load_model_path  # noqa: E402
 from genorigin.export.package import AttributionPackage, export_generator, export_onnx_file  # noqa: E402
 from genorigin.export.stylegan import StyleGANConfig, random_stylegan  # noqa: E402
 from genorigin.export.tensorrt_ops import TENSORRT_VERSION, ops_outside_tensorrt  # noqa: E402
-from genorigin.runtime.backend import TorchBackend  # noqa: E402
-from genorigin.runtime.ort_backend import OrtBackend  # noqa: E402
+from genorigin.runtime.backends.eager import TorchBackend  # noqa: E402
+from genorigin.runtime.backends.ort import OrtBackend  # noqa: E402
 from helpers import UnflattenDecoder, assert_static_gradient_graph, export_legacy_onnx  # noqa: E402
 
 pytestmark = pytest.mark.slow  # minutes: see README for the quick subset

@@ -7,17 +7,15 @@ import pytest
 import torch
 from genorigin.export.package import export_generator
 from genorigin.export.stylegan import StyleGANConfig, random_stylegan
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.backend import SlotState, TorchBackend
-from genorigin.runtime.encoder import EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
-from genorigin.runtime.inversion import (
-    FAST_SETTINGS,
-    InversionSettings,
-    Schedule,
-    StallDetector,
-    invert,
-)
-from genorigin.runtime.optimizers import LBFGS, LBFGSConfig
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.backend import SlotState
+from genorigin.runtime.loop.inversion import invert
+from genorigin.runtime.loop.optimizers import LBFGS, LBFGSConfig
+from genorigin.runtime.loop.restarts import StallDetector
+from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
 from helpers import tiny_generator
 
 QUICK_FIT = FitSettings(steps=60, batch=32)
@@ -95,7 +93,7 @@ def test_calibrate_fits_a_missing_encoder_and_attribute_refuses_without_one():
 def test_encoder_fits_from_an_exported_graph_alone(tmp_path):
     """A package has no torch module: the pairs come from the ONNX forward run by ONNX Runtime."""
     from genorigin.export.package import AttributionPackage
-    from genorigin.runtime.ort_backend import package_generator
+    from genorigin.runtime.backends.ort import package_generator
 
     gen = tiny_generator()
     pkg = AttributionPackage.load(export_generator(gen, tmp_path / "p"))
@@ -239,8 +237,8 @@ def test_evaluations_count_every_start_step():
 def test_encoder_travels_in_a_package_and_ort_runs_it(fitted, tmp_path):
     """encoder.onnx in the package gives the torch encoder's starts; the package identity does not change."""
     from genorigin.export.package import AttributionPackage, PackageError
-    from genorigin.runtime.encoder import OnnxEncoder, attach_encoder
-    from genorigin.runtime.ort_backend import OrtBackend, package_generator
+    from genorigin.runtime.backends.ort import OrtBackend, package_generator
+    from genorigin.runtime.methods.encoder import OnnxEncoder, attach_encoder
 
     gen, enc = fitted
     root = export_generator(gen, tmp_path / "p")

@@ -22,7 +22,7 @@ import pytest
 import tomllib
 import torch
 from genorigin.kernels import build, launch
-from genorigin.runtime.gpu.ops import KernelFallbackWarning, resolve_kernels
+from genorigin.runtime.backends.gpu.ops import KernelFallbackWarning, resolve_kernels
 from packaging.requirements import Requirement
 from packaging.version import Version
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from genorigin.runtime.gpu.numerics import TREE, _node, fp32_math, has_precision_tree
+from genorigin.runtime.backends.gpu.numerics import TREE, _node, fp32_math, has_precision_tree
 
 pytestmark = pytest.mark.skipif(not has_precision_tree(), reason=f"torch {torch.__version__} has no fp32_precision")
 

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from genorigin.runtime.backend import Backend, SlotState, TorchBackend, take, to_numpy
-from genorigin.runtime.compare import compare_backends
-from genorigin.runtime.gpu.slots import FIELDS, SlotBuffers
-from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.backends.compare import compare_backends
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.gpu.slots import FIELDS, SlotBuffers
+from genorigin.runtime.backends.gpu.torch_graph import CudaGraphTorchBackend
+from genorigin.runtime.loop.backend import Backend, SlotState, take, to_numpy
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
 from helpers import tiny_generator
 
 SETTINGS = InversionSettings(steps=40, lr=0.05)
@@ -165,8 +166,8 @@ def test_invert_with_static_buffer_backend_matches_torch_backend(optimizer: str)
 
 def test_backends_report_the_names_they_are_chosen_by() -> None:
     """``--backend torch-cuda-graph`` must say torch-cuda-graph (it said torch-cudagraph)."""
-    from genorigin.runtime.backends import BACKENDS
-    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+    from genorigin.runtime.backends.gpu.tensorrt import TensorRTBackend
+    from genorigin.runtime.backends.registry import BACKENDS
 
     assert CudaGraphTorchBackend.name == "torch-cuda-graph" and TensorRTBackend.name in BACKENDS
     assert CudaGraphTorchBackend(tiny_generator(), device="cpu").describe()["backend"] in BACKENDS
@@ -237,7 +238,7 @@ def test_cuda_graph_backend_through_the_loop(optimizer: str) -> None:
 def _tensorrt_reason() -> str | None:
     if not HAS_CUDA:
         return "needs a CUDA GPU visible to torch (none here)"
-    from genorigin.runtime.gpu.trt_env import tensorrt_available
+    from genorigin.runtime.backends.gpu.trt_env import tensorrt_available
 
     ok, why = tensorrt_available()
     return None if ok else f"needs TensorRT >= 10: {why}"
@@ -257,10 +258,10 @@ def trt_graphs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_engine_build_cache_hit_and_foreign_rejection(trt_graphs: Path, tmp_path: Path) -> None:
     import json
 
-    from genorigin.runtime.gpu.engine_cache import sidecar_path
-    from genorigin.runtime.gpu.profiles import BatchProfile
-    from genorigin.runtime.gpu.trt_build import build_engines
-    from genorigin.runtime.gpu.trt_load import ForeignEngineError, load_engine
+    from genorigin.runtime.backends.gpu.engine_cache import sidecar_path
+    from genorigin.runtime.backends.gpu.profiles import BatchProfile
+    from genorigin.runtime.backends.gpu.trt_build import build_engines
+    from genorigin.runtime.backends.gpu.trt_load import ForeignEngineError, load_engine
 
     profiles = (BatchProfile(1, 4, 16),)
     first = build_engines(trt_graphs, cache_dir=tmp_path, profiles=profiles)
@@ -282,8 +283,8 @@ def test_engine_build_cache_hit_and_foreign_rejection(trt_graphs: Path, tmp_path
 @pytest.mark.parametrize("plan", ["loss", "vjp"])
 @pytest.mark.parametrize("kernels", ["torch", "auto"])
 def test_tensorrt_backend_matches_cpu_reference(trt_graphs: Path, tmp_path: Path, plan: str, kernels: str) -> None:
-    from genorigin.runtime.gpu.profiles import BatchProfile
-    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+    from genorigin.runtime.backends.gpu.profiles import BatchProfile
+    from genorigin.runtime.backends.gpu.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend.from_graphs(
         trt_graphs, profiles=(BatchProfile(1, 4, 16),), cache_dir=tmp_path, plan=plan, kernels=kernels
@@ -310,8 +311,8 @@ def test_tensorrt_backend_runs_the_fast_preset_within_its_engines(trt_graphs: Pa
     """The default preset (per-slot L-BFGS, one fresh start for a stalled image) through the loop on TensorRT:
     the update runs inside the backend's iteration, the slots never exceed the engines' largest batch (16)
     although 12 images × 2 slots would, and the losses follow the CPU reference."""
-    from genorigin.runtime.gpu.profiles import BatchProfile
-    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+    from genorigin.runtime.backends.gpu.profiles import BatchProfile
+    from genorigin.runtime.backends.gpu.tensorrt import TensorRTBackend
 
     backend = TensorRTBackend.from_graphs(trt_graphs, profiles=(BatchProfile(1, 4, 16),), cache_dir=tmp_path)
     gen = tiny_generator()

@@ -1,9 +1,12 @@
 import numpy as np
 import pytest
 import torch
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.inversion import InversionSettings, Schedule, initial_latents, invert
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.inversion import invert
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.loop.starts import initial_latents
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 
 SETTINGS = InversionSettings(steps=300, lr=0.05, restarts=2)

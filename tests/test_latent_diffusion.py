@@ -13,7 +13,15 @@ diffusers = pytest.importorskip("diffusers")
 
 from genorigin.export.latent_diffusion import load_latent_diffusion  # noqa: E402
 from genorigin.export.model_folders import load_model_path  # noqa: E402
-from genorigin.runtime.aedr import (  # noqa: E402
+from genorigin.runtime.backends.eager import TorchBackend  # noqa: E402
+from genorigin.runtime.decide.calibration import (  # noqa: E402
+    Calibration,
+    CalibrationMismatch,
+    quantize_8bit,
+)
+from genorigin.runtime.loop.inversion import invert  # noqa: E402
+from genorigin.runtime.loop.settings import InversionSettings, Schedule  # noqa: E402
+from genorigin.runtime.methods.aedr import (  # noqa: E402
     AEDRAttributor,
     aedr_scores,
     glcm,
@@ -21,12 +29,8 @@ from genorigin.runtime.aedr import (  # noqa: E402
     kde_threshold,
     quantize_grey,
 )
-from genorigin.runtime.attribution import quantize_8bit  # noqa: E402
-from genorigin.runtime.backend import TorchBackend  # noqa: E402
-from genorigin.runtime.calibration import Calibration, CalibrationMismatch  # noqa: E402
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert  # noqa: E402
-from genorigin.runtime.latent_tracer import TRACER_SETTINGS, EncoderInit, latent_tracer  # noqa: E402
-from genorigin.runtime.methods import make_attributor  # noqa: E402
+from genorigin.runtime.methods.latent_tracer import TRACER_SETTINGS, EncoderInit, latent_tracer  # noqa: E402
+from genorigin.runtime.methods.registry import make_attributor  # noqa: E402
 from scipy import stats  # noqa: E402
 
 

@@ -14,18 +14,12 @@ import numpy as np
 import pytest
 import torch
 from genorigin.export.adapters import from_module
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.inversion import (
-    FAST_SETTINGS,
-    InversionLoop,
-    InversionSettings,
-    Schedule,
-    images_in_flight,
-    invert,
-)
-from genorigin.runtime.optimizers import LBFGS
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.loop.inversion import InversionLoop, images_in_flight, invert
+from genorigin.runtime.loop.optimizers import LBFGS
+from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import TinyDecoder, tiny_generator
 from service_helpers import png
 from torch import nn

@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 from genorigin.kernels.reference import AdamConfig
-from genorigin.runtime.backend import SlotState, TorchBackend
-from genorigin.runtime.gpu.slots import FIELDS
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.gpu.slots import FIELDS
+from genorigin.runtime.loop.backend import SlotState
+from genorigin.runtime.loop.inversion import invert
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
 from helpers import tiny_generator
 
 CHECK_EVERY = 10

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from genorigin.runtime.multimodel import RULE, decide_across
+from genorigin.runtime.decide.multimodel import RULE, decide_across
 
 
 @dataclass

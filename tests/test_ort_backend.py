@@ -9,10 +9,11 @@ import pytest
 import torch
 from genorigin.export.package import AttributionPackage, PackageError, export_generator, export_onnx_file
 from genorigin.kernels.reference import loss_and_grad
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.inversion import InversionSettings, Schedule
-from genorigin.runtime.ort_backend import OrtBackend, make_session, package_generator
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.ort import OrtBackend, make_session, package_generator
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import TinyDecoder, UnflattenDecoder, assert_static_gradient_graph, export_legacy_onnx, tiny_generator
 
 SETTINGS = InversionSettings(steps=200, lr=0.05, restarts=2)

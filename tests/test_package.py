@@ -20,7 +20,7 @@ from genorigin.export.validate import (
     validate_against_module,
     validate_by_finite_differences,
 )
-from genorigin.runtime.calibration import Calibration, CalibrationMismatch
+from genorigin.runtime.decide.calibration import Calibration, CalibrationMismatch
 from helpers import UnflattenDecoder, export_legacy_onnx, tiny_generator
 
 from genorigin.files import sha256_file

@@ -24,7 +24,7 @@ from genorigin.export.package import (
 )
 from genorigin.export.package_checks import LEGACY_FORMAT
 from genorigin.export.weights import INLINE_LIMIT, STORAGE_TYPES, WEIGHTS_FILE, bfloat16_bits_to_float32, external_ref
-from genorigin.runtime.ort_backend import OrtBackend
+from genorigin.runtime.backends.ort import OrtBackend
 from helpers import UnflattenDecoder, export_legacy_onnx
 
 from genorigin.files import sha256_file

@@ -18,11 +18,14 @@ import torch
 from genorigin.export.bundled import load_bundled
 from genorigin.export.generator import Generator
 from genorigin.kernels import reference
-from genorigin.runtime.attribution import CALIBRATION_SAMPLE_SEED, Attributor, band_readings, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.complexity import complexity
-from genorigin.runtime.invariant import exact_rows
-from genorigin.runtime.inversion import InversionSettings, Schedule, initial_latents
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.decide.calibration import CALIBRATION_SAMPLE_SEED, quantize_8bit
+from genorigin.runtime.decide.complexity import complexity
+from genorigin.runtime.decide.result import band_readings
+from genorigin.runtime.loop.invariant import exact_rows
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.loop.starts import initial_latents
+from genorigin.runtime.methods.attribution import Attributor
 
 RUNS = {
     "plain": (InversionSettings(steps=120, restarts=2), Schedule(batch_size=5, check_every=10)),

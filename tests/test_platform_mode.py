@@ -1,4 +1,4 @@
-"""The platform mode (runtime/platform.py): images at their own size, inverted through T_θ ∘ M; the window
+"""The platform mode (runtime/methods/platform.py): images at their own size, inverted through T_θ ∘ M; the window
 it finds, its calibration through the platform family, files read at their own size."""
 
 import json
@@ -7,14 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from genorigin.export.bundled import assets_dir, load_bundled
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.encoder import FitSettings, FittedEncoder
-from genorigin.runtime.inversion import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
-from genorigin.runtime.platform import PlatformAttributor
-from genorigin.runtime.platform_encoder import platform_encoder_path
-from genorigin.runtime.robust import quantization_floor, robust_settings
-from genorigin.runtime.transforms import ROBUST_FAMILIES, TRANSFORMS, apply_transform
+from genorigin.runtime.decide.calibration import Calibration, quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.methods.platform import PlatformAttributor
+from genorigin.runtime.methods.platform_encoder import platform_encoder_path
+from genorigin.runtime.robust.modes import quantization_floor, robust_settings
+from genorigin.runtime.robust.transforms import ROBUST_FAMILIES, TRANSFORMS, apply_transform
 from helpers import tiny_generator
 from PIL import Image
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.encoder import FitSettings
-from genorigin.runtime.inversion import FAST_SETTINGS, InversionSettings
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.encoder import FitSettings
 from helpers import tiny_generator
 from PIL import Image
 

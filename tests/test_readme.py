@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from genorigin.export.bundled import load_bundled, real_images_dir
-from genorigin.runtime.attribution import quantize_8bit
+from genorigin.runtime.decide.calibration import quantize_8bit
 from tiny_models import write_tiny_dcgan
 
 from genorigin.images import save_png

@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from genorigin.runtime import backends, methods
-from genorigin.runtime.attribution import Attributor
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.inversion import FAST_SETTINGS, PAPER_SCHEDULE, PAPER_SETTINGS, InversionSettings
+from genorigin.runtime.backends import registry as backends
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.loop.settings import FAST_SETTINGS, PAPER_SCHEDULE, PAPER_SETTINGS, InversionSettings
+from genorigin.runtime.methods import registry as methods
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 
 from genorigin.models import resolve_model
@@ -65,7 +66,7 @@ def test_methods_presets_and_the_old_name():
 
 def test_the_loop_method_follows_the_protocol_end_to_end(tmp_path):
     """calibrate → use_calibration → attribute_files → describe, through the protocol's names only."""
-    from genorigin.runtime.attribution import quantize_8bit
+    from genorigin.runtime.decide.calibration import quantize_8bit
 
     from genorigin.images import save_png
 

@@ -178,7 +178,7 @@ def packages(tmp_path_factory):
 
 
 def test_export_rematerialises_what_does_not_fit_its_budget(packages):
-    from genorigin.runtime.ort_backend import OrtBackend
+    from genorigin.runtime.backends.ort import OrtBackend
 
     gen, plain, tight = packages
     assert plain.manifest["activations"]["segments"] == {"vjp": 0, "loss_mse": 0}
@@ -196,14 +196,14 @@ def test_export_rematerialises_what_does_not_fit_its_budget(packages):
         OrtBackend(tight, threads=1).loss_and_grad(z, x), OrtBackend(plain, threads=1).loss_and_grad(z, x)
     ):
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
-    from genorigin.runtime.ort_backend import _other_loss_graph
+    from genorigin.runtime.backends.ort import _other_loss_graph
 
     robust = _other_loss_graph(tight, "mse-dct8")  # other losses are rematerialised like the package's own
     assert REMAT_KEY in {p.key for p in robust.metadata_props}
 
 
 def test_a_step_over_the_memory_budget_runs_in_chunks_of_rows(packages):
-    from genorigin.runtime.ort_backend import OrtBackend
+    from genorigin.runtime.backends.ort import OrtBackend
 
     gen, plain, _ = packages
     whole = OrtBackend(plain, threads=1)

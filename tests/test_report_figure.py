@@ -9,8 +9,9 @@ import io
 import matplotlib
 import numpy as np
 import pytest
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.inversion import InversionSettings, Schedule
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 from matplotlib.patches import Rectangle
 from PIL import Image

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from genorigin.runtime.attribution import Attributor, band_readings
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.early_exit import TrajectoryStopRule
-from genorigin.runtime.inversion import BELONGING, CONTINUE, InversionSettings, Schedule
-from genorigin.runtime.reproducibility import band_from, band_indices, flip_last_bit
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.decide.early_exit import TrajectoryStopRule
+from genorigin.runtime.decide.reproducibility import band_from, band_indices, flip_last_bit
+from genorigin.runtime.decide.result import band_readings
+from genorigin.runtime.loop.outcome import BELONGING, CONTINUE
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 
 pytestmark = pytest.mark.numeric

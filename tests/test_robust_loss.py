@@ -11,11 +11,11 @@ from genorigin.export.onnx_forward import export_forward
 from genorigin.export.package import AttributionPackage, export_generator
 from genorigin.kernels.projection import noise_gain, projection_weights
 from genorigin.kernels.reference import loss_and_grad, project, project_transpose
-from genorigin.runtime.attribution import quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.inversion import InversionSettings
-from genorigin.runtime.ort_backend import OrtBackend
-from genorigin.runtime.transforms import apply_transform
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.ort import OrtBackend
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.settings import InversionSettings
+from genorigin.runtime.robust.transforms import apply_transform
 from helpers import tiny_generator
 
 KIND = "mse-dct8"
@@ -108,15 +108,15 @@ def test_ort_backend_matches_torch_backend_on_the_projection_loss(tmp_path):
 
 
 def test_gpu_backends_refuse_it_before_touching_a_gpu():
-    from genorigin.runtime.gpu.ops import require_gpu_loss
-    from genorigin.runtime.gpu.torch_graph import CudaGraphTorchBackend
+    from genorigin.runtime.backends.gpu.ops import require_gpu_loss
+    from genorigin.runtime.backends.gpu.torch_graph import CudaGraphTorchBackend
 
     with pytest.raises(ValueError, match=r"no CUDA kernel or TensorRT loss graph.*--backend torch"):
         CudaGraphTorchBackend(tiny_generator(), device="cpu", loss=KIND)
     CudaGraphTorchBackend(tiny_generator(), device="cpu", loss="mse")  # the plain losses still construct
     with pytest.raises(ValueError, match=KIND):
         require_gpu_loss(KIND)
-    from genorigin.runtime.gpu.tensorrt import TensorRTBackend
+    from genorigin.runtime.backends.gpu.tensorrt import TensorRTBackend
 
     with pytest.raises(ValueError, match="no CUDA kernel"):  # before any engine is built (or CUDA looked for)
         TensorRTBackend.from_graphs("no-such-package", loss=KIND)
@@ -135,7 +135,7 @@ def test_settings_know_the_projection_kinds():
 @pytest.mark.numeric
 @pytest.mark.parametrize("side", [8, 16, 26, 32])
 def test_a_samples_projection_loss_is_the_same_bits_in_any_batch(side):
-    """The robust and platform modes' loss is batch-invariant as the plain one is (runtime/invariant.py): a
+    """The robust and platform modes' loss is batch-invariant as the plain one is (runtime/loop/invariant.py): a
     batched contraction chose its kernel by the batch's size (8×8 and 16×16 residuals differed by an ulp)."""
     rng = np.random.default_rng(side)
     y = torch.tensor(rng.random((5, 3, side, side)), dtype=torch.float32)

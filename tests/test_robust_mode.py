@@ -1,5 +1,5 @@
-"""The robust mode's calibration (runtime/robust.py), the platform transforms (runtime/transforms.py) and the
-input-coverage warning (runtime/coverage.py)."""
+"""The robust mode's calibration (runtime/robust/modes.py), the platform transforms (runtime/robust/transforms.py)
+and the input-coverage warning (runtime/robust/coverage.py)."""
 
 import io
 import json
@@ -8,14 +8,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from genorigin.export.bundled import load_bundled
-from genorigin.runtime.attribution import Attributor, quantization_floor, quantize_8bit
-from genorigin.runtime.calibration import Calibration, CalibrationMismatch
-from genorigin.runtime.coverage import coverage_warning
-from genorigin.runtime.inversion import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
-from genorigin.runtime.robust import robust_settings
-from genorigin.runtime.service.batching import Job
-from genorigin.runtime.service.responses import model_answer
-from genorigin.runtime.transforms import ROBUST_FAMILIES, TRANSFORMS, apply_transform
+from genorigin.runtime.decide.calibration import Calibration, CalibrationMismatch, quantize_8bit
+from genorigin.runtime.loop.settings import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor, quantization_floor
+from genorigin.runtime.robust.coverage import coverage_warning
+from genorigin.runtime.robust.modes import robust_settings
+from genorigin.runtime.robust.transforms import ROBUST_FAMILIES, TRANSFORMS, apply_transform
 from helpers import tiny_generator
 from PIL import Image
 
@@ -23,6 +21,8 @@ from genorigin.choices import InversionChoices, SettingsConflict
 from genorigin.cli import build_parser
 from genorigin.facts import ImageFacts
 from genorigin.images import decode_upload
+from genorigin.service.batching import Job
+from genorigin.service.responses import model_answer
 
 PLAIN = InversionSettings(steps=30, lr=0.05, restarts=1)
 ROBUST = robust_settings(PLAIN, "jpeg")

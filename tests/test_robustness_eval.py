@@ -1,17 +1,17 @@
-"""The robustness evaluation (runtime/robustness.py) and ``genorigin robustness`` (commands/robustness.py)."""
+"""The robustness evaluation (genorigin.robustness_eval) and ``genorigin robustness`` (commands/robustness.py)."""
 
 import argparse
 import json
 
 import numpy as np
 import pytest
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.inversion import InversionSettings, Schedule
-from genorigin.runtime.robustness import evaluate_robustness, mode_settings, read
+from genorigin.runtime.decide.calibration import Calibration, quantize_8bit
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 
 from genorigin.commands import robustness as command
+from genorigin.robustness_eval import evaluate_robustness, mode_settings, read
 
 SETTINGS = InversionSettings(steps=100, lr=0.05, restarts=1, optimizer="lbfgs", fresh_starts=2, stall_window=20)
 SCHEDULE = Schedule(batch_size=16, check_every=10, exit_min_step=30)  # stalled at the first exit, starts left
@@ -50,7 +50,7 @@ def test_early_exit_reading_matches_a_live_early_exit_run():
     robust = mode_settings(SETTINGS, "robust")
     att = make(robust, SCHEDULE)
     att.calibrate(10)
-    from genorigin.runtime.transforms import apply_transform
+    from genorigin.runtime.robust.transforms import apply_transform
 
     live = att.attribute(np.concatenate([apply_transform("jpeg80", own, 0), apply_transform("jpeg80", real, 1)]))
     steps = {"own": np.mean([r.steps for r in live[:6]]), "real": np.mean([r.steps for r in live[6:]])}

@@ -14,12 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from genorigin.export.bundled import real_images_dir
-from genorigin.runtime.attribution import quantize_8bit
-from genorigin.runtime.service import Service, ServiceThread, load_served_model
+from genorigin.runtime.decide.calibration import quantize_8bit
 from service_helpers import png, post
 
 from genorigin.cli import main
 from genorigin.models import resolve_model
+from genorigin.service import Service, ServiceThread, load_served_model
 
 pytestmark = pytest.mark.numeric
 THREADS = ["--threads", "2"]  # two threads: eager PyTorch split batches of 3+ differently before (issue 21)

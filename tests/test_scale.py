@@ -21,13 +21,13 @@ import pytest
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 pytest.importorskip("ray.serve", reason="the [ray] extra is not installed")
 
-from genorigin.runtime.attribution import quantize_8bit  # noqa: E402
-from genorigin.runtime.service.config import ModelRequest, ServiceConfig  # noqa: E402
+from genorigin.runtime.decide.calibration import quantize_8bit  # noqa: E402
 from service_helpers import png, post, request  # noqa: E402
 
 from genorigin.cli import main  # noqa: E402
 from genorigin.models import resolve_model  # noqa: E402
 from genorigin.scale import attribute_dataset  # noqa: E402
+from genorigin.service.config import ModelRequest, ServiceConfig  # noqa: E402
 
 pytestmark = pytest.mark.timeout(600)  # a hang guard: a loaded 2-core machine took 185 s for one test
 CALIBRATE = ["--samples", "6"]  # the default (fast) preset, with the shipped encoder

@@ -15,8 +15,8 @@ import urllib.request
 import numpy as np
 import pytest
 from corpus.build import CASES
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.service import Limits, ServedModel, Service
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 from service_helpers import (
     FAST_SCHEDULE,
@@ -33,6 +33,7 @@ from service_helpers import (
 
 from genorigin.client import Client, DeadlineExceeded, Overloaded, ServiceError
 from genorigin.images import decode_upload
+from genorigin.service import Limits, ServedModel, Service
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from genorigin.runtime.attribution import quantize_8bit
-from genorigin.runtime.service import Limits
+from genorigin.runtime.decide.calibration import quantize_8bit
 from service_helpers import (
     LONG,
     calibrated_tiny,
@@ -28,6 +27,8 @@ from service_helpers import (
     variant,
     wait_until,
 )
+
+from genorigin.service import Limits
 
 TIMEOUT = 1.0  # read timeout of the server under test: headers and body must keep arriving
 BURST_DEADLINE_MS = 300_000  # the burst tests admission, not latency: admitted requests wait as long as it takes

@@ -17,9 +17,8 @@ import threading
 import numpy as np
 import pytest
 from genorigin.export.adapters import load_generator_file
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.multimodel import decide_across
-from genorigin.runtime.service import ServiceLoadError, load_served_model
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.decide.multimodel import decide_across
 from service_helpers import (
     CLI_SCHEDULE,
     CLI_STEPS,
@@ -37,6 +36,7 @@ from service_helpers import (
 
 from genorigin.cli import main
 from genorigin.client import Client
+from genorigin.service import ServiceLoadError, load_served_model
 
 STEPS, SCHEDULE = CLI_STEPS, CLI_SCHEDULE
 

@@ -14,8 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from genorigin.runtime.multimodel import decide_across
-from genorigin.runtime.service import Limits
+from genorigin.runtime.decide.multimodel import decide_across
 from PIL import Image
 from service_helpers import (
     LONG,
@@ -32,6 +31,8 @@ from service_helpers import (
     variant,
     wait_until,
 )
+
+from genorigin.service import Limits
 
 http = pytest.importorskip("tritonclient.http")  # the dev extra
 from tritonclient.utils import InferenceServerException  # noqa: E402

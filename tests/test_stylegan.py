@@ -12,9 +12,11 @@ from genorigin.export.stylegan import (
     stylegan_from_state_dict,
     stylegan_generator,
 )
-from genorigin.runtime.attribution import Attributor, quantize_8bit
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.inversion import InversionSettings, Schedule, invert
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.inversion import invert
+from genorigin.runtime.loop.settings import InversionSettings, Schedule
+from genorigin.runtime.methods.attribution import Attributor
 
 CFG = StyleGANConfig(image_size=16, z_dim=32, w_dim=32, width=32)
 

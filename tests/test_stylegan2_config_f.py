@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from genorigin.export.package import AttributionPackage, export_generator, export_onnx_file
 from genorigin.export.stylegan import FIR, StyleGANConfig, StyleGANGenerator, Upsample2x, random_stylegan
-from genorigin.runtime.backend import TorchBackend
-from genorigin.runtime.ort_backend import OrtBackend
+from genorigin.runtime.backends.eager import TorchBackend
+from genorigin.runtime.backends.ort import OrtBackend
 
 SMALL = StyleGANConfig.config_f(32, z_dim=32, w_dim=32, channel_base=512, channel_max=32)
 

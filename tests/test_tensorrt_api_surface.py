@@ -24,7 +24,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
-from genorigin.runtime.gpu import trt_env
+from genorigin.runtime.backends.gpu import trt_env
 
 ROOT = Path(__file__).resolve().parents[1]
 PINNED = [ln.strip() for ln in (ROOT / ".ci/tensorrt-bindings.txt").read_text().splitlines()
@@ -79,7 +79,7 @@ def used_names() -> dict[str, set[str]]:
     """TensorRT names used by each TensorRT module: ``trt.X.Y`` chains and attributes on TensorRT objects."""
     out: dict[str, set[str]] = {}
     for module in TRT_MODULES:
-        tree = ast.parse((ROOT / "runtime/gpu" / module).read_text())
+        tree = ast.parse((ROOT / "runtime/backends/gpu" / module).read_text())
         names: set[str] = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute):
@@ -137,7 +137,7 @@ def test_docs_and_benchmark_state_the_same_precisions() -> None:
         row = f"| TensorRT {major}.x | {', '.join(precisions)} |"
         assert row in docs, f"docs/deployment.md lacks the row {row!r}"
     bench = (ROOT / "benchmarks/bench_latency.py").read_text()
-    assert "choices=PRECISIONS" in bench and "from genorigin.runtime.gpu.trt_env import PRECISIONS" in bench
+    assert "choices=PRECISIONS" in bench and "from genorigin.runtime.backends.gpu.trt_env import PRECISIONS" in bench
 
 
 def test_ast_walk_finds_known_calls() -> None:

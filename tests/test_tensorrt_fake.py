@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from genorigin.runtime.backend import SlotState
-from genorigin.runtime.gpu import tensorrt as trt_backend
-from genorigin.runtime.gpu.trt_load import LoadedEngine
-from genorigin.runtime.inversion import InversionSettings
+from genorigin.runtime.backends.gpu import tensorrt as trt_backend
+from genorigin.runtime.backends.gpu.trt_load import LoadedEngine
+from genorigin.runtime.loop.backend import SlotState
+from genorigin.runtime.loop.settings import InversionSettings
 
 OUR_STREAM = 0xBEEF
 LATENT, IMAGE = (8,), (3, 8, 8)

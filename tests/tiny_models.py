@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from genorigin.export.adapters import BUNDLED_FORMAT, load_generator_file
 from genorigin.export.architectures import DCGANConfig, DCGANGenerator
-from genorigin.runtime.attribution import quantize_8bit
+from genorigin.runtime.decide.calibration import quantize_8bit
 
 from genorigin.images import save_png
 

@@ -1,5 +1,5 @@
 """Several models on the same images (``genorigin attribute --model A --model B``): each model's results joined
-per image and decided across them by ``runtime.multimodel.decide_across``, the rule of the service's
+per image and decided across them by ``runtime.decide.multimodel.decide_across``, the rule of the service's
 ``model=all``, so the command line and the service give the same answer for the same image.
 
 An image is answered when every model attributed it; one that some model could not read is reported in the
@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from genorigin.runtime.multimodel import CrossModelDecision, decide_across
+from genorigin.runtime.decide.multimodel import CrossModelDecision, decide_across
 from genorigin.tables import NAME_WIDTH, p_text, tail
 
 if TYPE_CHECKING:
-    from genorigin.runtime.attribution import AttributionResult
-    from genorigin.runtime.file_input import FileAttribution
+    from genorigin.runtime.decide.result import AttributionResult
+    from genorigin.runtime.methods.files import FileAttribution
 
 CSV_PER_MODEL = ("verdict", "p_value", "calibrated_loss", "steps", "stop_reason")
 
@@ -82,8 +82,8 @@ def format_table(rows: list[Row], models: list[str]) -> str:
     legend = [
         "decision: the model that made the image, or none. Each model tests the image against its own calibration;",
         "  several accepting (*: ambiguous): the largest p-value, then the smallest statistic/critical value, then",
-        "  the name (runtime/multimodel.py; the service's model=all). p-value: how often that model's own images",
-        "  score this high (small: unlike them).",
+        "  the name (runtime/decide/multimodel.py; the service's model=all). p-value: how often that model's own",
+        "  images score this high (small: unlike them).",
     ]
     return "\n".join([*lines, "", *legend])
 

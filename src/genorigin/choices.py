@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from genorigin.runtime.robust import robust_settings
-from genorigin.runtime.settings import InversionSettings, Schedule, default_schedule
+from genorigin.runtime.loop.settings import InversionSettings, Schedule, default_schedule
+from genorigin.runtime.robust.modes import robust_settings
 
 # InversionSettings field → its flag, and the same for Schedule (the flags' dest is the field name)
 SETTINGS_FLAGS = {

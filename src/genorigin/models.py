@@ -3,7 +3,7 @@ model's calibration, encoder and exported package live.
 
 Kinds (``MODEL_KINDS``, also the ``--model`` help): a bundled name, a genorigin ``.pt`` model file, an
 attribution package folder (``genorigin export``), a local diffusers folder. Backends and methods are chosen
-by name in ``runtime/backends.py`` and ``runtime/methods.py``; this module only says where things are.
+by name in ``runtime/backends/registry.py`` and ``runtime/methods/registry.py``; this module only says where things are.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
 from genorigin.files import cache_dir
-from genorigin.runtime.calibration import canonical_method
+from genorigin.runtime.decide.calibration import canonical_method
 
 if TYPE_CHECKING:
     from genorigin.export.generator import Generator
     from genorigin.export.latent_diffusion import LatentDiffusionModel
     from genorigin.export.package import AttributionPackage
-    from genorigin.runtime.backend import Backend
+    from genorigin.runtime.loop.backend import Backend
 
 MODEL_KINDS = {
     "bundled": f"a bundled model name ({', '.join(BUNDLED_MODELS)}; docs/models.md)",
@@ -60,8 +60,8 @@ class ResolvedModel:
         return self._package
 
     def backend(self, name: str | None = None, loss: str = "mse", threads: int | None = None) -> Backend:
-        """``runtime.backends.make_backend`` for this model (default: torch for PyTorch models, else ORT)."""
-        from genorigin.runtime.backends import make_backend
+        """``runtime.backends.registry.make_backend`` for this model (default: torch for PyTorch models, else ORT)."""
+        from genorigin.runtime.backends.registry import make_backend
 
         return make_backend(self, name, loss, threads)
 
@@ -121,7 +121,7 @@ def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -
         raise FileNotFoundError(f"{spec} does not exist (and is not a bundled model: {', '.join(BUNDLED_MODELS)})")
     if p.is_dir() and (p / "manifest.json").exists():
         from genorigin.export.package import ENCODER_GRAPH, AttributionPackage
-        from genorigin.runtime.ort_backend import package_generator
+        from genorigin.runtime.backends.ort import package_generator
 
         pkg = AttributionPackage.load(p)
         return ResolvedModel(

@@ -26,8 +26,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from genorigin.files import atomic_write_bytes
-from genorigin.runtime.attribution import AttributionResult
-from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.decide.result import AttributionResult
 
 VERDICT_COLOURS = {"belonging": "#1a9641", "non-belonging": "#d7191c", "uncertain": "#e6a100", "error": "#000000"}
 CALIBRATION_COLOUR = "#8c8c8c"

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from genorigin.runtime.attribution import AttributionResult
-    from genorigin.runtime.calibration import Calibration
+    from genorigin.runtime.decide.calibration import Calibration
+    from genorigin.runtime.decide.result import AttributionResult
 
 NAME_WIDTH = 36
 RULE_NAMES = {"grubbs": "one-sided Grubbs test", "quantile": "empirical quantile", "aedr-kde": "KDE quantile"}

@@ -21,14 +21,20 @@ from genorigin.errors import GenoriginError
 from genorigin.files import atomic_write_bytes
 from genorigin.images import Preparer, ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
-from genorigin.runtime.calibration import Calibration
-from genorigin.runtime.file_input import FileAttribution, attribute_read
-from genorigin.runtime.methods import AttributionMethod, MethodOptions, MethodSpec, build_method, resolve_method
-from genorigin.runtime.settings import FitSettings, InversionSettings, Schedule
+from genorigin.runtime.decide.calibration import Calibration
+from genorigin.runtime.loop.settings import FitSettings, InversionSettings, Schedule
+from genorigin.runtime.methods.files import FileAttribution, attribute_read
+from genorigin.runtime.methods.registry import (
+    AttributionMethod,
+    MethodOptions,
+    MethodSpec,
+    build_method,
+    resolve_method,
+)
 
 if TYPE_CHECKING:  # torch (and, for packages, ONNX) are imported by the steps that use them, not by importing this
-    from genorigin.runtime.attribution import AttributionResult
-    from genorigin.runtime.encoder import Encoder, FittedEncoder
+    from genorigin.runtime.decide.result import AttributionResult
+    from genorigin.runtime.methods.encoder import Encoder, FittedEncoder
 
 
 class WorkflowError(GenoriginError):
@@ -109,11 +115,11 @@ def calibration_settings(choice: MethodChoice) -> tuple[MethodSpec, tuple[Invers
 
 def encoder_path(model: ResolvedModel, choice: MethodChoice, method: AttributionMethod | None = None) -> Path:
     """Where the model's encoder is read from and saved to (``--encoder`` wins); the platform mode's is its
-    platform encoder, beside the model's (runtime/platform_encoder.py)."""
+    platform encoder, beside the model's (runtime/methods/platform_encoder.py)."""
     if choice.encoder is not None:
         return choice.encoder
     if method is not None and method.settings.to_dict().get("robust") == "platform":
-        from genorigin.runtime.platform_encoder import platform_encoder_path
+        from genorigin.runtime.methods.platform_encoder import platform_encoder_path
 
         return platform_encoder_path(model.encoder_path)
     return model.encoder_path
@@ -121,7 +127,7 @@ def encoder_path(model: ResolvedModel, choice: MethodChoice, method: Attribution
 
 def load_encoder(path: Path) -> Encoder:
     """A fitted torch encoder (``.pt``), or an encoder graph (``.onnx``, how a package carries it)."""
-    from genorigin.runtime.encoder import FittedEncoder, OnnxEncoder
+    from genorigin.runtime.methods.encoder import FittedEncoder, OnnxEncoder
 
     try:
         return OnnxEncoder(path) if path.suffix == ".onnx" else FittedEncoder.load(path)
@@ -158,7 +164,7 @@ def prepare_encoder(
 def save_encoder(fitted: FittedEncoder, path: Path) -> None:
     """Atomically: the weights (``.pt``), or the graph (``.onnx``; into a package's manifest when it is one)."""
     from genorigin.export.package import ENCODER_GRAPH, MANIFEST
-    from genorigin.runtime.encoder import attach_encoder
+    from genorigin.runtime.methods.encoder import attach_encoder
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Inversion flags default to None ("not given"): the preset supplies the value when calibrating and the
 calibration when attributing, and only a flag the user typed can contradict a calibration. Their help says
-each preset's value, read from ``runtime.settings.PRESETS``. Declaring the options imports no torch (``--help``
+each preset's value, read from ``runtime.loop.settings.PRESETS``. Declaring the options imports no torch (``--help``
 answers at once); turning them into a job imports the workflow.
 """
 
@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 from genorigin.choices import SCHEDULE_FLAGS, SETTINGS_FLAGS, InversionChoices
 from genorigin.errors import CliError
 from genorigin.models import MODEL_KINDS, model_name
-from genorigin.runtime.backends import BACKENDS
-from genorigin.runtime.methods import METHODS, method_choices
-from genorigin.runtime.robust import ROBUST_MODES
-from genorigin.runtime.settings import OPTIMIZERS, PRESETS, FitSettings
+from genorigin.runtime.backends.registry import BACKENDS
+from genorigin.runtime.loop.settings import OPTIMIZERS, PRESETS, ROBUST_MODES, FitSettings
+from genorigin.runtime.methods.registry import METHODS, method_choices
 from genorigin.threads import WORKERS_ENV, use_threads
 
 if TYPE_CHECKING:
@@ -232,7 +231,7 @@ def add_calibration_choice(p: argparse.ArgumentParser) -> None:
 
 def check_ranges(args: argparse.Namespace) -> None:
     """Refuse, in one line and before any work, the numbers no run can use (only the options a command has)."""
-    from genorigin.runtime.calibration import MIN_SAMPLES
+    from genorigin.runtime.decide.calibration import MIN_SAMPLES
 
     limits = {
         "samples": (lambda v: v >= MIN_SAMPLES, f"at least {MIN_SAMPLES} (a calibration's test needs them)"),

@@ -22,8 +22,8 @@ from genorigin.images import encode_png
 from genorigin.models import MODEL_KINDS
 from genorigin.outputs import OutputPlan, unique_names, write_bytes, write_text
 from genorigin.progress import Progress
-from genorigin.runtime.file_input import FileAttribution
-from genorigin.runtime.multimodel import RULE
+from genorigin.runtime.decide.multimodel import RULE
+from genorigin.runtime.methods.files import FileAttribution
 from genorigin.tables import format_table, summary_line, to_csv
 
 
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_table(found.results, loaded.method.accept_threshold(), loaded.calibration))
         print(summary_line(found.results, len(found.errors), len(found.skipped)))
-        for r in found.results:  # outside what the calibration covers (runtime/coverage.py); --json has them too
+        for r in found.results:  # outside what the calibration covers (runtime/robust/coverage.py); --json has them too
             if r.warning:
                 print(f"warning: {r.source}: {r.warning}")
     sys.stdout.flush()

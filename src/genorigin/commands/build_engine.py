@@ -7,8 +7,8 @@ import json
 
 from genorigin import workflow
 from genorigin.errors import EXIT_OK, CliError
-from genorigin.runtime.gpu.profiles import parse_profile
-from genorigin.runtime.gpu.trt_env import PRECISIONS  # light: TensorRT itself is imported only to build
+from genorigin.runtime.backends.gpu.profiles import parse_profile
+from genorigin.runtime.backends.gpu.trt_env import PRECISIONS  # light: TensorRT itself is imported only to build
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genorigin.runtime.gpu.trt_build import build_engines
+    from genorigin.runtime.backends.gpu.trt_build import build_engines
 
     model = workflow.resolve(args.model, args.ddim_steps)
     try:

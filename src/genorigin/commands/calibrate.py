@@ -16,7 +16,7 @@ from genorigin.commands import args as common
 from genorigin.errors import EXIT_OK
 from genorigin.outputs import OutputError, OutputPlan
 from genorigin.progress import Progress
-from genorigin.runtime.calibration import Calibration
+from genorigin.runtime.decide.calibration import Calibration
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

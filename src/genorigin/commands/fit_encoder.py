@@ -17,7 +17,7 @@ from genorigin.commands import args as common
 from genorigin.errors import EXIT_OK, CliError
 from genorigin.outputs import OutputPlan
 from genorigin.progress import Progress
-from genorigin.runtime.settings import FitSettings
+from genorigin.runtime.loop.settings import FitSettings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genorigin.runtime.encoder import fit_generator_encoder  # torch: for the fit, not for --help
+    from genorigin.runtime.methods.encoder import fit_generator_encoder  # torch: for the fit, not for --help
 
     model = workflow.resolve(args.model, args.ddim_steps, common.configure_threads(args))
     path = args.encoder or model.encoder_path

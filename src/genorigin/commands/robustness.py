@@ -2,8 +2,8 @@
 whether the robust mode holds (issue 13) — a smaller run of benchmarks/eval_robustness.py for any model.
 
 Own samples of M and non-belonging images (the bundled held-out real photos, or ``--negatives``) go through
-JPEG, resizing, cropping, noise and WebP (runtime/transforms.py); each mode is calibrated on M's own samples
-and read per transform (runtime/robustness.py). Prints one row per transform × mode; ``--report`` writes
+JPEG, resizing, cropping, noise and WebP (runtime/robust/transforms.py); each mode is calibrated on M's own samples
+and read per transform (src/genorigin/robustness_eval.py). Prints one row per transform × mode; ``--report`` writes
 the JSON, ``--figure`` the AUC-vs-JPEG-quality plot.
 """
 
@@ -21,13 +21,13 @@ from genorigin.errors import EXIT_FAILED, EXIT_OK
 from genorigin.export.bundled import real_images_dir
 from genorigin.images import load_rgb8, read_images
 from genorigin.models import ResolvedModel, resolve_model
-from genorigin.runtime.robust import EVALUATION_MODES as MODES
-from genorigin.runtime.settings import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
-from genorigin.runtime.transforms import TRANSFORMS
+from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.robust.modes import EVALUATION_MODES as MODES
+from genorigin.runtime.robust.transforms import TRANSFORMS
 
 if TYPE_CHECKING:  # the loop (torch) is imported when the evaluation runs, not for --help
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.encoder import Encoder
+    from genorigin.runtime.methods.attribution import Attributor
+    from genorigin.runtime.methods.encoder import Encoder
 
 OWN_SEED = 777  # fresh own samples: not the calibration's seed
 JPEG_AXIS = [("none", 100), ("jpeg95", 95), ("jpeg90", 90), ("jpeg80", 80), ("jpeg70", 70), ("jpeg50", 50)]
@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from genorigin.runtime.attribution import Attributor, quantize_8bit
-    from genorigin.runtime.robustness import evaluate_robustness
+    from genorigin.robustness_eval import evaluate_robustness
+    from genorigin.runtime.decide.calibration import quantize_8bit
+    from genorigin.runtime.methods.attribution import Attributor
 
     if args.threads:
         import torch
@@ -100,8 +101,8 @@ def negatives(model: ResolvedModel, args: argparse.Namespace) -> np.ndarray:
 
 def encoder_for(model: ResolvedModel, args: argparse.Namespace) -> Encoder:
     """The encoder whose latents start every inversion: ``--encoder``, the bundled one, or one fitted now."""
-    from genorigin.runtime.attribution import Attributor
-    from genorigin.runtime.encoder import FittedEncoder
+    from genorigin.runtime.methods.attribution import Attributor
+    from genorigin.runtime.methods.encoder import FittedEncoder
 
     if args.encoder:
         return FittedEncoder.load(args.encoder)

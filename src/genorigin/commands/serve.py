@@ -1,4 +1,4 @@
-"""``genorigin serve``: the attribution service for one or several models (runtime/service, docs/serving.md).
+"""``genorigin serve``: the attribution service for one or several models (src/genorigin/service, docs/serving.md).
 
 Exit codes: 0 after a clean shutdown (SIGTERM drains in-flight requests first); 2 when nothing could be served
 (a model, calibration, encoder or token problem, named in one line).
@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from genorigin.errors import GenoriginError
-from genorigin.runtime.backends import backend_names
+from genorigin.runtime.backends.registry import backend_names
 
 if TYPE_CHECKING:
-    from genorigin.runtime.service.config import ServiceConfig
+    from genorigin.service.config import ServiceConfig
 
 EXIT_OK, EXIT_FAILED = 0, 2
 
@@ -87,10 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def service_config(args: argparse.Namespace, token: str | None) -> ServiceConfig:
-    """The service the flags ask for, as data (``runtime.service.config``): built here, or by each Ray replica."""
+    """The service the flags ask for, as data (``genorigin.service.config``): built here, or by each Ray replica."""
     from genorigin.commands.args import named_specs, per_model
-    from genorigin.runtime.service import Limits
-    from genorigin.runtime.service.config import ModelRequest, ServiceConfig
+    from genorigin.service import Limits
+    from genorigin.service.config import ModelRequest, ServiceConfig
 
     specs = named_specs(args.model)
     names = [n for n, _ in specs]
@@ -107,7 +107,7 @@ def service_config(args: argparse.Namespace, token: str | None) -> ServiceConfig
 
 
 def read_token(args: argparse.Namespace) -> str | None:
-    from genorigin.runtime.service.server import is_loopback
+    from genorigin.service.server import is_loopback
 
     if args.token_file is None:
         if not is_loopback(args.host):
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    from genorigin.runtime.service import ServiceLoadError, serve
+    from genorigin.service import ServiceLoadError, serve
 
     try:
         config = service_config(args, read_token(args))

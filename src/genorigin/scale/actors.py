@@ -3,12 +3,12 @@
 ``AttributionActor`` is the callable class ``map_batches`` runs in a pool of actors. Its constructor resolves
 the model and builds the method exactly as ``genorigin attribute`` does (``workflow.method_for_attribution``:
 the calibration's settings, its encoder, its level), once per actor, never per batch. With the shared
-inversion loop it then starts the HTTP service's worker (``runtime.service.batching.ModelWorker``): one
+inversion loop it then starts the HTTP service's worker (``genorigin.service.batching.ModelWorker``): one
 thread running ``Attributor.stream`` over a live queue. Each batch reads its files (one open per file: content
 hash, then decode), queues its images and yields each row the moment its image leaves the loop. Ray runs two
 batches per actor at once (``CALLS_PER_ACTOR``), so the next batch's images join the loop at its checkpoints
 while the last ones of the batch before finish: the loop never drains between batches. Results are
-batch-independent (runtime/inversion.py), so every row equals what ``genorigin attribute`` gives the image.
+batch-independent (runtime/loop/inversion.py), so every row equals what ``genorigin attribute`` gives the image.
 
 A batch yields columns ``source``, ``status`` (``ok``, ``unreadable``, ``failed``, ``skipped``) and ``row``
 (the result row as JSON text; empty for ``skipped``: the file's content hash and path are already in the
@@ -32,11 +32,12 @@ import numpy as np
 from genorigin import workflow
 from genorigin.decode import Background
 from genorigin.images import HashedRead, read_image_hashed
-from genorigin.runtime.attribution import AttributionResult, Attributor
-from genorigin.runtime.methods import resolve_method
-from genorigin.runtime.service.batching import Job, ModelWorker
-from genorigin.runtime.service.loading import ServedModel
+from genorigin.runtime.decide.result import AttributionResult
+from genorigin.runtime.methods.attribution import Attributor
+from genorigin.runtime.methods.registry import resolve_method
 from genorigin.scale.output import error_row, result_row, to_line, token
+from genorigin.service.batching import Job, ModelWorker
+from genorigin.service.loading import ServedModel
 from genorigin.threads import use_threads
 
 OK, UNREADABLE, FAILED, SKIPPED = "ok", "unreadable", "failed", "skipped"
@@ -94,7 +95,7 @@ class AttributionActor:
         self.method = loaded.method
         self.worker: ModelWorker | None = None
         spec, _ = resolve_method(self.method.method)
-        if spec.inverts:  # the registry: an inverting method is built on the shared loop (runtime/methods.py)
+        if spec.inverts:  # the registry: an inverting method is built on the shared loop (runtime/methods/registry.py)
             loop = cast(Attributor, self.method)
             served = ServedModel(model.generator.name, model.source, loop, str(loaded.calibration_path))
             self.worker = ModelWorker(served, max_queue=QUEUE_BOUND)

@@ -1,12 +1,12 @@
 """The HTTP service on Ray Serve: ``genorigin serve --engine ray --replicas N``, ``serve run``, a config YAML.
 
 Each replica builds the service ``genorigin serve`` runs in one process, from the same ``ServiceConfig``
-(``runtime/service/config.py``): the same models and calibrations, the same continuous-batching worker per
-model, and the same ASGI app (``runtime/service/app.py``: routes, JSON errors, admission, metrics). Ray Serve's
+(``src/genorigin/service/config.py``): the same models and calibrations, the same continuous-batching worker per
+model, and the same ASGI app (``src/genorigin/service/app.py``: routes, JSON errors, admission, metrics). Ray Serve's
 proxy spreads requests over the replicas; answers and their schema are those of ``genorigin serve``.
 
 What changes with Ray Serve in front: Ray's proxy, not genorigin's guarded uvicorn protocol, parses HTTP (the
-header read timeout and the HTTP/0.9 refusal of ``runtime/service/protocol.py`` do not apply); ``/healthz``,
+header read timeout and the HTTP/0.9 refusal of ``src/genorigin/service/protocol.py`` do not apply); ``/healthz``,
 ``/readyz`` and ``/metrics`` describe whichever replica answered; Ray restarts a replica whose health check
 (its workers alive) fails; draining is Ray's graceful shutdown (``drain_timeout_s``). Each replica takes
 ``ServiceConfig.capacity`` requests at once (``max_ongoing_requests``, the service's own admission bound); past
@@ -25,9 +25,9 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from genorigin.runtime.service.app import create_app
-from genorigin.runtime.service.config import ServiceConfig
 from genorigin.scale.cluster import connect
+from genorigin.service.app import create_app
+from genorigin.service.config import ServiceConfig
 from genorigin.threads import use_threads
 
 APP_NAME = "genorigin"
