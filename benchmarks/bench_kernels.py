@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch = _die_without_gpu()
     import torch.nn.functional as F
-    from genorigin.kernels import launch
+    from genorigin.kernels import launch, torch_launch
 
     ks = launch.get_kernels(torch.cuda.current_device())
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
 
             def wrapper(y=y, x=x) -> None:
-                launch.loss_and_grad_cuda(y, x)
+                torch_launch.loss_and_grad_cuda(y, x)
 
             yl = y.detach().clone().requires_grad_(True)
 

@@ -15,12 +15,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-import numpy as np
 import onnx
-from genorigin.kernels.projection import BLOCK, PROJECTIONS, padded_size, projection_weights
 from genorigin.kernels.reference import loss_kinds
 from onnx import NodeProto, TensorProto, helper
 
+from .loss_head import loss_nodes
 from .onnx_graph import (
     ConstTable,
     all_names,
@@ -96,7 +95,8 @@ def build_loss_graph(
     image = prep.claim("image") if include_image and prep.output != "image" else prep.output
     emitter = prep.emitter()
     work_type = TensorProto.DOUBLE if prep.types.get(prep.output) == TensorProto.DOUBLE else TensorProto.FLOAT
-    loss, seed = _loss_nodes(prep, emitter, names["target"], kind, work_type)
+    y_type = prep.types.get(prep.output, TensorProto.FLOAT)
+    loss, seed = loss_nodes(emitter, prep.output, prep.dims.get(prep.output), y_type, names["target"], kind, work_type)
     grad = _backprop(prep, emitter, prep.output, seed)
     emitter.nodes.append(helper.make_node("Identity", [loss], [names["loss"]], name=emitter.fresh("loss_out")))
     emitter.nodes.append(helper.make_node("Identity", [grad], [names["grad_z"]], name=emitter.fresh("grad_out")))
@@ -351,57 +351,3 @@ def _path_from_latent(prep: _Prepared, target: NodeProto, keep: int = 4) -> list
 
 def _accumulate(emitter: Emitter, contributions: list[str]) -> str:
     return contributions[0] if len(contributions) == 1 else emitter.op("Sum", contributions)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Loss head
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _loss_nodes(prep: _Prepared, e: Emitter, target: str, kind: LossKind, work_type: int) -> tuple[str, str]:
-    """Per-sample loss (N,) and its gradient w.r.t. the image, as in kernels/reference.py."""
-    y = prep.output
-    dims = prep.dims.get(y)
-    y_type = prep.types.get(y, TensorProto.FLOAT)
-    y_work = y if y_type == work_type else e.op("Cast", [y], to=work_type)
-    diff = e.op("Sub", [y_work, target])
-    if kind in PROJECTIONS:
-        loss, gy = _projection_nodes(e, diff, kind, dims, work_type)
-        return loss, (e.op("Cast", [gy], to=y_type) if y_type != work_type else gy)
-    per_element = e.op("Mul", [diff, diff]) if kind == "mse" else e.op("Abs", [diff])
-    if dims is None:  # rank unknown (a third-party graph inference cannot follow): mean over the flattened sample
-        loss = e.reduce("ReduceMean", e.op("Reshape", [per_element, e.ints([0, -1])]), [1], keepdims=False)
-    else:
-        loss = e.reduce("ReduceMean", per_element, list(range(1, len(dims))), keepdims=False)
-    slope = diff if kind == "mse" else e.op("Sign", [diff])
-    scale = 2.0 if kind == "mse" else 1.0
-    static = [d for d in dims[1:] if d is not None and d >= 0] if dims is not None else []
-    if dims is not None and len(static) == len(dims) - 1:
-        gy = e.op("Mul", [slope, e.const(scale / float(np.prod(static, dtype=np.int64)), work_type)])
-    else:
-        count = e.op("Div", [e.op("Size", [y]), e.op("Gather", [e.shape_of(y), e.ints([0])], axis=0)])
-        gy = e.op("Div", [e.op("Mul", [slope, e.const(scale, work_type)]), e.op("Cast", [count], to=work_type)])
-    if y_type != work_type:
-        gy = e.op("Cast", [gy], to=y_type)
-    return loss, gy
-
-
-def _projection_nodes(e: Emitter, diff: str, kind: str, dims: tuple[Dim, ...] | None, work_type: int
-                      ) -> tuple[str, str]:  # fmt: skip
-    """‖P·diff‖²/(C·H·W) per sample and 2·Pᵀ·P·diff/(C·H·W): P a Conv with stride 8 (zero-padded to whole
-    blocks), Pᵀ the ConvTranspose with the same weights (cropped back), as kernels/reference.project."""
-    static = [int(d) for d in dims[1:] if d is not None and d >= 0] if dims is not None else []
-    if dims is None or len(dims) != 4 or len(static) != 3:
-        raise ValueError(f"loss {kind!r} needs a generator output of static shape N×C×H×W, got {dims}")
-    c, h, w = static
-    weights = e.const(projection_weights(kind, c), work_type)
-    ph, pw = padded_size(h) - h, padded_size(w) - w
-    padded = e.op("Pad", [diff, e.ints([0, 0, 0, 0, 0, 0, ph, pw])]) if ph or pw else diff
-    coef = e.op("Conv", [padded, weights], kernel_shape=[BLOCK, BLOCK], strides=[BLOCK, BLOCK])
-    count = float(c * h * w)
-    loss = e.op("Mul", [e.reduce("ReduceSum", e.op("Mul", [coef, coef]), [1, 2, 3], keepdims=False),
-                        e.const(1.0 / count, work_type)])  # fmt: skip
-    back = e.op("ConvTranspose", [coef, weights], kernel_shape=[BLOCK, BLOCK], strides=[BLOCK, BLOCK])
-    if ph or pw:
-        back = e.op("Slice", [back, e.ints([0, 0]), e.ints([h, w]), e.ints([2, 3])])
-    return loss, e.op("Mul", [back, e.const(2.0 / count, work_type)])

@@ -11,18 +11,19 @@ from typing import Any
 
 from genorigin.kernels.reference import adam_step, loss_and_grad
 
-_LAUNCH_NAMES = (
-    "CudaKernels",
-    "KernelUnavailableError",
-    "adam_step_cuda_",
-    "get_kernels",
-    "loss_and_grad_cuda",
-)
+# name → the module it loads from
+_LAUNCH_NAMES = {
+    "CudaKernels": "launch",
+    "KernelUnavailableError": "launch",
+    "get_kernels": "launch",
+    "adam_step_cuda_": "torch_launch",
+    "loss_and_grad_cuda": "torch_launch",
+}
 
 __all__ = ["adam_step", "loss_and_grad", *_LAUNCH_NAMES]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAUNCH_NAMES:
-        return getattr(importlib.import_module("genorigin.kernels.launch"), name)
+        return getattr(importlib.import_module(f"genorigin.kernels.{_LAUNCH_NAMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-from genorigin.kernels import build, launch, plan
+from genorigin.kernels import build, launch, plan, torch_launch
 
 if TYPE_CHECKING:
     import torch
@@ -268,12 +268,12 @@ def test_torch_wrappers_validate_before_touching_the_gpu() -> None:
     torch = pytest.importorskip("torch")
     y = torch.zeros(2, 3, 4, 4)
     with pytest.raises(ValueError, match="CUDA tensor"):
-        launch.loss_and_grad_cuda(y, y)
+        torch_launch.loss_and_grad_cuda(y, y)
     z = torch.zeros(2, 8)
     with pytest.raises(ValueError, match="CUDA tensor"):
-        launch.adam_step_cuda_(z, z, z, z, torch.ones(2), torch.ones(2), torch.ones(2), z, lr=0.1)
+        torch_launch.adam_step_cuda_(z, z, z, z, torch.ones(2), torch.ones(2), torch.ones(2), z, lr=0.1)
     with pytest.raises(ValueError, match=r"torch\.Tensor"):
-        launch.loss_and_grad_cuda(np.zeros((2, 3)), y)  # type: ignore[arg-type]
+        torch_launch.loss_and_grad_cuda(np.zeros((2, 3)), y)  # type: ignore[arg-type]
 
 
 @needs_nvrtc

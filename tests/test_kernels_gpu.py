@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from genorigin.kernels import build, launch, plan, reference  # noqa: E402
+from genorigin.kernels import build, launch, plan, reference, torch_launch  # noqa: E402
 from genorigin.kernels.occupancy import LIMITS, parse_ptxas, resident_blocks  # noqa: E402
 
 pytestmark = [
@@ -84,7 +84,7 @@ def test_loss_fp32_matches_reference(ks: launch.CudaKernels, shape: tuple[int, .
     y, x = _inputs(shape, torch.float32, torch.float32, seed=sum(shape) + len(kind))
     weight = torch.rand(shape[0], device=DEV) + 0.5 if weighted else None
     scale = 0.125 if weighted else 1.0
-    loss, gy = launch.loss_and_grad_cuda(y, x, kind, weight, scale, kernels=ks)
+    loss, gy = torch_launch.loss_and_grad_cuda(y, x, kind, weight, scale, kernels=ks)
     torch.cuda.synchronize()
     loss64, _ = _ref64(y, x, kind, weight, scale)
     np.testing.assert_allclose(loss.cpu().numpy(), loss64, rtol=1e-5, atol=0)
@@ -101,7 +101,7 @@ def test_loss_half_precision_y(
     ks: launch.CudaKernels, dtype: torch.dtype, x_same: bool, gy_same: bool, shape: tuple[int, ...]
 ) -> None:
     y, x = _inputs(shape, dtype, dtype if x_same else torch.float32, seed=7)
-    loss, gy = launch.loss_and_grad_cuda(y, x, "mse", gy_dtype=dtype if gy_same else None, kernels=ks)
+    loss, gy = torch_launch.loss_and_grad_cuda(y, x, "mse", gy_dtype=dtype if gy_same else None, kernels=ks)
     torch.cuda.synchronize()
     loss64, _ = _ref64(y, x, "mse", None, 1.0)
     np.testing.assert_allclose(loss.cpu().numpy(), loss64, rtol=1e-5)
@@ -120,7 +120,7 @@ def test_loss_misaligned_pointers_use_scalar_path(ks: launch.CudaKernels) -> Non
     y, x = big_y[1:].view(n, 3, 64, 64), big_x[1:].view(n, 3, 64, 64)  # 4-byte offset: no float4 loads
     plan = ks.loss_plan(n, count, ptrs=(y.data_ptr(), x.data_ptr(), 0))
     assert not plan.vec
-    loss, gy = launch.loss_and_grad_cuda(y, x, kernels=ks)
+    loss, gy = torch_launch.loss_and_grad_cuda(y, x, kernels=ks)
     torch.cuda.synchronize()
     np.testing.assert_allclose(loss.cpu().numpy(), _ref64(y, x, "mse", None, 1.0)[0], rtol=1e-5)
     np.testing.assert_allclose(gy.cpu().numpy(), _ref32(y, x, "mse", None, 1.0)[1], rtol=1e-6, atol=0)
@@ -144,12 +144,12 @@ def test_loss_raw_pointers_on_a_side_stream(ks: launch.CudaKernels) -> None:
 @pytest.mark.parametrize("shape", [(1, 3, 1024, 1024), (8, 3, 256, 256), (5, 3, 99, 101)], ids=str)
 def test_loss_is_deterministic(ks: launch.CudaKernels, shape: tuple[int, ...]) -> None:
     y, x = _inputs(shape, torch.float32, torch.float32, seed=11)
-    first = launch.loss_and_grad_cuda(y, x, kernels=ks)
+    first = torch_launch.loss_and_grad_cuda(y, x, kernels=ks)
     for _ in range(3):
-        again = launch.loss_and_grad_cuda(y, x, kernels=ks)
+        again = torch_launch.loss_and_grad_cuda(y, x, kernels=ks)
         assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     # a different split is a different (equally valid) summation order: close, not necessarily equal
-    other = launch.loss_and_grad_cuda(y, x, blocks_per_sample=3, kernels=ks)
+    other = torch_launch.loss_and_grad_cuda(y, x, blocks_per_sample=3, kernels=ks)
     torch.testing.assert_close(first[0], other[0], rtol=1e-6, atol=0)
     assert torch.equal(first[1], other[1])  # gy is elementwise: identical
 
@@ -181,7 +181,7 @@ def test_adam_step_matches_reference(
     z, m, v, grad, t, loss, best_loss, best_z = (a.to(DEV, copy=True) for a in host)
     t = t.to(t_dtype)
     hp = {"lr": 0.02, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "clip": clip}
-    out = launch.adam_step_cuda_(z, m, v, grad, t, loss, best_loss, best_z, kernels=ks, **hp)
+    out = torch_launch.adam_step_cuda_(z, m, v, grad, t, loss, best_loss, best_z, kernels=ks, **hp)
     assert out[0] is z and out[3] is best_loss
     torch.cuda.synchronize()
     args = [a.numpy() for a in host]
@@ -208,7 +208,7 @@ def test_adam_matches_torch_optim_over_100_steps(ks: launch.CudaKernels, n: int,
         opt.step()
         t = torch.full((n,), float(k + 1), device=DEV)
         loss = torch.full((n,), 100.0 - k, device=DEV)  # improves every step
-        launch.adam_step_cuda_(z, m, v, grad, t, loss, best_loss, best_z, kernels=ks, **hp)
+        torch_launch.adam_step_cuda_(z, m, v, grad, t, loss, best_loss, best_z, kernels=ks, **hp)
         if k == 98:
             z_before_last = z.clone()
     torch.cuda.synchronize()

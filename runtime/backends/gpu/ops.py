@@ -68,7 +68,7 @@ def warn_fallback(why: str) -> None:
 def loss_into(y: torch.Tensor, bufs: SlotBuffers, kind: str, kernels: Any | None) -> torch.Tensor:
     """Per-slot loss into ``bufs.loss`` and the weighted ∂loss/∂y (padding weight 0) returned."""
     if kernels is not None:
-        from genorigin.kernels.launch import loss_and_grad_cuda
+        from genorigin.kernels.torch_launch import loss_and_grad_cuda
 
         loss, gy = loss_and_grad_cuda(y.contiguous(), bufs.x, kind, bufs.weight, kernels=kernels)
     else:
@@ -112,7 +112,7 @@ def adam_into(bufs: SlotBuffers, grad: torch.Tensor, adam: AdamConfig, kernels: 
     if grad.dtype != torch.float32:
         grad = grad.float()
     if kernels is not None:
-        from genorigin.kernels.launch import adam_step_cuda_
+        from genorigin.kernels.torch_launch import adam_step_cuda_
 
         adam_step_cuda_(
             bufs.z, bufs.m, bufs.v, grad.contiguous(), bufs.t, bufs.loss, bufs.best_loss, bufs.best_z, *hyper,
