@@ -55,8 +55,9 @@ def prepare(work: Path, encoder_steps: int, cal_samples: int) -> dict:
     """Calibration (and encoder, when none is shipped) for dcgan_a's default settings, cached in ``work``."""
     import torch
     from genorigin.export.bundled import assets_dir, load_bundled
+    from genorigin.runtime.loop.settings import FitSettings
     from genorigin.runtime.methods.attribution import Attributor
-    from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
+    from genorigin.runtime.methods.encoder import FittedEncoder
 
     torch.set_num_threads(1)
     work.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from common import evaluation_sets, machine
     from genorigin.export.bundled import BUNDLED_MODELS
-    from genorigin.runtime.methods.encoder import FitSettings
+    from genorigin.runtime.loop.settings import FitSettings
 
     from genorigin import workflow
     from genorigin.threads import use_threads

@@ -43,11 +43,12 @@ from genorigin.runtime.loop.settings import (
     FAST_SETTINGS,
     PAPER_SCHEDULE,
     PAPER_SETTINGS,
+    FitSettings,
     InversionSettings,
     Schedule,
 )
 from genorigin.runtime.methods.attribution import Attributor, quantization_floor
-from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.methods.encoder import FittedEncoder
 
 NEAR_COPY_EPS = (0.05, 0.01)
 

@@ -35,9 +35,16 @@ from genorigin.runtime.backends.ort import OrtBackend, package_generator
 from genorigin.runtime.decide.calibration import quantize_8bit
 from genorigin.runtime.decide.early_exit import TrajectoryStopRule
 from genorigin.runtime.loop.restarts import StallDetector
-from genorigin.runtime.loop.settings import FAST_SCHEDULE, FAST_SETTINGS, PAPER_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.loop.settings import (
+    FAST_SCHEDULE,
+    FAST_SETTINGS,
+    PAPER_SETTINGS,
+    FitSettings,
+    InversionSettings,
+    Schedule,
+)
 from genorigin.runtime.methods.attribution import Attributor, quantization_floor
-from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.methods.encoder import FittedEncoder, fit_generator_encoder
 from PIL import Image
 from torch import nn
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
-from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.loop.settings import FitSettings
+from genorigin.runtime.methods.encoder import FittedEncoder, fit_generator_encoder
 from genorigin.runtime.methods.platform_encoder import PLATFORM_FIT, fit_platform_encoder, platform_encoder_path
 
 

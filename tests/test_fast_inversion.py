@@ -13,9 +13,9 @@ from genorigin.runtime.loop.backend import SlotState
 from genorigin.runtime.loop.inversion import invert
 from genorigin.runtime.loop.optimizers import LBFGS, LBFGSConfig
 from genorigin.runtime.loop.restarts import StallDetector
-from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings, Schedule
+from genorigin.runtime.loop.settings import FAST_SETTINGS, FitSettings, InversionSettings, Schedule
 from genorigin.runtime.methods.attribution import Attributor
-from genorigin.runtime.methods.encoder import EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.methods.encoder import EncoderStarts, FittedEncoder, fit_generator_encoder
 from helpers import tiny_generator
 
 QUICK_FIT = FitSettings(steps=60, batch=32)

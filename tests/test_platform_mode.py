@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from genorigin.export.bundled import assets_dir, load_bundled
 from genorigin.runtime.decide.calibration import Calibration, quantize_8bit
-from genorigin.runtime.loop.settings import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
+from genorigin.runtime.loop.settings import FAST_SETTINGS, PRESETS, FitSettings, InversionSettings, Schedule
 from genorigin.runtime.methods.attribution import Attributor
-from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.methods.encoder import FittedEncoder
 from genorigin.runtime.methods.platform import PlatformAttributor
 from genorigin.runtime.methods.platform_encoder import platform_encoder_path
 from genorigin.runtime.robust.modes import quantization_floor, robust_settings

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from genorigin.runtime.decide.calibration import quantize_8bit
-from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings
+from genorigin.runtime.loop.settings import FAST_SETTINGS, FitSettings, InversionSettings
 from genorigin.runtime.methods.attribution import Attributor
-from genorigin.runtime.methods.encoder import FitSettings
 from helpers import tiny_generator
 from PIL import Image
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from genorigin.export.bundled import load_bundled
 from genorigin.runtime.decide.calibration import Calibration, CalibrationMismatch, quantize_8bit
+from genorigin.runtime.loop.live import Job
 from genorigin.runtime.loop.settings import FAST_SETTINGS, PRESETS, InversionSettings, Schedule
 from genorigin.runtime.methods.attribution import Attributor, quantization_floor
 from genorigin.runtime.robust.coverage import coverage_warning
@@ -21,7 +22,6 @@ from genorigin.choices import InversionChoices, SettingsConflict
 from genorigin.cli import build_parser
 from genorigin.facts import ImageFacts
 from genorigin.images import decode_upload
-from genorigin.service.batching import Job
 from genorigin.service.responses import model_answer
 
 PLAIN = InversionSettings(steps=30, lr=0.05, restarts=1)

@@ -25,7 +25,8 @@ from genorigin.runtime.decide.calibration import CALIBRATION_SAMPLE_SEED, Calibr
 from genorigin.runtime.decide.complexity import to_grey8
 from genorigin.runtime.decide.decision import grubbs_test, quantile_test
 from genorigin.runtime.decide.result import AttributionResult, outcome_dict
-from genorigin.runtime.methods.encoder import FitSettings, FittedEncoder
+from genorigin.runtime.loop.settings import FitSettings
+from genorigin.runtime.methods.encoder import FittedEncoder
 from genorigin.runtime.methods.files import AttributesFiles
 from scipy import optimize, stats
 

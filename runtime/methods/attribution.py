@@ -26,10 +26,11 @@ from genorigin.runtime.loop.backend import Backend
 from genorigin.runtime.loop.invariant import exact_rows
 from genorigin.runtime.loop.inversion import InversionLoop
 from genorigin.runtime.loop.outcome import InversionOutcome
-from genorigin.runtime.loop.settings import FAST_SETTINGS, InversionSettings, Schedule, default_schedule
+from genorigin.runtime.loop.settings import FAST_SETTINGS, FitSettings, InversionSettings, Schedule, default_schedule
 from genorigin.runtime.loop.starts import Initializer
 from genorigin.runtime.loop.work import WorkItem, WorkSource
-from genorigin.runtime.methods.encoder import Encoder, EncoderStarts, FitSettings, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.methods.encoder import Encoder, EncoderStarts, FittedEncoder, fit_generator_encoder
+from genorigin.runtime.methods.encoder_files import prepare_encoder
 from genorigin.runtime.methods.files import AttributesFiles
 from genorigin.runtime.robust.modes import calibration_samples, quantization_floor
 
@@ -187,13 +188,8 @@ class Attributor(AttributesFiles):
         With encoder starts, ``encoder_path`` is where the model's encoder lives: loaded when present, else
         fitted with ``fit`` and saved there first (the calibration pins it).
         """
-        if self.needs_encoder and encoder_path is not None:
-            encoder_path = Path(encoder_path)
-            if encoder_path.exists():
-                self.use_encoder(FittedEncoder.load(encoder_path))
-            else:
-                encoder_path.parent.mkdir(parents=True, exist_ok=True)
-                self.fit_encoder(fit).save(encoder_path)
+        if encoder_path is not None:
+            prepare_encoder(self, Path(encoder_path), fit=fit)
         path = Path(path)
         if path.exists():
             cal = Calibration.load(path, fingerprint=self.generator.fingerprint(), method=self.method)

@@ -28,7 +28,7 @@ import torch
 from genorigin.export.generator import Generator, LatentSpec
 from genorigin.runtime.loop.backend import Backend, to_numpy
 from genorigin.runtime.loop.invariant import exact_rows
-from genorigin.runtime.loop.settings import FitSettings as FitSettings  # re-exported: plain data the CLI shows
+from genorigin.runtime.loop.settings import FitSettings
 from torch import nn
 
 from genorigin.files import atomic_write_bytes, sha256_file

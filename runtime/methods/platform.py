@@ -31,11 +31,11 @@ from genorigin.runtime.decide.result import AttributionResult
 from genorigin.runtime.loop.backend import Backend
 from genorigin.runtime.loop.inversion import InversionLoop
 from genorigin.runtime.loop.outcome import InversionOutcome
-from genorigin.runtime.loop.settings import Schedule
+from genorigin.runtime.loop.settings import FitSettings, Schedule
 from genorigin.runtime.loop.starts import Initializer
 from genorigin.runtime.loop.work import WorkItem
 from genorigin.runtime.methods.attribution import Attributor
-from genorigin.runtime.methods.encoder import Encoder, FitSettings, FittedEncoder
+from genorigin.runtime.methods.encoder import Encoder, FittedEncoder
 from genorigin.runtime.methods.platform_encoder import fit_platform_encoder
 from genorigin.runtime.robust.transforms import ROBUST_FAMILIES, PlatformFamily
 from PIL import Image

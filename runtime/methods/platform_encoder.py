@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from genorigin.export.generator import Generator
 from genorigin.export.geometry import THETA_DIM, GeometryUnits, theta_for, to_frame
-from genorigin.runtime.methods.encoder import EncoderShape, FitSettings, FittedEncoder, Pairs, fit_encoder
+from genorigin.runtime.loop.settings import FitSettings
+from genorigin.runtime.methods.encoder import EncoderShape, FittedEncoder, Pairs, fit_encoder
 from genorigin.runtime.robust.transforms import ROBUST_FAMILIES, PlatformFamily
 
 PLATFORM_FIT = FitSettings(steps=2000, lr=5e-4)  # measured on dcgan_a: θ's error stops falling by ~1500 steps

@@ -18,7 +18,7 @@ from genorigin.images import save_png
 from genorigin.models import ResolvedModel
 from genorigin.outputs import OutputError
 from genorigin.progress import Progress
-from genorigin.runtime.methods.encoder import FitSettings
+from genorigin.runtime.loop.settings import FitSettings
 from genorigin.runtime.methods.files import FileAttribution
 
 DEMO_SAMPLE_SEED = 2024

@@ -8,10 +8,12 @@ by name in ``runtime/backends/registry.py`` and ``runtime/methods/registry.py``;
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from genorigin.errors import CliError
 from genorigin.export.bundled import BUNDLED_MODELS, assets_dir, load_bundled
 from genorigin.files import cache_dir
 from genorigin.runtime.decide.calibration import canonical_method
@@ -137,3 +139,38 @@ def resolve_model(spec: str, ddim_steps: int = 50, threads: int | None = None) -
     return ResolvedModel(
         gen, p.with_name(p.name + ".calibration.json"), str(p), "file", p.with_name(p.name + ".encoder.pt")
     )
+
+
+NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")  # NAME=SPEC, NAME=PATH
+
+
+def named_specs(values: list[str]) -> list[tuple[str, str]]:
+    """Repeated ``--model [NAME=]SPEC`` → (name, spec) pairs; a name defaults to ``models.model_name(spec)``
+    (a path that exists is a spec even if it contains ``=``)."""
+    pairs = []
+    for v in values:
+        m = NAMED.match(v)
+        pairs.append((m.group(1), m.group(2)) if m and not Path(v).exists() else (model_name(v), v))
+    names = [n for n, _ in pairs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CliError(f"two models named {', '.join(twice)}: name them apart with --model NAME=SPEC")
+    return pairs
+
+
+def per_model(values: list[str], names: list[str], flag: str) -> dict[str, str]:
+    """Repeated ``NAME=PATH`` values (``--calibration``, ``--encoder``) by model name; a bare PATH only with one
+    model; one value per model."""
+    out: dict[str, str] = {}
+    for v in values:
+        m = NAMED.match(v)
+        if m and m.group(1) in names:
+            name, path = m.group(1), m.group(2)
+        elif len(names) == 1:
+            name, path = names[0], v
+        else:
+            raise CliError(f"{flag} {v!r}: with several models write NAME=PATH (models: {', '.join(names)})")
+        if name in out:
+            raise CliError(f"{flag} given twice for model {name!r}")
+        out[name] = path
+    return out

@@ -8,11 +8,14 @@ the same folder, fsync, rename), so an interrupted or failed write leaves the ol
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genorigin.errors import GenoriginError
 from genorigin.files import atomic_write_bytes
@@ -106,3 +109,18 @@ def write_bytes(path: Path, data: bytes) -> None:
         atomic_write_bytes(path, data)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def strict_json(payload: Any) -> bytes:
+    """JSON that every reader parses: NaN and ±inf written as null (a service response, a results-file row)."""
+    return json.dumps(_finite(payload), allow_nan=False).encode()
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v

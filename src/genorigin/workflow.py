@@ -18,7 +18,6 @@ from genorigin import __version__
 from genorigin.choices import InversionChoices
 from genorigin.decode import Background
 from genorigin.errors import GenoriginError
-from genorigin.files import atomic_write_bytes
 from genorigin.images import Preparer, ReadResult, read_images
 from genorigin.models import ResolvedModel, resolve_model
 from genorigin.runtime.decide.calibration import Calibration
@@ -127,12 +126,12 @@ def encoder_path(model: ResolvedModel, choice: MethodChoice, method: Attribution
 
 def load_encoder(path: Path) -> Encoder:
     """A fitted torch encoder (``.pt``), or an encoder graph (``.onnx``, how a package carries it)."""
-    from genorigin.runtime.methods.encoder import FittedEncoder, OnnxEncoder
+    from genorigin.runtime.methods.encoder_files import EncoderFileError, read_encoder
 
     try:
-        return OnnxEncoder(path) if path.suffix == ".onnx" else FittedEncoder.load(path)
-    except (ValueError, OSError) as exc:
-        raise WorkflowError(f"{path}: {exc}" if str(path) not in str(exc) else str(exc)) from exc
+        return read_encoder(path)
+    except EncoderFileError as exc:
+        raise WorkflowError(str(exc)) from exc
 
 
 def needs_fit(method: AttributionMethod, path: Path) -> bool:
@@ -148,36 +147,24 @@ def prepare_encoder(
     seconds: float | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> bool:
-    """Give ``method`` the encoder at ``path`` if it needs one: loaded if present, else fitted and saved there
-    (atomically). Returns whether one was fitted."""
-    if not method.needs_encoder:
-        return False
-    if path.exists():
-        method.use_encoder(load_encoder(path))
-        return False
-    fitted = method.fit_encoder(fit, seconds=seconds, on_step=on_step)
-    save_encoder(fitted, path)
-    method.use_encoder(load_encoder(path))  # the calibration pins the encoder as stored (a package's: its graph)
-    return True
+    """``runtime.methods.encoder_files.prepare_encoder``: the encoder at ``path`` read, or fitted and written
+    there; a file problem is one ``WorkflowError`` line. Returns whether one was fitted."""
+    from genorigin.runtime.methods import encoder_files
+
+    try:
+        return encoder_files.prepare_encoder(method, path, fit=fit, seconds=seconds, on_step=on_step)
+    except encoder_files.EncoderFileError as exc:
+        raise WorkflowError(str(exc)) from exc
 
 
 def save_encoder(fitted: FittedEncoder, path: Path) -> None:
     """Atomically: the weights (``.pt``), or the graph (``.onnx``; into a package's manifest when it is one)."""
-    from genorigin.export.package import ENCODER_GRAPH, MANIFEST
-    from genorigin.runtime.methods.encoder import attach_encoder
+    from genorigin.runtime.methods.encoder_files import EncoderFileError, write_encoder
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix != ".onnx":
-            fitted.save(path)
-        elif path.name == ENCODER_GRAPH and (path.parent / MANIFEST).is_file():
-            attach_encoder(path.parent, fitted)
-        else:
-            atomic_write_bytes(path, fitted.onnx_bytes())
-    except OSError as exc:
-        raise WorkflowError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise WorkflowError(f"{path}: {exc}") from exc
+        write_encoder(fitted, path)
+    except EncoderFileError as exc:
+        raise WorkflowError(str(exc)) from exc
 
 
 def method_for_attribution(

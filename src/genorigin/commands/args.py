@@ -9,14 +9,13 @@ answers at once); turning them into a job imports the workflow.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from genorigin.choices import SCHEDULE_FLAGS, SETTINGS_FLAGS, InversionChoices
 from genorigin.errors import CliError
-from genorigin.models import MODEL_KINDS, model_name
+from genorigin.models import MODEL_KINDS
 from genorigin.runtime.backends.registry import BACKENDS
 from genorigin.runtime.loop.settings import OPTIMIZERS, PRESETS, ROBUST_MODES, FitSettings
 from genorigin.runtime.methods.registry import METHODS, method_choices
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from genorigin import workflow
     from genorigin.models import ResolvedModel
 
-NAMED = re.compile(r"^([A-Za-z0-9_.-]+)=(.+)$")  # NAME=SPEC, NAME=PATH
 ENCODER_HELP = (
     "the encoder file the starts come from (default: the model's: shipped beside a bundled model, else in the "
     "user cache; <file>.encoder.pt; <package>/encoder.pt; <folder>/genorigin.encoder.pt)"
@@ -75,38 +73,6 @@ SCHEDULE = (
 
 def add_model(p: argparse.ArgumentParser, what: str = "the model") -> None:
     p.add_argument("--model", required=True, help=f"{what}: {'; '.join(MODEL_KINDS.values())}")
-
-
-def named_specs(values: list[str]) -> list[tuple[str, str]]:
-    """Repeated ``--model [NAME=]SPEC`` → (name, spec) pairs; a name defaults to ``models.model_name(spec)``
-    (a path that exists is a spec even if it contains ``=``)."""
-    pairs = []
-    for v in values:
-        m = NAMED.match(v)
-        pairs.append((m.group(1), m.group(2)) if m and not Path(v).exists() else (model_name(v), v))
-    names = [n for n, _ in pairs]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise CliError(f"two models named {', '.join(twice)}: name them apart with --model NAME=SPEC")
-    return pairs
-
-
-def per_model(values: list[str], names: list[str], flag: str) -> dict[str, str]:
-    """Repeated ``NAME=PATH`` values (``--calibration``, ``--encoder``) by model name; a bare PATH only with one
-    model; one value per model."""
-    out: dict[str, str] = {}
-    for v in values:
-        m = NAMED.match(v)
-        if m and m.group(1) in names:
-            name, path = m.group(1), m.group(2)
-        elif len(names) == 1:
-            name, path = names[0], v
-        else:
-            raise CliError(f"{flag} {v!r}: with several models write NAME=PATH (models: {', '.join(names)})")
-        if name in out:
-            raise CliError(f"{flag} given twice for model {name!r}")
-        out[name] = path
-    return out
 
 
 def add_method(p: argparse.ArgumentParser) -> None:

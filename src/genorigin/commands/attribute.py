@@ -19,7 +19,7 @@ from genorigin import __version__, across, workflow
 from genorigin.commands import args as common
 from genorigin.errors import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, CliError, print_problems
 from genorigin.images import encode_png
-from genorigin.models import MODEL_KINDS
+from genorigin.models import MODEL_KINDS, named_specs, per_model
 from genorigin.outputs import OutputPlan, unique_names, write_bytes, write_text
 from genorigin.progress import Progress
 from genorigin.runtime.decide.multimodel import RULE
@@ -51,21 +51,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", help="print the JSON report instead of a table")
     g.add_argument("--quiet", action="store_true", help="no progress")
     common.add_method_options(p, attributing=True)
-    from genorigin.scale import cli as scale_cli  # the options only: Ray is imported when a job starts
+    from genorigin.commands import attribute_ray  # the options only: Ray is imported when a job starts
 
-    scale_cli.add_arguments(p)
+    attribute_ray.add_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    specs = common.named_specs(args.model)
-    calibrations = common.per_model(args.calibration, [name for name, _ in specs], "--calibration")
+    specs = named_specs(args.model)
+    calibrations = per_model(args.calibration, [name for name, _ in specs], "--calibration")
     if args.engine == "ray":
-        from genorigin.scale import cli as scale_cli
+        from genorigin.commands import attribute_ray
 
         if len(specs) > 1:
             raise CliError("--engine ray attributes with one --model")
         args.model, args.calibration = specs[0][1], calibrations.get(specs[0][0])
-        return scale_cli.run(args)
+        return attribute_ray.run(args)
     common.check_ranges(args)
     if len(specs) > 1:
         return run_several(args, specs, calibrations)

@@ -3,11 +3,11 @@
 ``AttributionActor`` is the callable class ``map_batches`` runs in a pool of actors. Its constructor resolves
 the model and builds the method exactly as ``genorigin attribute`` does (``workflow.method_for_attribution``:
 the calibration's settings, its encoder, its level), once per actor, never per batch. With the shared
-inversion loop it then starts the HTTP service's worker (``genorigin.service.batching.ModelWorker``): one
-thread running ``Attributor.stream`` over a live queue. Each batch reads its files (one open per file: content
-hash, then decode), queues its images and yields each row the moment its image leaves the loop. Ray runs two
-batches per actor at once (``CALLS_PER_ACTOR``), so the next batch's images join the loop at its checkpoints
-while the last ones of the batch before finish: the loop never drains between batches. Results are
+inversion loop it then starts the loop's live worker (``runtime.loop.live.LiveWorker``, which the HTTP service
+runs too): one thread running ``Attributor.stream`` over a live queue. Each batch reads its files (one open per
+file: content hash, then decode), queues its images and yields each row the moment its image leaves the loop.
+Ray runs two batches per actor at once (``CALLS_PER_ACTOR``), so the next batch's images join the loop at its
+checkpoints while the last ones of the batch before finish: the loop never drains between batches. Results are
 batch-independent (runtime/loop/inversion.py), so every row equals what ``genorigin attribute`` gives the image.
 
 A batch yields columns ``source``, ``status`` (``ok``, ``unreadable``, ``failed``, ``skipped``) and ``row``
@@ -33,11 +33,10 @@ from genorigin import workflow
 from genorigin.decode import Background
 from genorigin.images import HashedRead, read_image_hashed
 from genorigin.runtime.decide.result import AttributionResult
+from genorigin.runtime.loop.live import Job, LiveWorker
 from genorigin.runtime.methods.attribution import Attributor
 from genorigin.runtime.methods.registry import resolve_method
 from genorigin.scale.output import error_row, result_row, to_line, token
-from genorigin.service.batching import Job, ModelWorker
-from genorigin.service.loading import ServedModel
 from genorigin.threads import use_threads
 
 OK, UNREADABLE, FAILED, SKIPPED = "ok", "unreadable", "failed", "skipped"
@@ -93,12 +92,11 @@ class AttributionActor:
                                                  early_exit=job.early_exit)  # fmt: skip
         self.job = job
         self.method = loaded.method
-        self.worker: ModelWorker | None = None
+        self.worker: LiveWorker | None = None
         spec, _ = resolve_method(self.method.method)
         if spec.inverts:  # the registry: an inverting method is built on the shared loop (runtime/methods/registry.py)
             loop = cast(Attributor, self.method)
-            served = ServedModel(model.generator.name, model.source, loop, str(loaded.calibration_path))
-            self.worker = ModelWorker(served, max_queue=QUEUE_BOUND)
+            self.worker = LiveWorker(loop, model.generator.name, max_queue=QUEUE_BOUND)
             self.worker.start()
         if roster is not None:
             import ray

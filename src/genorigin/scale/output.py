@@ -25,9 +25,8 @@ from typing import Any, BinaryIO
 
 from genorigin import __version__
 from genorigin.files import atomic_write_text
-from genorigin.outputs import OutputError
+from genorigin.outputs import OutputError, strict_json
 from genorigin.runtime.decide.result import AttributionResult
-from genorigin.service.responses import strict_json
 
 SUFFIXES = (".jsonl", ".parquet")
 UNREAD = "-"  # the resume token of a file whose bytes could not be read (no content hash)

@@ -15,7 +15,6 @@ that Ray's proxy queues as many again (``max_queued_requests``) and then answers
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import signal
 import socket
@@ -28,6 +27,7 @@ from ray.serve import Application
 from genorigin.scale.cluster import connect
 from genorigin.service.app import create_app
 from genorigin.service.config import ServiceConfig
+from genorigin.service.options import parse_options, service_config
 from genorigin.threads import use_threads
 
 APP_NAME = "genorigin"
@@ -78,18 +78,8 @@ def build_app(args: dict[str, Any]) -> Application:
     ``calibration: [PATH]``, ``max_batch: 16``, ``replicas: 2``, ``num_cpus: 1`` … (a list repeats a flag,
     ``true`` is a bare flag). Host and port are the Serve config's ``http_options``.
     """
-    from genorigin.commands import serve as command
-
-    argv: list[str] = []
-    for key, value in args.items():
-        flag = "--" + key.replace("_", "-")
-        for v in value if isinstance(value, list) else [value]:
-            argv += [flag] if v is True else [flag, str(v)]
-    parser = argparse.ArgumentParser(prog="genorigin.scale.serve:build_app")
-    command.add_arguments(parser)
-    ns = parser.parse_args(argv)
-    config = command.service_config(ns, command.read_token(ns))
-    return application(config, replicas=ns.replicas, num_cpus=ns.num_cpus, num_gpus=ns.num_gpus)
+    ns = parse_options(args, prog="genorigin.scale.serve:build_app")
+    return application(service_config(ns), replicas=ns.replicas, num_cpus=ns.num_cpus, num_gpus=ns.num_gpus)
 
 
 def deploy(config: ServiceConfig, host: str = "127.0.0.1", port: int = 8080, *, replicas: int = 1,

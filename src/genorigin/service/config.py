@@ -16,8 +16,8 @@ from typing import Any
 
 from genorigin.models import portable_spec
 from genorigin.runtime.decide.result import DecisionRule
+from genorigin.runtime.loop.live import BatchingMode
 from genorigin.service.admission import Limits
-from genorigin.service.batching import BatchingMode
 from genorigin.service.core import Service
 from genorigin.service.loading import ServedModel, load_served_model
 

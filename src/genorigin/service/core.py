@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from genorigin.runtime.decide.calibration import quantize_8bit
+from genorigin.runtime.loop.live import BatchingMode
 from genorigin.service.admission import Limits
-from genorigin.service.batching import BatchingMode, ModelWorker
+from genorigin.service.batching import ModelWorker
 from genorigin.service.errors import ServiceError
 from genorigin.service.loading import ServedModel
 from genorigin.service.metrics import ServiceMetrics

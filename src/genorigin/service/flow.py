@@ -25,11 +25,13 @@ from starlette.responses import Response
 
 from genorigin.facts import ImageFacts
 from genorigin.images import ImageError, decode_upload, prepare_pixels
+from genorigin.outputs import strict_json
+from genorigin.runtime.loop.live import Job
 from genorigin.service.admission import Reservation, check_token, parse_deadline_ms
-from genorigin.service.batching import Job, ModelWorker
+from genorigin.service.batching import ModelWorker
 from genorigin.service.core import Service
 from genorigin.service.errors import ServiceError, error_payload
-from genorigin.service.responses import ModelAnswer, model_answer, strict_json
+from genorigin.service.responses import ModelAnswer, model_answer
 from genorigin.service.uploads import Body, ClientGone, Receive, Upload
 
 log = logging.getLogger("genorigin.service")

@@ -8,8 +8,6 @@ null: the body is always strict JSON.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,23 +15,9 @@ from genorigin.facts import ImageFacts
 from genorigin.runtime.decide.calibration import Calibration
 from genorigin.runtime.decide.multimodel import decide_across
 from genorigin.runtime.decide.result import AttributionResult
+from genorigin.runtime.loop.live import Job
 from genorigin.runtime.robust.coverage import record_input
-from genorigin.service.batching import Job
 from genorigin.service.errors import error_payload
-
-
-def strict_json(payload: Any) -> bytes:
-    return json.dumps(_finite(payload), allow_nan=False).encode()
-
-
-def _finite(v: Any) -> Any:
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_finite(x) for x in v]
-    return v
 
 
 @dataclass
