@@ -1,9 +1,7 @@
-"""One registry of backends, one of methods, one protocol: names, defaults, refusals, lazy GPU classes, and
-export never importing the runtime."""
+"""One registry of backends, one of methods, one protocol: names, defaults, refusals, lazy GPU classes (the
+import directions between the rooms: tests/test_layout.py)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from genorigin.runtime.backends import registry as backends
@@ -14,8 +12,6 @@ from genorigin.runtime.methods.attribution import Attributor
 from helpers import tiny_generator
 
 from genorigin.models import resolve_model
-
-EXPORT = Path(__file__).resolve().parents[1] / "export"
 
 
 def test_backend_names_and_the_one_factory():
@@ -83,8 +79,3 @@ def test_the_loop_method_follows_the_protocol_end_to_end(tmp_path):
     assert found.results[0].input["format"] == "PNG" and found.results[0].evaluations > 0
     assert set(method.describe()) == {"method", "backend", "settings", "schedule", "rule", "encoder"}
     assert method.accept_threshold() == cal.grubbs_threshold
-
-
-def test_export_never_imports_the_runtime():
-    offenders = [p.name for p in EXPORT.rglob("*.py") if "genorigin.runtime" in p.read_text()]
-    assert offenders == []
