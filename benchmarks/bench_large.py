@@ -198,7 +198,7 @@ def phase_aedr(report: dict, work: Path) -> None:
         print("aedr", compute, result, flush=True)
     step = report.get("steps", {}).get("sd15-512", {})
     if step:
-        from genorigin.runtime.methods.latent_tracer import TRACER_SETTINGS
+        from genorigin.runtime.loop.settings import TRACER_SETTINGS
 
         per_step = min(step[b]["median_seconds"] for b in ("torch", "onnxruntime", "eager-torch"))
         entry["inversion_encoder_seconds_per_image"] = (

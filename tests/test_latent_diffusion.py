@@ -20,7 +20,11 @@ from genorigin.runtime.decide.calibration import (  # noqa: E402
     quantize_8bit,
 )
 from genorigin.runtime.loop.inversion import invert  # noqa: E402
-from genorigin.runtime.loop.settings import InversionSettings, Schedule  # noqa: E402
+from genorigin.runtime.loop.settings import (  # noqa: E402
+    TRACER_SETTINGS,
+    InversionSettings,
+    Schedule,
+)
 from genorigin.runtime.methods.aedr import (  # noqa: E402
     AEDRAttributor,
     aedr_scores,
@@ -29,7 +33,7 @@ from genorigin.runtime.methods.aedr import (  # noqa: E402
     kde_threshold,
     quantize_grey,
 )
-from genorigin.runtime.methods.latent_tracer import TRACER_SETTINGS, EncoderInit, latent_tracer  # noqa: E402
+from genorigin.runtime.methods.latent_tracer import EncoderInit, latent_tracer  # noqa: E402
 from genorigin.runtime.methods.registry import make_attributor  # noqa: E402
 from scipy import stats  # noqa: E402
 

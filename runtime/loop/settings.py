@@ -1,8 +1,8 @@
 """The settings of an attribution, as plain data: what a loss depends on (``InversionSettings``), how the loop
 is run (``Schedule``), the presets, and how an encoder is fitted (``FitSettings``).
 
-Kept apart from the loop (runtime/loop/inversion.py, which re-exports them) so that the command line can show every
-preset and default in ``--help``, and calibrations can be read and checked, without importing torch.
+Kept apart from the loop (runtime/loop/inversion.py) so that the command line can show every preset and default
+in ``--help``, and calibrations can be read and checked, without importing torch.
 """
 
 from __future__ import annotations

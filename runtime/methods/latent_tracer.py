@@ -12,11 +12,7 @@ from typing import Any
 
 import numpy as np
 from genorigin.export.latent_diffusion import LatentDiffusionModel
-from genorigin.runtime.loop.settings import TRACER_METHOD as TRACER_METHOD  # re-exported: the preset lives with the
-from genorigin.runtime.loop.settings import (
-    TRACER_SETTINGS,  # others, importable without torch
-    InversionSettings,
-)
+from genorigin.runtime.loop.settings import TRACER_METHOD, TRACER_SETTINGS, InversionSettings  # the presets: plain data
 from genorigin.runtime.loop.starts import image_key
 from genorigin.runtime.methods.attribution import Attributor
 
