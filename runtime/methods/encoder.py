@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from genorigin.export.generator import Generator, LatentSpec
+from genorigin.runtime.decide.calibration import quantize_8bit  # E trains on what attribution will see
 from genorigin.runtime.loop.backend import Backend, to_numpy
 from genorigin.runtime.loop.invariant import exact_rows
 from genorigin.runtime.loop.settings import FitSettings
@@ -185,11 +186,6 @@ class _BackendReconstruction(torch.autograd.Function):
     def backward(ctx: Any, grad_loss: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
         return grad * grad_loss.reshape(-1, *([1] * (grad.ndim - 1))), None, None
-
-
-def quantize_8bit(images: np.ndarray) -> np.ndarray:
-    """What saving as PNG does to a generated image (E trains on what attribution will see)."""
-    return (np.round(np.clip(images, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
 def fit_encoder(
