@@ -28,7 +28,7 @@ from genorigin.runtime.loop.inversion import InversionLoop
 from genorigin.runtime.loop.settings import InversionSettings, Schedule
 from genorigin.runtime.loop.work import ListSource, WorkItem, WorkSource
 
-log = logging.getLogger("genorigin.service")
+log = logging.getLogger(__name__)  # the service and the Ray actors alike
 BatchingMode = Literal["continuous", "complete"]
 
 
@@ -181,7 +181,7 @@ class LiveWorker:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name=f"genorigin-{name}", daemon=True)
 
-    # ------------------------------------------------------------------------------------------ HTTP side
+    # ------------------------------------------------------------------------------------------ producer side
     def start(self) -> None:
         self._thread.start()
 
