@@ -46,6 +46,8 @@ def step_rows(report: dict[str, Any]) -> list[str]:
     rows.append(_row(["---"] * len(head)))
     for name, e in report.get("steps", {}).items():
         for backend in ("eager-torch", "torch", "onnxruntime", "torch-bf16"):
+            if backend not in e:  # a model measured before the backend joined the benchmark
+                continue
             b = e[backend]
             cells = [name, f"{e['flops_per_step'] / 1e9:.0f}", backend, f"{b['median_seconds']:.2f}",
                      f"{b['gflops']:.0f}", f"{b['of_gemm_peak']:.0%}", f"{b['grad_error_vs_torch_fp32']:.1e}",
