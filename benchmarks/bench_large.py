@@ -195,14 +195,37 @@ def phase_activations(report: dict, work: Path) -> None:
     report["activations"] = {"estimated_per_image_bytes": entry, "measured": measured, "load": load()}
 
 
+def aedr_flops(folder: Path) -> dict[str, int]:
+    """FLOPs of one encode and one decode (``torch.utils.flop_counter`` on the meta device: shapes only)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+        x = torch.zeros(1, 3, vae.config.sample_size, vae.config.sample_size)
+        with FlopCounterMode(display=False) as encode:
+            latent = vae.encode(x).latent_dist.mean
+        with FlopCounterMode(display=False) as decode:
+            vae.decode(latent)
+    return {"encode": encode.get_total_flops(), "decode": decode.get_total_flops()}
+
+
 def phase_aedr(report: dict, work: Path) -> None:
-    entry = {}
+    """AEDR at 512 px in both modes, its FLOPs (two round trips per image) and the GEMM peaks it is bounded by."""
+    import torch
+    from bench_roofline import gemm_peak
+
+    flops = aedr_flops(sd_folder(work, 512))
+    entry: dict[str, Any] = {"flops_per_image": 2 * (flops["encode"] + flops["decode"]), "flops_one_pass": flops}
+    entry["gemm_peak_gflops_2_threads"] = {"float32": gemm_peak(2), "bfloat16": gemm_peak(2, dtype=torch.bfloat16)}
     for compute in ("float32", "bfloat16"):
         argv = [sys.executable, str(WORKERS), "--worker", "aedr", "--model", "sd15-512", "--compute", compute,
                 "--work", str(work)]  # fmt: skip
         before = load()
         result, _, rss = run_child(argv)
-        entry[compute] = {**result, "peak_rss_bytes": rss, "load_before": before, "load_after": load()}
+        entry[compute] = {**result, "peak_rss_bytes": rss, "load_before": before, "load_after": load(),
+                          "gflops": entry["flops_per_image"] / result["seconds_per_image"] / 1e9}  # fmt: skip
         print("aedr", compute, result, flush=True)
     step = report.get("steps", {}).get("sd15-512", {})
     if step:
