@@ -113,12 +113,16 @@ def phase_export(report: dict, paths: dict[str, Path], work: Path, names: list[s
         )
 
 
-def phase_steps(report: dict, work: Path, names: list[str], rounds: int) -> None:
+STEP_BACKENDS = ("eager-torch", "torch", "onnxruntime", "torch-bf16")
+
+
+def phase_steps(report: dict, work: Path, names: list[str], rounds: int, backends: list[str]) -> None:
+    """Times each backend's step; a subset of backends re-measures those and keeps the others' earlier rows."""
     from bench_roofline import gemm_peak
 
     report["gemm_peak_gflops_2_threads"] = gemm_peak(2)
     for name in names:
-        rows: dict[str, list[float]] = {"eager-torch": [], "torch": [], "onnxruntime": [], "torch-bf16": []}
+        rows: dict[str, list[float]] = {b: [] for b in backends}
         info: dict[str, Any] = {}
         loads = []
         for _ in range(rounds if MODELS[name] < 512 else min(rounds, 2)):
@@ -133,7 +137,11 @@ def phase_steps(report: dict, work: Path, names: list[str], rounds: int) -> None
         flops = info["eager-torch"]["flops_per_step"]
         for backend in rows:
             info[backend].update(errors_vs_torch(work, name, backend))
+        earlier = report.get("steps", {}).get(name, {})
         entry = {"flops_per_step": flops, "loads": loads}
+        entry.update(
+            {b: {**earlier[b], "measured_earlier": True} for b in STEP_BACKENDS if b not in rows and b in earlier}
+        )
         for backend, times in rows.items():
             sec = statistics.median(times)
             gflops = flops / sec / 1e9
@@ -187,14 +195,37 @@ def phase_activations(report: dict, work: Path) -> None:
     report["activations"] = {"estimated_per_image_bytes": entry, "measured": measured, "load": load()}
 
 
+def aedr_flops(folder: Path) -> dict[str, int]:
+    """FLOPs of one encode and one decode (``torch.utils.flop_counter`` on the meta device: shapes only)."""
+    import torch
+    from diffusers import AutoencoderKL
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder))
+        x = torch.zeros(1, 3, vae.config.sample_size, vae.config.sample_size)
+        with FlopCounterMode(display=False) as encode:
+            latent = vae.encode(x).latent_dist.mean
+        with FlopCounterMode(display=False) as decode:
+            vae.decode(latent)
+    return {"encode": encode.get_total_flops(), "decode": decode.get_total_flops()}
+
+
 def phase_aedr(report: dict, work: Path) -> None:
-    entry = {}
+    """AEDR at 512 px in both modes, its FLOPs (two round trips per image) and the GEMM peaks it is bounded by."""
+    import torch
+    from bench_roofline import gemm_peak
+
+    flops = aedr_flops(sd_folder(work, 512))
+    entry: dict[str, Any] = {"flops_per_image": 2 * (flops["encode"] + flops["decode"]), "flops_one_pass": flops}
+    entry["gemm_peak_gflops_2_threads"] = {"float32": gemm_peak(2), "bfloat16": gemm_peak(2, dtype=torch.bfloat16)}
     for compute in ("float32", "bfloat16"):
         argv = [sys.executable, str(WORKERS), "--worker", "aedr", "--model", "sd15-512", "--compute", compute,
                 "--work", str(work)]  # fmt: skip
         before = load()
         result, _, rss = run_child(argv)
-        entry[compute] = {**result, "peak_rss_bytes": rss, "load_before": before, "load_after": load()}
+        entry[compute] = {**result, "peak_rss_bytes": rss, "load_before": before, "load_after": load(),
+                          "gflops": entry["flops_per_image"] / result["seconds_per_image"] / 1e9}  # fmt: skip
         print("aedr", compute, result, flush=True)
     step = report.get("steps", {}).get("sd15-512", {})
     if step:
@@ -213,6 +244,13 @@ def main() -> None:
     p.add_argument("--phase", default="all", choices=["all", "export", "steps", "activations", "aedr"])
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=list(STEP_BACKENDS),
+        choices=STEP_BACKENDS,
+        help="steps phase: the backends to time (eager-torch always: it is the FLOP and error reference)",
+    )
     p.add_argument("--work", type=Path, default=Path("/tmp/genorigin-large"))
     p.add_argument("--out", type=Path, default=HERE / "results" / "large_models.json")
     args = p.parse_args()
@@ -227,7 +265,13 @@ def main() -> None:
         if phase == "export":
             phase_export(report, paths, args.work, args.models)
         elif phase == "steps":
-            phase_steps(report, args.work, args.models, args.rounds)
+            phase_steps(
+                report,
+                args.work,
+                args.models,
+                args.rounds,
+                sorted(set(args.backends) | {"eager-torch"}, key=STEP_BACKENDS.index),
+            )
         elif phase == "activations":
             phase_activations(report, args.work)
         else:

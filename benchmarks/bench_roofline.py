@@ -62,9 +62,9 @@ def median_seconds(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def gemm_peak(threads: int, n: int = 2048) -> float:
+def gemm_peak(threads: int, n: int = 2048, dtype: torch.dtype = torch.float32) -> float:
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), 5) / 1e9
 
 

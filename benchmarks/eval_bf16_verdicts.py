@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,11 @@ def main() -> None:
             seconds = (time.perf_counter() - t0) / len(images)
             verdicts[backend] = [r.belonging for r in results]
             correct = [v == (c == "own") for v, c in zip(verdicts[backend], classes, strict=True)]
+            words = {c: dict(Counter(r.verdict for r, k in zip(results, classes, strict=True) if k == c)) for c in sets}
             entry[backend] = {"accuracy": float(np.mean(correct)), "seconds_per_decision": seconds,
-                              "calibration_seconds": calibrate_s, "load1": load}  # fmt: skip
+                              "calibration_seconds": calibrate_s, "load1": load, "verdicts": words,
+                              "calibration_band": method.calibration.band,
+                              "calibration_scores_median": float(np.median(method.calibration.scores))}  # fmt: skip
         changed = {c: int(sum(a != b and k == c for a, b, k in zip(verdicts["torch"], verdicts["torch-bf16"], classes)))
                    for c in sets}  # fmt: skip
         entry["verdicts_changed"] = changed

@@ -41,16 +41,26 @@ def export_rows(report: dict[str, Any]) -> list[str]:
 def step_rows(report: dict[str, Any]) -> list[str]:
     peak = report.get("gemm_peak_gflops_2_threads", float("nan"))
     head = ["model", "GFLOP per step", "backend", "s per step (median)", "GFLOP/s", "% of GEMM peak",
-            "grad error vs eager fp32", "peak RSS GB"]  # fmt: skip
-    rows = [f"GEMM peak, 2 threads, torch.mm 2048² in the same run: {peak:.0f} GFLOP/s", "", _row(head)]
+            "grad error vs eager fp32", "peak RSS GB", "load (1 min)"]  # fmt: skip
+    rows = [f"GEMM peak, 2 threads, torch.mm 2048² in the 128/256 px run: {peak:.0f} GFLOP/s", "", _row(head)]
     rows.append(_row(["---"] * len(head)))
+    notes = []
     for name, e in report.get("steps", {}).items():
+        loads = [entry["load1"] for entry in e.get("loads", [])]
+        load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else ""
         for backend in ("eager-torch", "torch", "onnxruntime", "torch-bf16"):
+            if backend not in e:  # a model measured before the backend joined the benchmark
+                continue
             b = e[backend]
-            cells = [name, f"{e['flops_per_step'] / 1e9:.0f}", backend, f"{b['median_seconds']:.2f}",
+            mark = ""
+            if "note" in b:
+                notes.append(b["note"])
+                mark = f" [{len(notes)}]"
+            cells = [name, f"{e['flops_per_step'] / 1e9:.0f}", backend + mark, f"{b['median_seconds']:.2f}",
                      f"{b['gflops']:.0f}", f"{b['of_gemm_peak']:.0%}", f"{b['grad_error_vs_torch_fp32']:.1e}",
-                     f"{b['peak_rss_bytes'] / GB:.2f}"]  # fmt: skip
+                     f"{b['peak_rss_bytes'] / GB:.2f}", load]  # fmt: skip
             rows.append(_row(cells))
+    rows += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, 1)]
     return rows
 
 
