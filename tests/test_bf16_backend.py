@@ -30,3 +30,25 @@ def test_bfloat16_backend_is_close_to_float32_and_leaves_the_model_alone():
 def test_unknown_compute_is_refused():
     with pytest.raises(ValueError, match="compute must be one of float32, bfloat16"):
         TorchBackend(load_bundled("dcgan_a"), compute="float8")
+
+
+def test_an_inversion_calibration_is_bound_to_the_arithmetic_it_was_made_in(tmp_path):
+    """bfloat16 reconstructs own samples ~40× less closely: a float32 threshold would call them all non-belonging,
+    so a calibration pins its arithmetic and a backend in the other one refuses it (both ways)."""
+    from genorigin.runtime.decide.calibration import Calibration
+    from genorigin.runtime.loop.settings import InversionSettings
+    from genorigin.runtime.methods.attribution import Attributor
+
+    gen = load_bundled("dcgan_a")
+    settings = InversionSettings(steps=4, restarts=1)
+    bf16 = Attributor(gen, backend="torch-bf16", settings=settings).calibrate(n=4)
+    fp32 = Attributor(gen, backend="torch", settings=settings).calibrate(n=4)
+    assert bf16.settings == {**settings.to_dict(), "compute": "bfloat16"}
+    assert fp32.settings == settings.to_dict()  # float32 files are as before
+    loaded = Calibration.load(bf16.save(tmp_path / "bf16.json"), fingerprint=gen.fingerprint())
+    assert InversionSettings.from_dict(loaded.settings) == settings  # the file's settings still read back
+    with pytest.raises(ValueError, match="made in bfloat16 arithmetic, this backend computes in float32"):
+        Attributor(gen, backend="torch", settings=settings, calibration=loaded)
+    with pytest.raises(ValueError, match="made in float32 arithmetic, this backend computes in bfloat16"):
+        Attributor(gen, backend="torch-bf16", settings=settings, calibration=fp32)
+    assert Attributor(gen, backend="torch-bf16", settings=settings, calibration=loaded).calibration is loaded

@@ -45,6 +45,7 @@ class Backend:
     name: ClassVar[str] = "abstract"
     adam_step = staticmethod(reference.adam_step)
     max_slots: int | None = None  # the most slots one step may hold (None: no limit; TensorRT: the engines' max)
+    compute: str = "float32"  # the generator's arithmetic ("bfloat16": TorchBackend's mode); calibrations pin it
 
     def asarray(self, a: np.ndarray) -> Array:
         """Host array → backend array."""

@@ -73,8 +73,10 @@ class InversionSettings:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InversionSettings:
-        """The settings a calibration file records (the inverse of ``to_dict``)."""
-        return cls(**{**d, "halve_starts_at": tuple(d.get("halve_starts_at", ()))})
+        """The settings a calibration file records (the inverse of ``to_dict``; the arithmetic the file pins
+        beside them, ``compute``, belongs to the backend and is checked against it)."""
+        fields = {k: v for k, v in d.items() if k != "compute"}
+        return cls(**{**fields, "halve_starts_at": tuple(d.get("halve_starts_at", ()))})
 
     @property
     def adam(self) -> AdamConfig:

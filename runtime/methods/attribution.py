@@ -101,6 +101,15 @@ class Attributor(AttributesFiles):
         digest = getattr(self.initializer, "digest", None)
         return digest if self.settings.init == "encoder" else None
 
+    def pinned_settings(self) -> dict[str, Any]:
+        """What a calibration pins: the inversion settings and, when not float32, the generator's arithmetic.
+
+        A bfloat16 inversion reconstructs own samples ~40× less closely (docs/large_models.md): a float32
+        threshold would call every own image non-belonging there. float32 adds nothing, so older files match.
+        """
+        compute = self.backend.compute
+        return self.settings.to_dict() | ({} if compute == "float32" else {"compute": compute})
+
     def use_calibration(self, calibration: Calibration) -> None:
         if calibration.model_fingerprint != self.generator.fingerprint():
             raise ValueError(f"calibration is for model {calibration.model_name!r}, not {self.generator.name!r}")
@@ -110,7 +119,11 @@ class Attributor(AttributesFiles):
         if made_in != self.settings.robust:
             raise ValueError(f"calibration was made in robust mode {made_in!r}, these settings are in "
                              f"{self.settings.robust!r}: calibrate in the mode you attribute in")  # fmt: skip
-        if calibration.settings != self.settings.to_dict():
+        computed_in = calibration.settings.get("compute", "float32")
+        if computed_in != self.backend.compute:
+            raise ValueError(f"calibration was made in {computed_in} arithmetic, this backend computes in "
+                             f"{self.backend.compute}: calibrate with the backend you attribute with")  # fmt: skip
+        if calibration.settings != self.pinned_settings():
             raise ValueError("calibration was made with other inversion settings")
         if calibration.encoder != self.encoder_digest:
             raise ValueError(
@@ -155,7 +168,7 @@ class Attributor(AttributesFiles):
         cal = Calibration(
             model_name=self.generator.name,
             model_fingerprint=self.generator.fingerprint(),
-            settings=self.settings.to_dict(),
+            settings=self.pinned_settings(),
             scores=[float(s) for s in scores],
             alpha=alpha,
             checkpoint_steps=[int(s) for s in steps],
