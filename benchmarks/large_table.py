@@ -93,11 +93,16 @@ def activation_rows(report: dict[str, Any]) -> list[str]:
 def aedr_rows(report: dict[str, Any]) -> list[str]:
     a = report.get("aedr", {})
     rows = []
+    if "flops_per_image" in a:
+        one = a["flops_one_pass"]
+        rows.append(f"AEDR per image: {a['flops_per_image'] / 1e12:.2f} TFLOP (encode {one['encode'] / 1e12:.2f}, "
+                    f"decode {one['decode'] / 1e12:.2f}, each twice)")  # fmt: skip
     for compute in ("float32", "bfloat16"):
         if compute in a:
             e = a[compute]
             rows.append(f"AEDR {compute}: {e['seconds_per_image']:.1f} s per image, peak RSS "
-                        f"{e['peak_rss_bytes'] / GB:.2f} GB, score change vs float32 "
+                        f"{e['peak_rss_bytes'] / GB:.2f} GB, {e.get('gflops', float('nan')):.0f} GFLOP/s, "
+                        f"score change vs float32 "
                         f"{e['score_rel_change_vs_fp32']:.1e} (load {_load(e)})")  # fmt: skip
     if "inversion_encoder_seconds_per_image" in a:
         rows.append(f"inversion-encoder: {a['inversion_encoder_seconds_per_image']:.0f} s per image "
