@@ -95,8 +95,17 @@ def main() -> None:
         commands = {
             "help": [*genorigin, "--help"],
             "attribute_help": [*genorigin, "attribute", "--help"],
-            "attribute_8": [*genorigin, "attribute", str(folder), "--model", "dcgan_a", "--threads", "1", "--quiet",
-                            "--json"],
+            "attribute_8": [
+                *genorigin,
+                "attribute",
+                str(folder),
+                "--model",
+                "dcgan_a",
+                "--threads",
+                "1",
+                "--quiet",
+                "--json",
+            ],
         }
         rounds = []
         for r in range(args.rounds):

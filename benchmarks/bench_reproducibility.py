@@ -95,8 +95,12 @@ def time_cost(att, images: np.ndarray, rounds: int, torch) -> dict:
             times[mode].append((time.perf_counter() - start) / len(images))
             backend.rows, optimizers.row_dot, optimizers.row_norm = invariant_rows, invariant_dot, invariant_norm
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"seconds_per_decision": med, "rounds": times, "overhead": med["invariant"] / med["plain"] - 1.0,
-            "overhead_vs_1_thread": med["invariant"] / med["plain-1-thread"] - 1.0}
+    return {
+        "seconds_per_decision": med,
+        "rounds": times,
+        "overhead": med["invariant"] / med["plain"] - 1.0,
+        "overhead_vs_1_thread": med["invariant"] / med["plain-1-thread"] - 1.0,
+    }
 
 
 def drive(args: argparse.Namespace, save) -> dict:
@@ -148,8 +152,12 @@ def main() -> None:
     p.add_argument("--alone-every", type=int, default=4, help="attribute every k-th image alone too")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (native/2 only)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "reproducibility.json")
-    p.add_argument("--configs", nargs="+", default=["native/1", "native/2", "avx2/1", "default/1"],
-                   help="CONFIG/THREADS to run (native, avx2, default); the first is the reference")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=["native/1", "native/2", "avx2/1", "default/1"],
+        help="CONFIG/THREADS to run (native, avx2, default); the first is the reference",
+    )
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))

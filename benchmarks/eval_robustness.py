@@ -178,8 +178,13 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(BUNDLED_MODELS))
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     p.add_argument("--transforms", nargs="+", default=list(TRANSFORMS))
-    p.add_argument("--platform-only", nargs="*", default=[], metavar="T",
-                   help="transforms read in the platform mode only (no plain or robust rows)")
+    p.add_argument(
+        "--platform-only",
+        nargs="*",
+        default=[],
+        metavar="T",
+        help="transforms read in the platform mode only (no plain or robust rows)",
+    )
     p.add_argument("--n", type=int, default=50, help="images per class")
     p.add_argument("--calibration-samples", type=int, default=100)
     p.add_argument("--eval-seed", type=int, default=EVAL_SAMPLE_SEED)

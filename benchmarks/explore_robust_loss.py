@@ -28,8 +28,15 @@ from genorigin.runtime.methods.attribution import Attributor
 from genorigin.runtime.methods.encoder import FittedEncoder
 from genorigin.runtime.robust.transforms import apply_transform
 
-CANDIDATES = {"dct-3-1": (3, 1), "dct-4-1": (4, 1), "dct-4-2": (4, 2), "dct-6-2": (6, 2), "dct-2-1": (2, 1),
-              "dct-6-1": (6, 1), "dct-8-1": (8, 1)}
+CANDIDATES = {
+    "dct-3-1": (3, 1),
+    "dct-4-1": (4, 1),
+    "dct-4-2": (4, 2),
+    "dct-6-2": (6, 2),
+    "dct-2-1": (2, 1),
+    "dct-6-1": (6, 1),
+    "dct-8-1": (8, 1),
+}
 SIBLING = {"dcgan_a": "dcgan_b", "dcgan_b": "dcgan_a"}
 
 

@@ -27,6 +27,8 @@ LossKind = Literal["mse", "l1", "mse-dct8"]
 def loss_kinds() -> tuple[str, ...]:
     """Every loss kind the reference defines: the pointwise ones and the projections (kernels/projection.py)."""
     return ("mse", "l1", *PROJECTIONS)
+
+
 Array = Any  # numpy.ndarray or torch.Tensor
 
 

@@ -165,4 +165,3 @@ def test_torch_results_do_not_depend_on_the_thread_count(model):
         cal = att.calibrate(4)
         out.append((cal.scores, [_fingerprint(r) for r in att.attribute(images)]))
     assert out[0] == out[1]
-

@@ -39,8 +39,10 @@ def test_repeatable_options_keep_every_value_and_a_repeated_flag_is_harmless():
     [
         (["--model", "dcgan_a"], "two models named dcgan_a"),
         (["--model", "dcgan_b", "--calibration", "c.json"], "with several models write NAME=PATH"),
-        (["--model", "dcgan_b", "--calibration", "dcgan_a=a.json", "--calibration", "dcgan_a=b.json"],
-         "--calibration given twice for model 'dcgan_a'"),
+        (
+            ["--model", "dcgan_b", "--calibration", "dcgan_a=a.json", "--calibration", "dcgan_a=b.json"],
+            "--calibration given twice for model 'dcgan_a'",
+        ),
         (["--model", "dcgan_b", "--figure", "f.png"], "are for one --model"),
         (["--model", "dcgan_b", "--engine", "ray", "--output", "o.jsonl"], "--engine ray attributes with one"),
     ],

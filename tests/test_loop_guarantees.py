@@ -174,8 +174,11 @@ def test_fast_preset_steps_between_checkpoints_have_no_host_sync():
             counter.active = False
         steps.append(1)
 
-    object.__setattr__(loop, "optimizer", type("Counted", (), {"step": staticmethod(counted_step),
-                                                               "fresh_slots": loop.optimizer.fresh_slots})())
+    object.__setattr__(
+        loop,
+        "optimizer",
+        type("Counted", (), {"step": staticmethod(counted_step), "fresh_slots": loop.optimizer.fresh_slots})(),
+    )
     with counter:
         loop.invert(targets)
     assert len(steps) == 40 and counter.reads == []

@@ -207,8 +207,20 @@ def test_the_command_line_calibrates_and_attributes_in_the_platform_mode(tmp_pat
     from genorigin.workflow import WorkflowError
 
     with pytest.raises(WorkflowError, match="the Ray engine's live loop takes one"):  # before Ray starts
-        prepare([str(tmp_path / "cut.png")], "dcgan_a", tmp_path / "rows.jsonl", calibration=cal, choice=None,
-                alpha=None, early_exit=True, convert=None, ddim_steps=50, num_cpus=1, batch_size=None, force=False)
+        prepare(
+            [str(tmp_path / "cut.png")],
+            "dcgan_a",
+            tmp_path / "rows.jsonl",
+            calibration=cal,
+            choice=None,
+            alpha=None,
+            early_exit=True,
+            convert=None,
+            ddim_steps=50,
+            num_cpus=1,
+            batch_size=None,
+            force=False,
+        )
 
 
 @pytest.mark.slow

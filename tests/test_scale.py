@@ -57,8 +57,22 @@ def job(tmp_path_factory):
         (images / f"real_{i}.png").write_bytes((REAL / f"real_{i:03d}.png").read_bytes())
     (images / "broken.png").write_text("<html>not found</html>")
     report = folder / "report.json"
-    assert main(["attribute", str(images), "--model", "dcgan_a", "--calibration", str(cal), "--quiet",
-                 "--report", str(report)]) == 1  # fmt: skip  (1: the text file is unreadable)
+    assert (
+        main(
+            [
+                "attribute",
+                str(images),
+                "--model",
+                "dcgan_a",
+                "--calibration",
+                str(cal),
+                "--quiet",
+                "--report",
+                str(report),
+            ]
+        )
+        == 1
+    )  # fmt: skip  (1: the text file is unreadable)
     reference = json.loads(report.read_text())
     return cal, images, reference
 
@@ -154,4 +168,3 @@ def test_ray_serve_answers_the_http_api_like_the_command_line(cluster, job):
         assert status == 200 and [m["name"] for m in body["models"]] == ["dcgan_a"]
     finally:
         serve.shutdown()
-

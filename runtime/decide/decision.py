@@ -81,6 +81,8 @@ def grubbs_test(score: float, mean: float, std: float, n: int, alpha: float) -> 
 def quantile_test(score: float, threshold: float, scores: np.ndarray) -> TestOutcome:
     exceed = float((np.asarray(scores) >= score).sum() + 1) / (len(scores) + 1)
     return TestOutcome(
-        belonging=bool(quantile_accepts(score, threshold)), statistic=float(score), critical_value=threshold,
+        belonging=bool(quantile_accepts(score, threshold)),
+        statistic=float(score),
+        critical_value=threshold,
         p_value=exceed,
     )

@@ -246,7 +246,10 @@ class Attributor(AttributesFiles):
         return quantization_floor(self.settings.loss, self.generator.channels) if recorded is None else recorded
 
     def _loop(
-        self, schedule: Schedule, stop_rule: TrajectoryStopRule | None, stall_floor: float | None = None,
+        self,
+        schedule: Schedule,
+        stop_rule: TrajectoryStopRule | None,
+        stall_floor: float | None = None,
         backend: Backend | None = None,
     ) -> InversionLoop:
         if self.needs_encoder:

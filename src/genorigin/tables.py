@@ -69,8 +69,15 @@ def legend(threshold: float, calibration: Calibration, rule: str) -> list[str]:
         f"  ({test} at α = {calibration.alpha:g} against {calibration.n} of the model's own samples).",
         "p-value: how often the model's own images score this high (small: unlike them). steps: optimiser",
         "  steps spent; stop: why it stopped (belonging/non-belonging: early decision, budget: all steps).",
-        *([f"uncertain: the score is within the calibration's reproducibility band (×{math.exp(calibration.band):.2f})"
-           " of the threshold: another CPU may read it either way (--json: readings)."] if calibration.band else []),
+        *(
+            [
+                "uncertain: the score is within the calibration's reproducibility band "
+                f"(×{math.exp(calibration.band):.2f}) of the threshold: another CPU may read it either way "
+                "(--json: readings)."
+            ]
+            if calibration.band
+            else []
+        ),
     ]
 
 

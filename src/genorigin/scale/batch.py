@@ -102,14 +102,14 @@ def attribute_dataset(
     quiet: bool = True,
 ) -> ScaleSummary:
     """Attribute every image ``inputs`` name (files, folders, globs, ``.txt`` list files) on a Ray cluster,
-    appending one row per image to ``output`` (``.jsonl`` or ``.parquet``); a re-run resumes.
+        appending one row per image to ``output`` (``.jsonl`` or ``.parquet``); a re-run resumes.
 
-    ``actors``: the pool size (default: as many as the cluster's CPUs, or GPUs, hold at ``num_cpus`` /
-    ``num_gpus`` each); ``batch_size``: images per Ray batch (default: the schedule's loop batch size);
-    ``address``: the cluster (``ray.init``'s rules; ignored when Ray is already initialised); ``roster``: a name
-    for the actor the pool reports to (``Roster``); ``on_start`` is told how many image files the inputs named
-(before any actor starts); ``on_row`` sees each row as it is written or skipped.
-    Raises GenoriginError (one line) for what can be fixed before any compute.
+        ``actors``: the pool size (default: as many as the cluster's CPUs, or GPUs, hold at ``num_cpus`` /
+        ``num_gpus`` each); ``batch_size``: images per Ray batch (default: the schedule's loop batch size);
+        ``address``: the cluster (``ray.init``'s rules; ignored when Ray is already initialised); ``roster``: a name
+        for the actor the pool reports to (``Roster``); ``on_start`` is told how many image files the inputs named
+    (before any actor starts); ``on_row`` sees each row as it is written or skipped.
+        Raises GenoriginError (one line) for what can be fixed before any compute.
     """
     t0, started = time.perf_counter(), time.time()
     specs = [inputs] if isinstance(inputs, str) else list(inputs)
