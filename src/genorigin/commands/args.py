@@ -83,7 +83,8 @@ def add_method(p: argparse.ArgumentParser) -> None:
         choices=method_choices(),
         metavar="METHOD",
         help=f"{methods}; inversion-random: the old name of inversion with --preset paper. At 512 px and above "
-        "on a CPU only aedr (forward passes) is practical; the inversion methods need a GPU there "
+        "on a CPU only aedr (forward passes; with --backend torch-bf16: 7.8 s per image at 512 px on 2 AMX cores) is "
+        "practical; the inversion methods need a GPU there "
         "(docs/large_models.md)",
     )
     p.add_argument(
